@@ -1,0 +1,5 @@
+import sys
+
+from recsysllm.cli import main
+
+sys.exit(main())

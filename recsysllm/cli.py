@@ -1,0 +1,49 @@
+"""`recsysllm` console entry point: a thin dispatcher to each module's ``main(argv)``.
+
+    recsysllm data fetch movielens-100k data/ml-100k
+    recsysllm train --config configs/tiny_ml100k.yaml
+    recsysllm evaluate --config ... --checkpoint DIR --split test --prompts all --out results.json
+    recsysllm recommend --checkpoint DIR --user-history "Toy Story (1995)" -k 10
+    recsysllm convert SRC_DIR OUT_DIR
+    recsysllm demo
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, function, one-line help). Imported lazily so `recsysllm --help`
+# stays fast and a subcommand's heavy imports load only when it runs.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "data": ("recsysllm.data.fetch", "main", "obtain embedded real data sets (data fetch NAME DIR)"),
+    "train": ("recsysllm.training", "main", "train from a YAML config (same as scripts/train.py)"),
+    "evaluate": ("recsysllm.evaluation.cli", "main", "evaluate a checkpoint on seen/unseen prompts"),
+    "recommend": ("recsysllm.api", "recommend_main", "top-k items for a user history"),
+    "convert": ("recsysllm.modeling.checkpoint", "convert_main", "convert a THUDM GLM checkpoint to safetensors"),
+    "demo": ("recsysllm.demo", "main", "fetch MovieLens-100K, train the tiny model on CPU, evaluate"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: recsysllm COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"recsysllm: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, function_name, _ = COMMANDS[command]
+    function = getattr(importlib.import_module(module_name), function_name)
+    return int(function(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
