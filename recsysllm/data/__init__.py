@@ -1,0 +1,1 @@
+"""Data: raw sources -> tables -> leave-one-out splits -> task examples (segments)."""
