@@ -67,16 +67,24 @@ class IntraPositionTracker:
         """Intra-position of the next token of the span."""
         if not self._started:
             raise RuntimeError("IntraPositionTracker.step() called before start()")
-        # A token opens a new unit when it starts an entity or is plain text after an
-        # entity; a run of plain tokens is one unit. The token right after [sop] always
-        # belongs to the span's first unit, which keeps counting from [sop].
-        opens_unit = kind is TokenKind.ENTITY_START or (
-            kind is TokenKind.PLAIN and self._previous not in (None, TokenKind.PLAIN)
-        )
-        first_token = self._previous is None
-        self._position = 1 if opens_unit and not first_token else self._position + 1
+        self._position = _next_intra(self._position, self._previous, kind)
         self._previous = kind
         return self._position
+
+
+_PLAIN, _START, _CONTINUE = TokenKind.PLAIN, TokenKind.ENTITY_START, TokenKind.ENTITY_CONTINUE
+
+
+def _next_intra(position: int, previous: TokenKind | None, kind: TokenKind) -> int:
+    """The rule itself: intra-position of a Part B token after ``previous`` (None: [sop])."""
+    # A token opens a new unit when it starts an entity or is plain text after an
+    # entity; a run of plain tokens is one unit. The token right after [sop] always
+    # belongs to the span's first unit, which keeps counting from [sop].
+    if previous is None:
+        return position + 1
+    if kind is _START or (kind is _PLAIN and previous is not _PLAIN):
+        return 1
+    return position + 1
 
 
 def token_kinds(unit_ids: Sequence[int]) -> list[TokenKind]:
@@ -96,8 +104,21 @@ def token_kinds(unit_ids: Sequence[int]) -> list[TokenKind]:
 
 def span_intra_positions(unit_ids: Sequence[int]) -> list[int]:
     """Intra-positions of ``[sop] + span`` for a span with the given unit ids."""
-    tracker = IntraPositionTracker()
-    return [tracker.start()] + [tracker.step(kind) for kind in token_kinds(unit_ids)]
+    # Hot path of the collator: same as feeding token_kinds() to a tracker, without
+    # building the intermediate list.
+    positions = [1]
+    position, previous, previous_unit = 1, None, -1
+    for unit in unit_ids:
+        if unit < 0:
+            kind = _PLAIN
+        elif unit == previous_unit:
+            kind = _CONTINUE
+        else:
+            kind = _START
+        position = _next_intra(position, previous, kind)
+        positions.append(position)
+        previous, previous_unit = kind, unit
+    return positions
 
 
 def part_a_intra_positions(unit_ids: Sequence[int]) -> list[int]:
