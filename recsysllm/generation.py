@@ -1,0 +1,684 @@
+"""KV-cached blank-infilling decoding with dynamic intra-positions (DESIGN.md section 5).
+
+Everything here fills the one mask of a prompt built by
+``recsysllm.collator.build_prompt`` (its Part A), the way GLM fills a blank:
+
+- the prompts of a batch are right-padded to one length P; padded keys are seen
+  by nobody;
+- ``[sop]`` is appended at column P with inter = the mask's position and intra 1,
+  and the Part A and ``[sop]`` go through the model in one pass (``use_cache``);
+- each generated token then goes through the model alone, reusing the cache: its
+  position ids are (mask position, intra from :class:`IntraPositionTracker`), its
+  mask row is the sequence's non-padded Part A keys plus its own earlier
+  generated keys (``[rows, 1, 1, K]`` bool, True = may attend);
+- decoding stops on ``[eop]`` or after ``max_new_tokens``; special tokens other
+  than ``[eop]``, the tokenizer's ``banned_generation_ids`` and embedding rows past
+  its vocabulary are never generated.
+
+The intra-position of each generated token comes from the tracker fed with the
+:class:`TokenKind` that the entity trie assigns (:meth:`EntityTrie.step`), exactly
+as the collator numbers the same tokens in training. Without a trie every token is
+plain text, which keeps GLM's 1, 2, 3, ...
+
+Scores are log-probabilities under the model's full softmax (float32), also
+under constraints: a constraint decides which continuations are explored, not how
+they are scored. So the score ``recommend_items`` gives an item equals
+``score_candidates`` for the same item, and both equal the item's likelihood under
+uncached teacher forcing.
+
+Public entry points: :func:`recommend_items` (trie-constrained beams, top-k
+distinct items), :func:`score_candidates` (exact log-likelihood of given answers),
+:func:`generate_ids` / :func:`generate_text` (greedy, sampling, beam search) and
+:func:`parse_rating`.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from recsysllm.collator import SpecialTokenIds
+from recsysllm.positions import IntraPositionTracker, TokenKind
+from recsysllm.trie import EntityTrie
+
+STRATEGIES = ("greedy", "sample", "beam")
+
+
+@dataclass
+class _Row:
+    """Decoding state of one sequence (one prompt, or one beam of a prompt)."""
+
+    tracker: IntraPositionTracker
+    tokens: tuple[int, ...] = ()  # generated tokens, [sop] and [eop] excluded
+    entity_prefix: tuple[int, ...] = ()  # ids of the entity being generated, () if none
+    intra: int = 1  # intra-position of the row's last input token ([sop]: 1)
+
+    def advance(self, token: int, trie: EntityTrie | None) -> _Row:
+        """The state after generating ``token`` (a new object: beams share parents)."""
+        kind, prefix = trie.step(self.entity_prefix, token) if trie else (TokenKind.PLAIN, ())
+        tracker = copy.copy(self.tracker)
+        intra = tracker.step(kind)
+        return _Row(tracker, (*self.tokens, token), prefix, intra)
+
+
+@dataclass
+class _Hypotheses:
+    """The best ``size`` finished sequences of one prompt (a min-heap on score)."""
+
+    size: int
+    heap: list[tuple[float, int, tuple[int, ...]]] = field(default_factory=list)
+    added: int = 0
+
+    def add(self, rank_score: float, tokens: tuple[int, ...]) -> None:
+        # The insertion count breaks score ties (first found wins): tuples are never compared.
+        self.added += 1
+        item = (rank_score, -self.added, tokens)
+        if len(self.heap) < self.size:
+            heapq.heappush(self.heap, item)
+        elif rank_score > self.heap[0][0]:
+            heapq.heapreplace(self.heap, item)
+
+    def full(self) -> bool:
+        return len(self.heap) >= self.size
+
+    def worst(self) -> float:
+        return self.heap[0][0]
+
+    def best_first(self) -> list[tuple[tuple[int, ...], float]]:
+        return [(tokens, rank_score) for rank_score, _, tokens in sorted(self.heap, reverse=True)]
+
+
+class _ItemConstraint:
+    """Which tokens may follow a prefix when the answer must be one eligible item.
+
+    A prefix is allowed only while its subtree holds an item that is not excluded,
+    so every live beam can still end in an eligible item (the guarantee behind the
+    default ``num_beams = k``); ``[eop]`` only at a whole eligible item.
+    """
+
+    def __init__(self, trie: EntityTrie, excluded: set[str]) -> None:
+        self.trie = trie
+        self.excluded = excluded
+        excluded_below: dict[tuple[int, ...], int] = {}
+        for key in excluded:
+            if key not in trie:
+                continue  # an excluded key that is no item cannot be generated anyway
+            ids = trie.ids_of(key)
+            for length in range(1, len(ids) + 1):
+                excluded_below[ids[:length]] = excluded_below.get(ids[:length], 0) + 1
+        # prefix -> next tokens whose whole subtree is excluded
+        self.blocked: dict[tuple[int, ...], list[int]] = {}
+        for prefix, count in excluded_below.items():
+            if count == trie.subtree_size(prefix):
+                self.blocked.setdefault(prefix[:-1], []).append(prefix[-1])
+
+    def allowed_next(self, prefix: tuple[int, ...]) -> np.ndarray:
+        allowed = self.trie.allowed_next(prefix)
+        blocked = self.blocked.get(prefix)
+        return allowed[~np.isin(allowed, blocked)] if blocked else allowed
+
+    def may_end(self, prefix: tuple[int, ...]) -> bool:
+        return any(key not in self.excluded for key in self.trie.keys_at(prefix))
+
+
+class _Decoder:
+    """The model, its KV cache and the key mask of the rows being decoded."""
+
+    def __init__(self, model: Any, prompts: Sequence[Any], sop_token_id: int) -> None:
+        if not prompts:
+            raise ValueError("no prompts to decode")
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.mask_inter = torch.tensor([int(p.mask_inter) for p in prompts], device=self.device)
+        self.sop_token_id = sop_token_id
+        self.input_ids, self.position_ids, self.key_valid = _pad_prompts(prompts, self.device)
+        self.cache: DynamicCache | None = None
+
+    def prompt_pass(self, with_sop: bool) -> torch.Tensor | None:
+        """Runs Part A (and [sop]) through the model; returns [N, V] next-token logits."""
+        input_ids, position_ids, key_valid = self.input_ids, self.position_ids, self.key_valid
+        num_prompts, length = input_ids.shape
+        if with_sop:
+            sop = torch.full((num_prompts, 1), self.sop_token_id, device=self.device)
+            sop_positions = torch.stack([self.mask_inter, torch.ones_like(self.mask_inter)], 1)
+            input_ids = torch.cat([input_ids, sop], 1)
+            position_ids = torch.cat([position_ids, sop_positions[:, :, None]], 2)
+            key_valid = torch.cat([key_valid, torch.ones_like(key_valid[:, :1])], 1)
+        # [N, 1, q, K]: Part A rows see all non-padded Part A keys (bidirectional), padded
+        # rows too (their outputs are unused; a fully masked row would risk NaN in
+        # another implementation); only the [sop] row sees [sop].
+        mask = key_valid[:, None, None, :].repeat(1, 1, input_ids.shape[1], 1)
+        if with_sop:
+            mask[:, :, :length, length] = False
+        output = self.model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=mask,
+            past_key_values=DynamicCache(),
+            use_cache=True,
+        )
+        self.cache, self.key_valid = output.past_key_values, key_valid
+        return output.logits[:, -1].float() if with_sop else None
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keeps (and reorders, repeats) cache rows: beam reorder, finished rows dropped."""
+        self.cache.reorder_cache(rows)
+        self.key_valid = self.key_valid.index_select(0, rows)
+        self.mask_inter = self.mask_inter.index_select(0, rows)
+
+    def step(self, tokens: Sequence[int], intra: Sequence[int]) -> torch.Tensor:
+        """Feeds one token per row; returns [rows, V] float32 next-token logits."""
+        input_ids = torch.tensor(tokens, device=self.device)[:, None]  # [rows, 1]
+        intra_ids = torch.tensor(intra, device=self.device)
+        position_ids = torch.stack([self.mask_inter, intra_ids], 1)[:, :, None]  # [rows, 2, 1]
+        self.key_valid = torch.cat([self.key_valid, torch.ones_like(self.key_valid[:, :1])], 1)
+        output = self.model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=self.key_valid[:, None, None, :],  # [rows, 1, 1, K]
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = output.past_key_values
+        return output.logits[:, -1].float()
+
+
+def _pad_prompts(
+    prompts: Sequence[Any], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pads Part As: input ids [N, P], position ids [N, 2, P], key_valid [N, P]."""
+    lengths = []
+    for index, prompt in enumerate(prompts):
+        length = len(prompt.input_ids)
+        if length == 0 or len(prompt.inter) != length or len(prompt.intra) != length:
+            raise ValueError(
+                f"prompt {index}: input_ids ({length}), inter ({len(prompt.inter)}) and "
+                f"intra ({len(prompt.intra)}) must have the same non-zero length"
+            )
+        lengths.append(length)
+    size = max(lengths)
+    input_ids = torch.zeros(len(prompts), size, dtype=torch.long)
+    position_ids = torch.zeros(len(prompts), 2, size, dtype=torch.long)
+    key_valid = torch.zeros(len(prompts), size, dtype=torch.bool)
+    for index, (prompt, length) in enumerate(zip(prompts, lengths, strict=True)):
+        input_ids[index, :length] = torch.as_tensor(prompt.input_ids)
+        position_ids[index, 0, :length] = torch.as_tensor(prompt.inter)
+        position_ids[index, 1, :length] = torch.as_tensor(prompt.intra)
+        key_valid[index, :length] = True
+    return input_ids.to(device), position_ids.to(device), key_valid.to(device)
+
+
+def _banned_ids(tokenizer: Any, vocab_rows: int) -> list[int]:
+    """Ids free generation never emits: every special token but [eop], the tokenizer's
+    ``banned_generation_ids``, and embedding rows past the vocabulary (padding rows)."""
+    special = SpecialTokenIds.from_tokenizer(tokenizer)
+    banned = {special.cls, special.eos, special.pad, special.mask, special.smask, special.gmask}
+    banned |= {
+        special.sop,
+        *tokenizer.banned_generation_ids,
+        *range(tokenizer.vocab_size, vocab_rows),
+    }
+    banned -= {None, special.eop}
+    return sorted(banned)
+
+
+def _ban(logits: torch.Tensor, banned_ids: Sequence[int]) -> torch.Tensor:
+    if banned_ids:
+        logits[:, list(banned_ids)] = -math.inf
+    return logits
+
+
+def _sample(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator
+) -> torch.Tensor:
+    """One token per row from [rows, V] logits (banned ids already at -inf)."""
+    logits = logits / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the tokens before it already cover top_p (the first always stays).
+        drop = probs.cumsum(-1) - probs >= top_p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, -math.inf))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _greedy_or_sample(
+    decoder: _Decoder,
+    eop_token_id: int,
+    banned_ids: Sequence[int],
+    max_new_tokens: int,
+    entity_trie: EntityTrie | None,
+    sample: bool,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int,
+) -> list[list[int]]:
+    logits = decoder.prompt_pass(with_sop=True)
+    num_prompts = logits.shape[0]
+    generator = torch.Generator(device=decoder.device).manual_seed(seed) if sample else None
+    rows: list[_Row] = []
+    for _ in range(num_prompts):
+        tracker = IntraPositionTracker()
+        rows.append(_Row(tracker, intra=tracker.start()))
+    active = list(range(num_prompts))  # prompt index of each cache row
+    for step in range(max_new_tokens):
+        logits = _ban(logits, banned_ids)
+        if sample:
+            next_tokens = _sample(logits, temperature, top_k, top_p, generator).tolist()
+        else:
+            next_tokens = logits.argmax(-1).tolist()
+        keep = []
+        for position, (prompt, token) in enumerate(zip(active, next_tokens, strict=True)):
+            if token == eop_token_id:
+                continue
+            rows[prompt] = rows[prompt].advance(token, entity_trie)
+            keep.append(position)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(active):
+            decoder.select_rows(torch.tensor(keep, device=decoder.device))
+            active = [active[position] for position in keep]
+        logits = decoder.step([rows[p].tokens[-1] for p in active], [rows[p].intra for p in active])
+    return [list(row.tokens) for row in rows]
+
+
+def _beam_search(
+    decoder: _Decoder,
+    eop_token_id: int,
+    num_beams: int,
+    num_return: int,
+    max_new_tokens: int,
+    length_normalize: bool,
+    constraints: Sequence[_ItemConstraint] | None,
+    banned_ids: Sequence[int],
+    entity_trie: EntityTrie | None,
+) -> list[list[tuple[tuple[int, ...], float]]]:
+    """Batched beam search; per prompt the best ``num_return`` finished sequences.
+
+    Every beam that may emit [eop] is finished at each step (not only those whose
+    [eop] ranks in the top beams), and the live beams are the best ``num_beams``
+    non-[eop] extensions. Without length normalisation a prompt stops as soon as it
+    has ``num_return`` finished sequences and no live beam scores above the worst
+    of them (scores only fall as tokens are added, so that ranking is exact for
+    what the beams explored); with it, HF's heuristic (best live score / (length+1)).
+    Unconstrained sequences still open at ``max_new_tokens`` count as finished;
+    constrained ones are no item and are dropped.
+    """
+    first_logits = decoder.prompt_pass(with_sop=True)
+    num_prompts, vocab_size = first_logits.shape
+    device = decoder.device
+    # Every prompt starts with num_beams copies of [sop]; only the first is live.
+    decoder.select_rows(torch.arange(num_prompts, device=device).repeat_interleave(num_beams))
+    logits = first_logits.repeat_interleave(num_beams, 0)
+    beam_scores = torch.full((num_prompts, num_beams), -math.inf, device=device)
+    beam_scores[:, 0] = 0.0
+    rows: list[_Row] = []
+    for _ in range(num_prompts * num_beams):
+        tracker = IntraPositionTracker()
+        rows.append(_Row(tracker, intra=tracker.start()))
+    active = list(range(num_prompts))  # prompt index of each group of num_beams rows
+    finished = [_Hypotheses(num_return) for _ in range(num_prompts)]
+
+    def rank(log_prob: float, length: int) -> float:
+        return log_prob / length if length_normalize else log_prob
+
+    for step in range(max_new_tokens):
+        log_probs = torch.log_softmax(logits, -1)  # [A * beams, V]
+        live = torch.isfinite(beam_scores).view(-1).tolist()
+        if constraints is None:
+            allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
+            allowed[list(banned_ids)] = False
+            allowed = allowed.expand_as(log_probs)
+        else:
+            allowed_rows, allowed_ids = [], []
+            may_end = torch.zeros(len(rows), dtype=torch.bool)
+            for index, row in enumerate(rows):
+                if not live[index]:
+                    continue
+                constraint = constraints[active[index // num_beams]]
+                ids = constraint.allowed_next(row.tokens)
+                allowed_rows.append(np.full(len(ids), index))
+                allowed_ids.append(ids)
+                may_end[index] = constraint.may_end(row.tokens)
+            allowed = torch.zeros_like(log_probs, dtype=torch.bool)
+            if allowed_rows:
+                allowed[
+                    torch.from_numpy(np.concatenate(allowed_rows)).to(device),
+                    torch.from_numpy(np.concatenate(allowed_ids)).to(device),
+                ] = True
+            allowed[:, eop_token_id] = may_end.to(device)
+        # [A * beams, V]; dead beams have score -inf, so all their extensions too
+        scores = torch.where(allowed, log_probs + beam_scores.view(-1, 1), -math.inf)
+        eop_scores = scores[:, eop_token_id].tolist()
+        for index, score in enumerate(eop_scores):
+            if score > -math.inf:
+                tokens = rows[index].tokens
+                finished[active[index // num_beams]].add(rank(score, len(tokens) + 1), tokens)
+        scores[:, eop_token_id] = -math.inf
+        top_scores, top_ids = scores.view(len(active), -1).topk(num_beams, dim=1)  # [A, beams]
+        top_scores_list = top_scores.tolist()
+        last_step = step == max_new_tokens - 1
+        keep_groups = []
+        for group, prompt in enumerate(active):
+            best_live = top_scores_list[group][0]
+            hypotheses = finished[prompt]
+            if best_live == -math.inf:
+                continue
+            if last_step:
+                if constraints is None:
+                    for beam, score in enumerate(top_scores_list[group]):
+                        if score > -math.inf:
+                            source = group * num_beams + int(top_ids[group, beam]) // vocab_size
+                            token = int(top_ids[group, beam]) % vocab_size
+                            sequence = (*rows[source].tokens, token)
+                            hypotheses.add(rank(score, len(sequence)), sequence)
+                continue
+            if hypotheses.full():
+                bound = rank(best_live, step + 2) if length_normalize else best_live
+                if bound <= hypotheses.worst():
+                    continue
+            keep_groups.append(group)
+        if not keep_groups:
+            break
+        keep = torch.tensor(keep_groups, device=device)
+        top_ids = top_ids.index_select(0, keep)
+        beam_scores = top_scores.index_select(0, keep)
+        source_rows = (keep[:, None] * num_beams + top_ids // vocab_size).view(-1)
+        next_tokens = (top_ids % vocab_size).view(-1).tolist()
+        source_list = source_rows.tolist()
+        rows = [
+            rows[source].advance(token, entity_trie)
+            for source, token in zip(source_list, next_tokens, strict=True)
+        ]
+        active = [active[group] for group in keep_groups]
+        decoder.select_rows(source_rows)
+        logits = decoder.step([row.tokens[-1] for row in rows], [row.intra for row in rows])
+    return [hypotheses.best_first() for hypotheses in finished]
+
+
+@torch.inference_mode()
+def recommend_items(
+    model: Any,
+    prompts: Sequence[Any],
+    item_trie: EntityTrie,
+    k: int,
+    num_beams: int | None = None,
+    exclude: Sequence[set[str]] | None = None,
+    length_normalize: bool = False,
+    max_new_tokens: int | None = None,
+    *,
+    tokenizer: Any,
+) -> list[list[tuple[str, float]]]:
+    """Top-k distinct catalog items per prompt by trie-constrained beam search.
+
+    Only tokens that keep the answer inside ``item_trie`` are explored, and [eop]
+    only at a whole item, so every returned key is a catalog item. The answer is one
+    entity: its first token is ENTITY_START (first unit of the span, so intra
+    continues from [sop]: 2), the rest ENTITY_CONTINUE (3, 4, ...).
+
+    ``num_beams`` defaults to ``k``, which already guarantees ``k`` distinct items
+    whenever the catalog holds ``k`` eligible ones: every live beam can still reach
+    an eligible item (prefixes whose items are all excluded are pruned), beams are
+    distinct prefixes of one length and hence lead to disjoint item sets, and every
+    beam that can end is kept as a finished hypothesis whatever its rank. More beams
+    search wider (better recall of the true top-k), at proportional cost.
+
+    Args:
+        model: a GLMForConditionalGeneration (any device and dtype).
+        prompts: ``PromptInputs`` from ``collator.build_prompt``, one per user.
+        item_trie: trie of the item titles (``EntityTrie.from_catalog(..., items_only=True)``).
+        k: number of items per prompt.
+        num_beams: beams per prompt, at least ``k``.
+        exclude: per prompt, item keys never to return (e.g. the user's history).
+        length_normalize: rank by log-probability / number of tokens (incl. [eop])
+            instead of the sum; the returned score is then the normalised one.
+        max_new_tokens: defaults to the longest item + 1 ([eop]); fewer may leave
+            items unfinished (then fewer than k are returned).
+        tokenizer: the ``GLMTokenizer`` (its sop and eop ids).
+
+    Returns:
+        Per prompt, up to ``k`` ``(item key, score)`` best first; the score is the
+        item's log-probability as the answer (sum over its tokens and [eop]).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    num_beams = k if num_beams is None else num_beams
+    if num_beams < k:
+        raise ValueError(f"num_beams ({num_beams}) must be >= k ({k}) to return k distinct items")
+    if exclude is not None and len(exclude) != len(prompts):
+        raise ValueError(f"exclude has {len(exclude)} sets for {len(prompts)} prompts")
+    constraints = [
+        _ItemConstraint(item_trie, set(exclude[i]) if exclude is not None else set())
+        for i in range(len(prompts))
+    ]
+    decoder = _Decoder(model, prompts, tokenizer.sop_token_id)
+    results = _beam_search(
+        decoder,
+        tokenizer.eop_token_id,
+        num_beams=num_beams,
+        num_return=k,
+        max_new_tokens=max_new_tokens or item_trie.max_length + 1,
+        length_normalize=length_normalize,
+        constraints=constraints,
+        banned_ids=(),
+        entity_trie=item_trie,
+    )
+    # Item tries reject duplicate ids, so each finished sequence names exactly one item.
+    return [[(item_trie.keys_at(tokens)[0], score) for tokens, score in hyps] for hyps in results]
+
+
+@torch.inference_mode()
+def score_candidates(
+    model: Any,
+    prompts: Sequence[Any],
+    candidates: Sequence[Sequence[tuple[int, ...]]],
+    length_normalize: bool = False,
+    *,
+    tokenizer: Any,
+    rows_per_pass: int = 64,
+) -> list[list[float]]:
+    """Exact log-likelihood of each candidate answer of each prompt.
+
+    A candidate is one unit: one entity (an item) or one run of plain text (a "yes"
+    answer); both get the same intra-positions (1 on [sop], then 2, 3, ...).
+
+    Part A goes through the model once per prompt; its cache is then repeated over
+    the prompt's candidates and all ``[sop] + candidate`` continuations run in one
+    padded pass (per-candidate causal masks), ``rows_per_pass`` candidates at a time.
+    Positions follow generation: inter = mask position, intra from the tracker.
+
+    Args:
+        model: a GLMForConditionalGeneration.
+        prompts: ``PromptInputs`` from ``collator.build_prompt``.
+        candidates: per prompt, the token ids of each candidate (``tokenizer.encode_entity``).
+        length_normalize: divide each sum by the number of scored tokens (candidate + [eop]).
+        tokenizer: the ``GLMTokenizer`` (its sop and eop ids).
+        rows_per_pass: candidates per forward pass (bounds the [rows, T, V] logits).
+
+    Returns:
+        Per prompt, per candidate: sum of log p(token) over the candidate's tokens and [eop].
+    """
+    if len(candidates) != len(prompts):
+        raise ValueError(f"{len(candidates)} candidate lists for {len(prompts)} prompts")
+    pairs = []  # (prompt index, candidate index, token ids)
+    for prompt_index, prompt_candidates in enumerate(candidates):
+        for candidate_index, ids in enumerate(prompt_candidates):
+            if len(ids) == 0:
+                raise ValueError(
+                    f"prompt {prompt_index}, candidate {candidate_index}: no token ids"
+                )
+            pairs.append((prompt_index, candidate_index, tuple(int(i) for i in ids)))
+    scores: list[list[float]] = [[0.0] * len(c) for c in candidates]
+    if not pairs:
+        return scores
+    decoder = _Decoder(model, prompts, tokenizer.sop_token_id)
+    decoder.prompt_pass(with_sop=False)
+    device = decoder.device
+    prompt_cache = [(layer.keys, layer.values) for layer in decoder.cache.layers]
+    for start in range(0, len(pairs), rows_per_pass):
+        chunk = pairs[start : start + rows_per_pass]
+        prompt_rows = torch.tensor([p for p, _, _ in chunk], device=device)
+        length = max(len(ids) for _, _, ids in chunk) + 1  # T = [sop] + longest candidate
+        input_ids = torch.zeros(len(chunk), length, dtype=torch.long)
+        intra = torch.zeros(len(chunk), length, dtype=torch.long)
+        targets = torch.zeros(len(chunk), length, dtype=torch.long)
+        valid = torch.zeros(len(chunk), length, dtype=torch.bool)
+        for row, (_, _, ids) in enumerate(chunk):
+            tracker = IntraPositionTracker()
+            kinds = [TokenKind.ENTITY_START] + [TokenKind.ENTITY_CONTINUE] * (len(ids) - 1)
+            input_ids[row, : len(ids) + 1] = torch.tensor((tokenizer.sop_token_id, *ids))
+            intra[row, : len(ids) + 1] = torch.tensor(
+                [tracker.start()] + [tracker.step(k) for k in kinds]
+            )
+            targets[row, : len(ids) + 1] = torch.tensor((*ids, tokenizer.eop_token_id))
+            valid[row, : len(ids) + 1] = True
+        input_ids, intra, targets, valid = (
+            t.to(device) for t in (input_ids, intra, targets, valid)
+        )
+        inter = decoder.mask_inter.index_select(0, prompt_rows)[:, None].expand(-1, length)
+        # [rows, 1, T, P + T]: the prompt's non-padded keys, then causal within the candidate
+        # (padded candidate keys are never seen; padded rows' outputs are ignored).
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        candidate_keys = causal[None] & valid[:, None, :]
+        prompt_keys = decoder.key_valid.index_select(0, prompt_rows)[:, None, :].expand(
+            -1, length, -1
+        )
+        mask = torch.cat([prompt_keys, candidate_keys], 2)[:, None]
+        cache = DynamicCache(
+            [
+                (k.index_select(0, prompt_rows), v.index_select(0, prompt_rows))
+                for k, v in prompt_cache
+            ]
+        )
+        output = model(
+            input_ids=input_ids,
+            position_ids=torch.stack([inter, intra], 1),
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = output.logits.float()  # [rows, T, V]
+        # log p = logit - logsumexp: no second [rows, T, V] tensor as with log_softmax.
+        token_log_probs = logits.gather(2, targets[:, :, None])[:, :, 0] - logits.logsumexp(-1)
+        token_log_probs = token_log_probs.masked_fill(~valid, 0.0)
+        sums = token_log_probs.sum(1)
+        if length_normalize:
+            sums = sums / valid.sum(1)
+        for (prompt_index, candidate_index, _), value in zip(chunk, sums.tolist(), strict=True):
+            scores[prompt_index][candidate_index] = value
+    return scores
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: Any,
+    prompts: Sequence[Any],
+    tokenizer: Any,
+    max_new_tokens: int,
+    strategy: str = "greedy",
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    num_beams: int = 4,
+    length_normalize: bool = True,
+    entity_trie: EntityTrie | None = None,
+) -> list[list[int]]:
+    """Free generation of each prompt's answer; the token ids, [eop] excluded.
+
+    Args:
+        model: a GLMForConditionalGeneration.
+        prompts: ``PromptInputs`` from ``collator.build_prompt``.
+        tokenizer: the ``GLMTokenizer`` (special ids, ``banned_generation_ids``, ``vocab_size``).
+        max_new_tokens: at most this many tokens (an [eop] included) per answer.
+        strategy: "greedy", "sample" (temperature, top_k (0: off), top_p (1: off),
+            seeded by ``seed``) or "beam" (``num_beams``; ranked by mean token
+            log-probability when ``length_normalize``, as HF's default length penalty).
+        entity_trie: entities (``from_catalog(..., items_only=False)``) that decide the
+            intra-positions of generated tokens; None: all plain text (GLM's 1, 2, 3, ...).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r} not in {STRATEGIES}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if strategy == "sample" and (temperature <= 0 or not 0 < top_p <= 1 or top_k < 0):
+        raise ValueError(
+            f"bad sampling settings: temperature={temperature}, top_k={top_k}, top_p={top_p}"
+        )
+    banned_ids = _banned_ids(tokenizer, model.config.vocab_size)
+    decoder = _Decoder(model, prompts, tokenizer.sop_token_id)
+    if strategy == "beam":
+        results = _beam_search(
+            decoder,
+            tokenizer.eop_token_id,
+            num_beams=num_beams,
+            num_return=1,
+            max_new_tokens=max_new_tokens,
+            length_normalize=length_normalize,
+            constraints=None,
+            banned_ids=banned_ids,
+            entity_trie=entity_trie,
+        )
+        return [list(hyps[0][0]) if hyps else [] for hyps in results]
+    return _greedy_or_sample(
+        decoder,
+        tokenizer.eop_token_id,
+        banned_ids,
+        max_new_tokens,
+        entity_trie,
+        sample=strategy == "sample",
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+    )
+
+
+def generate_text(
+    model: Any,
+    prompts: Sequence[Any],
+    tokenizer: Any,
+    max_new_tokens: int,
+    strategy: str = "greedy",
+    **options: Any,
+) -> list[str]:
+    """:func:`generate_ids`, decoded with ``tokenizer.decode`` (explanations, reviews, ratings)."""
+    ids = generate_ids(model, prompts, tokenizer, max_new_tokens, strategy, **options)
+    return [tokenizer.decode(answer) for answer in ids]
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def parse_rating(text: str) -> float | None:
+    """The rating in a generated answer: its first number, if it lies in [1, 5].
+
+    Only the first number counts ("4 out of 5" -> 4.0), so a prompt-like answer
+    cannot be mined for a lucky value; digits only (no "four"). An answer without a
+    number, or whose first number is outside [1, 5] ("0", "10/10"), is unparseable:
+    None, which the evaluator counts and reports.
+
+    Example:
+        >>> parse_rating(" 4 stars"), parse_rating("3.5"), parse_rating("great"), parse_rating("10")
+        (4.0, 3.5, None, None)
+    """
+    match = _NUMBER.search(text)
+    if match is None:
+        return None
+    value = float(match.group())
+    return value if 1.0 <= value <= 5.0 else None
