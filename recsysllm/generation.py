@@ -165,6 +165,7 @@ class _Decoder:
             attention_mask=mask,
             past_key_values=DynamicCache(),
             use_cache=True,
+            logits_to_keep=1,
         )
         self.cache, self.key_valid = output.past_key_values, key_valid
         return output.logits[:, -1].float() if with_sop else None

@@ -143,7 +143,8 @@ class EopAfter(torch.nn.Module):
 
     def forward(self, **inputs):
         output = self.model(**inputs)
-        output.logits[..., EOP] += 100.0 * (inputs["input_ids"] == self.token)
+        input_ids = inputs["input_ids"][:, -output.logits.shape[1] :]  # logits_to_keep
+        output.logits[..., EOP] += 100.0 * (input_ids == self.token)
         return output
 
 

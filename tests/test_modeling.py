@@ -397,3 +397,29 @@ def test_gelu_approximation_matches_its_formula(tiny_glm_config):
             mlp.dense_4h_to_h.bias.zero_()
             out = mlp(torch.zeros(1, 32))[0]
         torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_logits_to_keep_returns_the_last_columns_of_the_full_logits(tiny_glm_config):
+    from recsysllm.modeling import GLMForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = GLMForConditionalGeneration(tiny_glm_config).eval()
+    input_ids = torch.randint(0, tiny_glm_config.vocab_size, (2, 7))
+    position_ids = torch.stack(
+        [torch.arange(7).expand(2, 7), torch.zeros(2, 7, dtype=torch.long)], 1
+    )
+    mask = torch.ones(2, 1, 7, 7, dtype=torch.bool)
+    full = model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask).logits
+    last = model(
+        input_ids=input_ids, position_ids=position_ids, attention_mask=mask, logits_to_keep=2
+    ).logits
+    assert last.shape == (2, 2, tiny_glm_config.vocab_size)
+    torch.testing.assert_close(last, full[:, -2:])
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=mask,
+            labels=input_ids,
+            logits_to_keep=1,
+        )

@@ -290,6 +290,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         labels: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
         use_cache: bool = False,
+        logits_to_keep: int = 0,
         **kwargs: object,
     ) -> CausalLMOutputWithPast:
         """Logits and, given labels, the loss.
@@ -302,6 +303,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 position i; not shifted). -100 is ignored.
             past_key_values: a DynamicCache from an earlier call (updated in place).
             use_cache: return the cache (a new DynamicCache if none was given).
+            logits_to_keep: 0 = logits for every position; n > 0 = only for the last n
+                (the transformers convention; a prompt pass needs just the last column,
+                and [batch, seq, vocab] logits dominate its cost). Not with labels.
             **kwargs: keyword arguments Trainer/PEFT pass that carry nothing here
                 (num_items_in_batch, return_dict, ...). Any other tensor is an error.
 
@@ -317,7 +321,12 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             use_cache=use_cache,
         )
-        logits = self.lm_head(outputs.last_hidden_state)  # [batch, seq, vocab]
+        hidden = outputs.last_hidden_state  # [batch, seq, hidden]
+        if logits_to_keep:
+            if labels is not None:
+                raise ValueError("logits_to_keep cannot be combined with labels")
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)  # [batch, seq or logits_to_keep, vocab]
         loss = None
         if labels is not None:
             if labels.shape != input_ids.shape:
