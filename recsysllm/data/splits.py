@@ -1,0 +1,345 @@
+"""k-core filtering, chronological leave-one-out splits and stored direct candidates.
+
+Rules (DESIGN.md section 8):
+
+- Duplicate (user, item) interactions keep their first occurrence (in the order
+  below); later ones are dropped and counted in ``tables.notes``, so a target item
+  never also appears in its own history.
+- k-core: users and items with fewer than ``k`` interactions are dropped,
+  repeatedly, until every remaining user and item has at least ``k``.
+- Order of a user's events: by ``(timestamp, row index in the interactions
+  table)``. The row index is the fixed tie-break for equal timestamps (frequent in
+  MovieLens-100K); without timestamps (-1) the row order alone decides.
+- Leave-one-out per user: last event = test, second-last = valid, the rest = train.
+  Users with fewer than 3 events after filtering (only possible for k < 3) are
+  dropped and counted.
+- Direct candidates: for each user and split valid/test, the target plus
+  ``num_negatives`` distinct items the user never interacted with in any split,
+  drawn with ``numpy.random.default_rng(seed)`` over users in sorted order and
+  stored (target first) so every evaluation sees the same lists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from recsysllm.data.catalog import item_key_map, write_json_atomic
+from recsysllm.data.tables import RecTables
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+EVAL_SPLITS = ("valid", "test")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interaction of a user.
+
+    Attributes:
+        item: item key (catalog key: the disambiguated title).
+        timestamp: seconds since epoch, -1 when unknown.
+        rating: NaN when absent.
+        review: "" when absent.
+        summary: "" when absent.
+    """
+
+    item: str
+    timestamp: int
+    rating: float
+    review: str
+    summary: str
+
+    @property
+    def has_rating(self) -> bool:
+        return not math.isnan(self.rating)
+
+
+@dataclass
+class RecSplits:
+    """Leave-one-out splits of the k-core filtered data.
+
+    Attributes:
+        tables: the filtered tables (interactions, items and users that survived).
+        item_keys: raw item id -> item key, for every item of ``tables.items``.
+        sequences: user -> all of the user's events in chronological order.
+        candidates: split ("valid"/"test") -> user -> target followed by the stored
+            negatives (item keys).
+        k: the k of the k-core.
+        seed: seed the candidates were drawn with.
+    """
+
+    tables: RecTables
+    item_keys: dict[str, str]
+    sequences: dict[str, tuple[Event, ...]]
+    candidates: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    k: int = 5
+    seed: int = 0
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        """User ids, sorted."""
+        return tuple(sorted(self.sequences))
+
+    @property
+    def train(self) -> dict[str, tuple[Event, ...]]:
+        """user -> train events (all but the last two), chronological."""
+        return {user: events[:-2] for user, events in self.sequences.items()}
+
+    @property
+    def valid(self) -> dict[str, Event]:
+        """user -> valid event (second-last)."""
+        return {user: events[-2] for user, events in self.sequences.items()}
+
+    @property
+    def test(self) -> dict[str, Event]:
+        """user -> test event (last)."""
+        return {user: events[-1] for user, events in self.sequences.items()}
+
+    def target_index(self, split: str, user: str) -> int:
+        """Position of the split's target in the user's sequence (valid: -2, test: -1, as index)."""
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+        return len(self.sequences[user]) - (2 if split == "valid" else 1)
+
+    def interacted(self, user: str) -> frozenset[str]:
+        """Every item key the user interacted with, in any split."""
+        return frozenset(event.item for event in self.sequences[user])
+
+    def save_candidates(self, path: str | os.PathLike) -> None:
+        """Write the stored direct candidates as JSON (atomic), e.g. next to a checkpoint."""
+        payload = {
+            "data_set": self.tables.name,
+            "k": self.k,
+            "seed": self.seed,
+            **{
+                split: {user: list(keys) for user, keys in self.candidates[split].items()}
+                for split in EVAL_SPLITS
+            },
+        }
+        write_json_atomic(Path(path), payload)
+
+    def load_candidates(self, path: str | os.PathLike) -> None:
+        """Replace the stored candidates by the ones saved at ``path``.
+
+        Raises:
+            ValueError: the file does not match these splits (unknown or missing user,
+                a list whose first key is not the user's target, an unknown item, an
+                interacted negative, or a repeated key); the message names the file,
+                split and user.
+        """
+        path = Path(path)
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
+        known_items = set(self.item_keys.values())
+        loaded: dict[str, dict[str, tuple[str, ...]]] = {}
+        for split in EVAL_SPLITS:
+            if split not in payload:
+                raise ValueError(f"{path}: missing field {split!r}")
+            lists = payload[split]
+            missing = set(self.sequences) - set(lists)
+            if missing:
+                raise ValueError(f"{path}: field {split!r} lacks users {sorted(missing)[:5]}")
+            loaded[split] = {}
+            for user, keys in lists.items():
+                where = f"{path}: field {split!r}, user {user!r}"
+                if user not in self.sequences:
+                    raise ValueError(f"{where}: user is not in the splits")
+                target = self.sequences[user][self.target_index(split, user)].item
+                if not keys or keys[0] != target:
+                    raise ValueError(f"{where}: first candidate must be the target {target!r}")
+                if len(set(keys)) != len(keys):
+                    raise ValueError(f"{where}: candidates repeat an item")
+                unknown = [key for key in keys if key not in known_items]
+                if unknown:
+                    raise ValueError(f"{where}: unknown items {unknown[:3]}")
+                interacted = self.interacted(user).intersection(keys[1:])
+                if interacted:
+                    raise ValueError(
+                        f"{where}: negatives the user interacted with: {sorted(interacted)[:3]}"
+                    )
+                loaded[split][user] = tuple(keys)
+        self.candidates = loaded
+
+
+def k_core_rows(users: Sequence[str], items: Sequence[str], k: int) -> list[int]:
+    """Row indices that survive iterated k-core filtering.
+
+    Drops users and items with fewer than ``k`` rows, again and again, until every
+    remaining user and item has at least ``k`` rows.
+
+    Example:
+        >>> k_core_rows(["a", "a", "b"], ["x", "y", "x"], 2)
+        []
+    """
+    rows = list(range(len(users)))
+    while True:
+        user_counts = Counter(users[row] for row in rows)
+        item_counts = Counter(items[row] for row in rows)
+        kept = [
+            row for row in rows if user_counts[users[row]] >= k and item_counts[items[row]] >= k
+        ]
+        if len(kept) == len(rows):
+            return kept
+        rows = kept
+
+
+def sample_negatives(
+    rng: np.random.Generator,
+    item_pool: Sequence[str],
+    exclude: frozenset[str] | set[str],
+    count: int,
+) -> list[str]:
+    """``count`` distinct items of ``item_pool`` not in ``exclude``, uniformly at random.
+
+    Rejection sampling (fast when the user touched a small share of the items), with
+    an exact fallback over the allowed items when rejection stalls.
+
+    Raises:
+        ValueError: fewer than ``count`` allowed items exist.
+    """
+    chosen: list[str] = []
+    if count == 0:
+        return chosen
+    chosen_set: set[str] = set()
+    for _ in range(4):
+        draws = rng.integers(0, len(item_pool), size=2 * (count - len(chosen)) + 8).tolist()
+        for index in draws:
+            key = item_pool[index]
+            if key not in exclude and key not in chosen_set:
+                chosen_set.add(key)
+                chosen.append(key)
+                if len(chosen) == count:
+                    return chosen
+    allowed = [key for key in item_pool if key not in exclude and key not in chosen_set]
+    if len(allowed) < count - len(chosen):
+        raise ValueError(
+            f"only {len(allowed) + len(chosen)} items are left to sample {count} negatives from "
+            f"({len(item_pool)} items, {len(exclude)} excluded)"
+        )
+    picks = rng.choice(len(allowed), size=count - len(chosen), replace=False)
+    return chosen + [allowed[index] for index in picks]
+
+
+def build_splits(
+    tables: RecTables, *, k: int = 5, seed: int = 0, num_negatives: int = 99
+) -> RecSplits:
+    """Filter ``tables`` to its k-core and split every user leave-one-out in time order.
+
+    Args:
+        tables: the data set (any source).
+        k: minimum interactions per user and per item.
+        seed: seed of the direct candidates.
+        num_negatives: sampled negatives per direct candidate list (99 gives 1-of-100).
+
+    Returns:
+        RecSplits with stored candidates for valid and test.
+
+    Raises:
+        ValueError: k < 1, an interaction naming an item missing from the items
+            table (names the row), or too few items to draw the negatives from.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    name = tables.name
+    columns = tables.interactions.to_dict()
+    key_of = item_key_map(tables.items, source=name)
+    for row, raw_id in enumerate(columns["item"]):
+        if raw_id not in key_of:
+            raise ValueError(
+                f"{name}: interactions row {row}: field 'item' {raw_id!r} is not in the items table"
+            )
+
+    # Chronological order with the documented tie-break, then first occurrences only.
+    order = sorted(range(len(columns["user"])), key=lambda row: (columns["timestamp"][row], row))
+    seen_pairs: set[tuple[str, str]] = set()
+    first_rows = []
+    for row in order:
+        pair = (columns["user"][row], columns["item"][row])
+        if pair not in seen_pairs:
+            seen_pairs.add(pair)
+            first_rows.append(row)
+    duplicates = len(order) - len(first_rows)
+
+    kept = k_core_rows(
+        [columns["user"][r] for r in first_rows], [columns["item"][r] for r in first_rows], k
+    )
+    rows = [first_rows[index] for index in kept]  # still chronological
+    by_user: dict[str, list[int]] = {}
+    for row in rows:
+        by_user.setdefault(columns["user"][row], []).append(row)
+    too_short = [user for user, user_rows in by_user.items() if len(user_rows) < 3]
+    for user in too_short:
+        del by_user[user]
+    rows = sorted(row for user_rows in by_user.values() for row in user_rows)
+
+    interactions = tables.interactions.select(rows)
+    kept_items = {columns["item"][row] for row in rows}
+    # select() by index, not filter(): no map job, no progress bar, no cache files.
+    items = tables.items.select(
+        [row for row, item in enumerate(tables.items.to_dict()["item"]) if item in kept_items]
+    )
+    users = tables.users.select(
+        [row for row, user in enumerate(tables.users.to_dict()["user"]) if user in by_user]
+    )
+    notes = dict(tables.notes)
+    notes["duplicate interactions dropped"] = duplicates
+    notes[f"interactions dropped by {k}-core"] = len(first_rows) - len(kept)
+    notes["users with < 3 interactions dropped"] = len(too_short)
+    if duplicates or len(first_rows) != len(rows):
+        logger.info(
+            "%s: kept %d of %d interactions (%d duplicates, %d by %d-core, %d users too short)",
+            name, len(rows), len(order), duplicates, len(first_rows) - len(kept), k, len(too_short),
+        )  # fmt: skip
+    filtered = replace(tables, interactions=interactions, items=items, users=users, notes=notes)
+
+    item_keys = item_key_map(items, source=name)
+    sequences = {
+        user: tuple(
+            Event(
+                item=item_keys[columns["item"][row]],
+                timestamp=int(columns["timestamp"][row]),
+                rating=float("nan")
+                if columns["rating"][row] is None
+                else float(columns["rating"][row]),
+                review=columns["review"][row] or "",
+                summary=columns["summary"][row] or "",
+            )
+            for row in user_rows
+        )
+        for user, user_rows in sorted(by_user.items())
+    }
+    splits = RecSplits(filtered, item_keys, sequences, k=k, seed=seed)
+    splits.candidates = _draw_candidates(splits, seed, num_negatives)
+    return splits
+
+
+def _draw_candidates(
+    splits: RecSplits, seed: int, num_negatives: int
+) -> dict[str, dict[str, tuple[str, ...]]]:
+    rng = np.random.default_rng(seed)
+    item_pool = sorted(splits.item_keys.values())
+    candidates: dict[str, dict[str, tuple[str, ...]]] = {split: {} for split in EVAL_SPLITS}
+    for user in splits.users:
+        interacted = splits.interacted(user)
+        for split in EVAL_SPLITS:
+            target = splits.sequences[user][splits.target_index(split, user)].item
+            try:
+                negatives = sample_negatives(rng, item_pool, interacted, num_negatives)
+            except ValueError as error:
+                raise ValueError(
+                    f"{splits.tables.name}: direct candidates of user {user!r} ({split}): {error}"
+                ) from None
+            candidates[split][user] = (target, *negatives)
+    return candidates

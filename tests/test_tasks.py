@@ -1,0 +1,427 @@
+"""Task examples: every template renders, no leakage, direct candidates, mixtures, seen/unseen."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import datasets
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recsysllm.data.catalog import EntityCatalog, UnknownEntityError
+from recsysllm.data.splits import build_splits
+from recsysllm.data.tables import RecTables
+from recsysllm.data.tasks import ANSWER_PLACEHOLDER, TaskBuilder, TaskMixture, render_example
+from recsysllm.prompts import load_prompts
+from recsysllm.schema import TASK_FAMILIES
+
+DAY = 86_400
+FEATURES = {"age": "is {value} years old", "occupation": "works as a {value}"}
+REVIEWS = [
+    "Great fit and the fabric is soft. Would buy again.",
+    "Runs small, the color was not as pictured. Returned it.",
+    "Sturdy box.",
+]
+
+
+def make_tables(rows, *, has_reviews, users=None, n_items=None) -> RecTables:
+    """rows: (user, item, timestamp, rating, review, summary); items titled "Title <item>"."""
+    item_ids = sorted({r[1] for r in rows} | {f"i{n}" for n in range(n_items or 0)})
+    users = users or {"user": []}
+    return RecTables(
+        name="toy",
+        interactions=datasets.Dataset.from_dict(
+            {
+                "user": [r[0] for r in rows],
+                "item": [r[1] for r in rows],
+                "timestamp": [r[2] for r in rows],
+                "rating": [r[3] for r in rows],
+                "review": [r[4] for r in rows],
+                "summary": [r[5] for r in rows],
+            }
+        ),
+        items=datasets.Dataset.from_dict(
+            {"item": item_ids, "title": [f"Title {i}" for i in item_ids]}
+        ),
+        users=datasets.Dataset.from_dict(
+            users, features=datasets.Features({c: datasets.Value("string") for c in users})
+        ),
+        user_features={c: FEATURES[c] for c in users if c != "user"},
+        has_reviews=has_reviews,
+    )
+
+
+def review_rows(n_users=24, events=8):
+    """n_users x events over 120 items, all covered; users 0, 3, 6, ... end on a timestamp tie."""
+    rows = []
+    for u in range(n_users):
+        for j in range(events):
+            day = j if (u % 3 or j < events - 1) else j - 1  # tie between valid and test
+            review = REVIEWS[(u + j) % 3] if (u + j) % 5 else ""  # some events lack a review
+            rows.append(
+                (
+                    f"u{u}",
+                    f"i{(u * 5 + j) % 120}",
+                    day * DAY,
+                    float(1 + (u + j) % 5),
+                    review,
+                    "Summary words" if review else "",
+                )
+            )
+    return rows
+
+
+USERS = {
+    "user": ["u0", "u1", "u2", "u3"],  # u4.. have no row at all
+    "age": ["25-34", "", "18-24", "25-34"],
+    "occupation": ["programmer", "student", "", "writer"],
+}
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return load_prompts()
+
+
+@pytest.fixture(scope="module")
+def review_world(prompts):
+    tables = make_tables(review_rows(), has_reviews=True, users=USERS)
+    splits = build_splits(tables, k=1, seed=0)
+    catalog = EntityCatalog.from_tables(splits.tables)
+    return splits, catalog, TaskBuilder(splits, catalog, prompts, history_budget=5)
+
+
+@pytest.fixture(scope="module")
+def movielens_world(prompts):
+    rows = [(u, i, t, rating, "", "") for (u, i, t, rating, _, _) in review_rows(n_users=12)]
+    tables = make_tables(rows, has_reviews=False, users=USERS)
+    splits = build_splits(tables, k=1, seed=0, num_negatives=9)
+    catalog = EntityCatalog.from_tables(splits.tables)
+    return splits, catalog, TaskBuilder(splits, catalog, prompts, history_budget=5)
+
+
+def check_example(example, catalog, prompts):
+    """Invariants every rendered task example must satisfy."""
+    template = prompts.get(example.template_id)
+    assert example.task == template.family and example.seen == template.seen
+    answers = [s for s in example.segments if s.answer]
+    assert len(answers) == 1, example.describe()
+    (answer,) = answers
+    if template.answer_type == "item":
+        assert answer.entity == example.target == answer.text
+    else:
+        assert answer.entity is None and answer.text.strip() == example.target
+    if template.answer_type == "yesno":
+        assert example.target in template.answer_words
+    if template.answer_type == "rating":
+        assert 1 <= float(example.target) <= 5
+    if template.answer_mask == "gmask":
+        assert example.segments[-1] is answer
+    for segment in example.segments:
+        assert segment.text and segment.text == segment.text.replace("  ", " ")
+        if segment.entity is None:
+            assert "{" not in segment.text
+        else:
+            assert catalog.entity_text(segment.entity) == segment.text
+    assert not example.segments[0].text.startswith(" ")
+    shown = [s.entity for s in example.segments if s.entity is not None and not s.answer]
+    for key in example.history + example.candidates:
+        assert key in shown
+    if example.candidates and template.answer_type == "item":
+        assert example.target in example.candidates
+
+
+def test_every_template_renders_with_reviews_and_user_features(review_world, prompts):
+    splits, catalog, builder = review_world
+    rendered = set()
+    for split in ("valid", "test"):
+        for example in builder.examples(split, prompts="all", seed=0):
+            check_example(example, catalog, prompts)
+            rendered.add(example.template_id)
+    for example in builder.examples("train", prompts="all", seed=0):
+        check_example(example, catalog, prompts)
+    assert rendered == {t.id for f in TASK_FAMILIES for t in prompts.templates(f)}
+
+
+def test_user_profile_values_are_entities(review_world, prompts):
+    _, _, builder = review_world
+    by_user = {
+        e.user: e
+        for e in builder.examples("test", ["rating"], prompts="all")
+        if e.template_id == "rating-1"
+    }
+    attributes = {
+        u: [s.entity for s in e.segments if s.entity and s.entity.startswith("attr:")]
+        for u, e in by_user.items()
+    }
+    assert attributes["u0"] == ["attr:age=25-34", "attr:occupation=programmer"]
+    assert attributes["u1"] == ["attr:occupation=student"]  # unknown age is left out
+    assert attributes["u5"] == []  # no users-table row: no profile, still renders
+    assert "".join(s.text for s in by_user["u0"].segments).startswith(
+        "The user is 25-34 years old and works as a programmer. The user has interacted with "
+    )
+    assert by_user["u5"].segments[0].text.startswith("The user has interacted with")
+
+
+def test_review_families_are_skipped_with_one_log_line(movielens_world, prompts, caplog):
+    _, catalog, builder = movielens_world
+    with caplog.at_level(logging.INFO, logger="recsysllm.data.tasks"):
+        examples = builder.examples("test", prompts="all", seed=0)
+    skip_lines = [
+        r.getMessage() for r in caplog.records if "skipping task families" in r.getMessage()
+    ]
+    assert len(skip_lines) == 1
+    assert (
+        "explanation" in skip_lines[0]
+        and "review" in skip_lines[0]
+        and "no review text" in skip_lines[0]
+    )
+    assert {e.task for e in examples} == {"rating", "sequential", "direct"}
+    for example in examples:
+        check_example(example, catalog, prompts)
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="recsysllm.data.tasks"):
+        training = builder.training_examples(TaskMixture(examples_per_epoch=50), seed=0, epoch=0)
+    assert sum("skipping task families" in r.getMessage() for r in caplog.records) == 1
+    assert len(training) == 50 and {e.task for e in training} <= {
+        "rating",
+        "sequential",
+        "direct",
+        "pretrain",
+    }
+
+
+def test_events_without_review_are_counted_not_silently_dropped(review_world, caplog):
+    splits, _, builder = review_world
+    with caplog.at_level(logging.INFO, logger="recsysllm.data.tasks"):
+        examples = builder.examples("test", ["explanation"], prompts="all")
+    without_review = sum(not splits.test[u].review for u in splits.users)
+    assert without_review > 0
+    n_templates = len(builder.prompts.templates("explanation"))
+    assert len(examples) == (len(splits.users) - without_review) * n_templates
+    assert any(
+        f"explanation/no review text: {without_review * n_templates}" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+@st.composite
+def interaction_data(draw):
+    timed = draw(st.booleans())
+    rows = []
+    for user in range(draw(st.integers(1, 5))):
+        n_events = draw(st.integers(3, 7))
+        for item in draw(
+            st.lists(st.integers(0, 11), min_size=n_events, max_size=n_events, unique=True)
+        ):
+            timestamp = draw(st.integers(0, 3)) * DAY if timed else -1  # many ties
+            rows.append((f"u{user}", f"i{item}", timestamp, 4.0, "Fine. Sturdy enough.", "ok"))
+    order = draw(st.permutations(range(len(rows))))
+    return [rows[i] for i in order]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rows=interaction_data())
+def test_no_leakage(rows, prompts):
+    splits = build_splits(make_tables(rows, has_reviews=True), k=1, num_negatives=0)
+    builder = TaskBuilder(
+        splits, EntityCatalog.from_tables(splits.tables), prompts, history_budget=4
+    )
+    # Independent expectation: each user's events ordered by (timestamp, row).
+    ordered: dict[str, list[tuple[str, int]]] = {}
+    for row in sorted(range(len(rows)), key=lambda r: (rows[r][2], r)):
+        ordered.setdefault(rows[row][0], []).append((f"Title {rows[row][1]}", rows[row][2]))
+    position = {
+        user: {item: (p, ts) for p, (item, ts) in enumerate(events)}
+        for user, events in ordered.items()
+    }
+    for split, offset in (("test", 1), ("valid", 2)):
+        for example in builder.examples(
+            split, prompts="all", seed=0
+        ) + builder.pretraining_documents(split):
+            target_item, target_ts = ordered[example.user][-offset]
+            target_position = len(ordered[example.user]) - offset
+            if example.answer_type == "item":
+                assert example.target == target_item
+            assert target_item not in example.history
+            for key in example.history:
+                p, ts = position[example.user][key]
+                assert p < target_position
+                if target_ts >= 0:
+                    assert ts < target_ts
+    for example in builder.training_examples(TaskMixture(examples_per_epoch=30), seed=1, epoch=0):
+        if example.task in ("sequential", "direct") and example.answer_type == "item":
+            target_position, target_ts = position[example.user][example.target]
+            assert target_position < len(ordered[example.user]) - 2  # a train event
+            for key in example.history:
+                p, ts = position[example.user][key]
+                assert p < target_position and (target_ts < 0 or ts < target_ts)
+
+
+def test_direct_candidates_use_the_stored_lists(review_world, prompts):
+    splits, catalog, builder = review_world
+    again_splits = build_splits(
+        make_tables(review_rows(), has_reviews=True, users=USERS), k=1, seed=0
+    )
+    again = TaskBuilder(
+        again_splits, EntityCatalog.from_tables(again_splits.tables), prompts, history_budget=5
+    )
+    first = builder.examples("test", ["direct"], prompts="all", seed=7)
+    second = again.examples("test", ["direct"], prompts="all", seed=7)
+    assert first == second
+    positions = set()
+    listed = [e for e in first if e.answer_type == "item"]
+    assert listed
+    for example in listed:
+        interacted = {e.item for e in splits.sequences[example.user]}
+        assert len(example.candidates) == 100 == len(set(example.candidates))
+        assert example.target == splits.test[example.user].item
+        assert set(example.candidates) == set(splits.candidates["test"][example.user])
+        assert not (set(example.candidates) - {example.target}) & interacted
+        positions.add(example.candidates.index(example.target))
+    assert len(positions) > 1  # shuffled: the target does not sit at a fixed position
+
+    training = builder.training_examples(
+        TaskMixture({"direct": 1.0}, examples_per_epoch=40), seed=0, epoch=0
+    )
+    for example in training:
+        if example.answer_type == "item":
+            interacted = {e.item for e in splits.sequences[example.user]}
+            assert len(set(example.candidates)) == 100 and example.target in example.candidates
+            assert not (set(example.candidates) - {example.target}) & interacted
+
+
+def test_training_examples_use_only_seen_templates_and_follow_the_weights(review_world, prompts):
+    _, catalog, builder = review_world
+    unseen = {t.id for f in TASK_FAMILIES for t in prompts.templates(f, seen=False)}
+    mixture = TaskMixture(examples_per_epoch=300)
+    used = set()
+    for epoch in range(3):
+        examples = builder.training_examples(mixture, seed=0, epoch=epoch)
+        assert len(examples) == 300
+        for example in examples:
+            assert example.seen and example.template_id not in unseen
+            if example.task != "pretrain":
+                check_example(example, catalog, prompts)
+            used.add(example.template_id)
+    assert used - {""} == {t.id for f in TASK_FAMILIES for t in prompts.templates(f, seen=True)}
+    assert {e.template_id for e in builder.examples("valid", prompts="unseen")} == unseen
+
+    weighted = builder.training_examples(
+        TaskMixture({"rating": 3.0, "sequential": 1.0}, 40), seed=0, epoch=0
+    )
+    assert Counter(e.task for e in weighted) == {"rating": 30, "sequential": 10}
+    with_docs = builder.training_examples(
+        TaskMixture({"review": 1.0, "pretrain": 1.0}, 11), seed=0, epoch=0
+    )
+    assert Counter(e.task for e in with_docs) in (
+        {"review": 6, "pretrain": 5},
+        {"review": 5, "pretrain": 6},
+    )
+    # examples_per_epoch None: one per (user, usable family).
+    assert len(
+        builder.training_examples(TaskMixture({"rating": 1.0, "direct": 2.0}), 0, 0)
+    ) == 2 * len(builder.users)
+
+
+def test_training_examples_are_a_function_of_seed_and_epoch(review_world):
+    _, _, builder = review_world
+    mixture = TaskMixture(examples_per_epoch=60)
+    first = builder.training_examples(mixture, seed=3, epoch=1)
+    assert builder.training_examples(mixture, seed=3, epoch=1) == first
+    assert builder.training_examples(mixture, seed=3, epoch=2) != first
+    assert builder.training_examples(mixture, seed=4, epoch=1) != first
+
+
+def test_pretraining_documents(review_world):
+    splits, _, builder = review_world
+    for split in ("train", "valid", "test"):
+        documents = builder.pretraining_documents(split, seed=0)
+        assert len(documents) == len(splits.users)
+        for document in documents:
+            assert (
+                document.task == "pretrain"
+                and document.target is None
+                and document.answer_mask is None
+            )
+            assert not any(s.answer for s in document.segments)
+            text = "".join(s.text for s in document.segments)
+            assert text.endswith(".") and text.count(". ") >= 1 or len(document.history) <= 5
+            assert [
+                s.entity for s in document.segments if s.entity and not s.entity.startswith("attr:")
+            ] == list(document.history)
+            sequence = [e.item for e in splits.sequences[document.user]]
+            limit = len(sequence) - (2 if split in ("train", "valid") else 1)
+            assert all(sequence.index(key) < limit for key in document.history)
+    documents = builder.pretraining_documents("train", seed=0)
+    assert documents == builder.pretraining_documents("train", seed=0)
+    user0 = builder.pretraining_documents("test")[0]
+    text = "".join(s.text for s in user0.segments)
+    assert text.startswith(
+        "The user is 25-34 years old and works as a programmer. The user interacted with Title "
+    )
+    assert "After that, the user interacted with" not in text  # budget 5: one sentence
+
+
+def test_render_example_is_the_builders_renderer(review_world, prompts):
+    splits, catalog, builder = review_world
+    built = next(
+        e
+        for e in builder.examples("test", ["sequential"])
+        if e.template_id == "sequential-1" and e.user == "u0"
+    )
+    features = {"age": "25-34", "occupation": "programmer"}
+    again = render_example(
+        prompts.get("sequential-1"), catalog, user="u0", user_features=features, feature_templates=FEATURES,
+        history=built.history, target=built.target, timestamp=built.timestamp,
+    )  # fmt: skip
+    assert again == built
+
+    unknown = render_example(
+        prompts.get("direct-3"), catalog, user="new", user_features={}, feature_templates=FEATURES,
+        history=built.history, candidates=built.history,
+    )  # fmt: skip
+    (answer,) = [s for s in unknown.segments if s.answer]
+    assert (
+        answer.text.strip() == ANSWER_PLACEHOLDER
+        and unknown.target is None
+        and unknown.answer_mask == "mask"
+    )
+    with pytest.raises(UnknownEntityError, match="Title nope"):
+        render_example(
+            prompts.get("sequential-1"), catalog, user="x", user_features={}, feature_templates={},
+            history=["Title nope"],
+        )  # fmt: skip
+    with pytest.raises(UnknownEntityError, match="attr:age=99"):
+        render_example(
+            prompts.get("sequential-1"), catalog, user="x", user_features={"age": "99"}, feature_templates=FEATURES,
+            history=[],
+        )  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"template 'rating-5'.*answer words \('like', 'dislike'\)"
+    ):
+        render_example(
+            prompts.get("rating-5"), catalog, user="x", user_features={}, feature_templates={},
+            history=[], item=built.target, target="yes",
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"template 'rating-1'.*\{item\} needs an item"):
+        render_example(
+            prompts.get("rating-1"),
+            catalog,
+            user="x",
+            user_features={},
+            feature_templates={},
+            history=[],
+        )
+
+
+def test_catalog_must_cover_the_splits(review_world, prompts):
+    splits, _, _ = review_world
+    small = EntityCatalog("toy", {"Title i0": "i0"}, {})
+    with pytest.raises(ValueError, match="lacks .* items of the splits"):
+        TaskBuilder(splits, small, prompts)
