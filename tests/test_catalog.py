@@ -160,3 +160,32 @@ def test_save_load_roundtrip_and_tampering(tmp_path):
     path.write_text('{"name": "toy",\n "items": [')
     with pytest.raises(ValueError, match=r"catalog\.json: line 2: not valid JSON"):
         EntityCatalog.load(path)
+
+
+def test_catalog_of_filtered_tables_without_user_features():
+    """A filtered data set with no user features (Amazon, generic) builds a catalog.
+
+    Regression: selecting zero user columns of a filtered datasets.Dataset raised IndexError.
+    """
+    import datasets
+
+    from recsysllm.data.catalog import EntityCatalog
+    from recsysllm.data.tables import RecTables
+
+    interactions = datasets.Dataset.from_dict(
+        {
+            "user": ["u1"],
+            "item": ["a"],
+            "timestamp": [1],
+            "rating": [5.0],
+            "review": [""],
+            "summary": [""],
+        }
+    )
+    items = datasets.Dataset.from_dict({"item": ["a", "b"], "title": ["Alpha", "Beta"]})
+    # filtered: has an indices map
+    users = datasets.Dataset.from_dict({"user": ["u1", "u2", "u3"]}).select([0, 2])
+    tables = RecTables("amazon-like", interactions, items, users)
+    catalog = EntityCatalog.from_tables(tables)
+    assert catalog.item_keys == ("Alpha", "Beta")
+    assert catalog.attributes == {}

@@ -125,9 +125,8 @@ class EntityCatalog:
         match the ones the splits use.
         """
         attributes = {}
-        user_columns = tables.users.select_columns(list(tables.user_features)).to_dict()
         for column in tables.user_features:
-            for value in user_columns[column]:
+            for value in tables.users[column]:
                 value = (value or "").strip()
                 if value:
                     attributes[attribute_key(column, value)] = value
