@@ -1,0 +1,264 @@
+"""Training throughput: tokens/s (and on GPU MFU and peak memory) of the GLM + collator.
+
+    python benchmarks/bench_training.py                    # CPU: tiny demo model, packed vs unpacked
+    python benchmarks/bench_training.py --device cuda      # GPU: LoRA on glm-large / glm-2b shapes
+
+A plain torch loop (AdamW, one optimizer step per batch) over synthetic TokenizedExamples
+collated by the real :class:`BlankInfillingCollator`: only torch, transformers and peft are
+imported (no deepspeed, datasets, pygtrie or wandb), so it runs on a bare GPU box.
+
+Figures:
+
+- tokens/s counts real (non-padding) tokens, Part A + Part B, per second of wall time
+  (collation included: it is part of the input pipeline a run pays for).
+- MFU = model FLOPs per second / peak FLOPs (``--peak-tflops``, default 989 = H100/H200
+  dense bf16). Model FLOPs per optimizer step, with N the parameter count of the linear
+  layers and embeddings used per token, T the real tokens, and per row of width L:
+  * full fine-tuning: 6 N T (forward 2NT, backward 4NT);
+  * LoRA: 4 N T for the frozen weights (forward 2NT + activation gradients 2NT; no weight
+    gradients) + 6 N_lora T for the adapters;
+  * attention scores and weighted values: 4 L^2 h per layer and row forward, twice that
+    backward (12 L^2 h per layer and row in all), over the padded width L because the
+    explicit mask makes SDPA compute every cell.
+  Activation-checkpointing recomputation is NOT counted (the usual MFU convention), so
+  checkpointing lowers MFU by the time it costs.
+- peak memory: ``torch.cuda.max_memory_allocated`` over the timed steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from recsysllm.collator import BlankInfillingCollator
+from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
+from recsysllm.schema import Example, Segment, TokenizedExample
+
+# GLM special ids laid out as in the GPT-2 BPE checkpoints (GLM_REFERENCE.md).
+SPECIALS = SimpleNamespace(
+    cls_token_id=50259,
+    eos_token_id=50256,
+    pad_token_id=50256,
+    mask_token_id=50260,
+    smask_token_id=50264,
+    gmask_token_id=50263,
+    sop_token_id=50257,
+    eop_token_id=50258,
+)
+SHAPES = {
+    # name: (layers, hidden, heads, vocab)
+    "tiny": (2, 128, 4, 2048),
+    "glm-large": (24, 1024, 16, 50304),
+    "glm-2b": (36, 2048, 32, 50304),
+}
+
+
+def synthetic_examples(
+    count: int, min_len: int, max_len: int, vocab: int, seed: int
+) -> list[TokenizedExample]:
+    """Task-like examples: plain runs and 3-8 token entities, half with an entity answer."""
+    rng = np.random.default_rng(seed)
+    examples = []
+    for i in range(count):
+        length = int(rng.integers(min_len, max_len + 1))
+        ids = rng.integers(10, min(vocab, 50000), size=length).tolist()
+        units, unit, position = [], 0, 0
+        while position < length:
+            plain = int(rng.integers(2, 10))
+            units += [-1] * min(plain, length - position)
+            position += plain
+            if position < length:
+                size = min(int(rng.integers(3, 9)), length - position)
+                units += [unit] * size
+                unit, position = unit + 1, position + size
+        units = units[:length]
+        sentences = [p // 40 for p in range(length)]
+        if i % 2 and unit > 0:
+            # Answer = the last entity occurrence, hidden by [MASK].
+            last = max(u for u in units if u >= 0)
+            start, end = units.index(last), len(units) - units[::-1].index(last)
+            example = Example((Segment("x"),), task="sequential", answer_mask=None)
+            examples.append(TokenizedExample(ids, units, sentences, (start, end), "mask", example))
+        else:
+            examples.append(
+                TokenizedExample(ids, units, sentences, None, None, Example((), task="pretrain"))
+            )
+    return examples
+
+
+@dataclass
+class Result:
+    shape: str
+    device: str
+    lora: bool
+    packing: bool
+    checkpointing: bool
+    batch_examples: int
+    max_length: int
+    tokens_per_s: float
+    rows_per_batch: float
+    non_pad_fraction: float
+    mfu: float | None
+    peak_memory_gib: float | None
+
+
+def linear_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(frozen-or-trained base parameters used per token, LoRA parameters)."""
+    base = lora = 0
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            lora += p.numel()
+        elif "position_embeddings" not in name:  # lookups, no FLOPs
+            base += p.numel()
+    return base, lora
+
+
+def run(
+    args: argparse.Namespace, shape: str, packing: bool, checkpointing: bool, lora: bool
+) -> Result:
+    layers, hidden, heads, vocab = SHAPES[shape]
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    config = GLMConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_attention_heads=heads,
+        max_sequence_length=args.max_length,
+        embedding_dropout_prob=0.0,
+        attention_dropout_prob=0.0,
+        output_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    with device:
+        model = GLMForConditionalGeneration(config).to(dtype)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    specials = (
+        SPECIALS
+        if vocab > 50264
+        else SimpleNamespace(**{k: v % vocab for k, v in vars(SPECIALS).items()})
+    )
+    collator = BlankInfillingCollator(specials, max_length=args.max_length, packing=packing, seed=0)
+    examples = synthetic_examples(
+        args.batch * (args.steps + args.warmup), args.min_len, args.max_len, vocab, seed=1
+    )
+    base_params, lora_params = linear_params(model)
+    flops = tokens = rows = 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            flops = tokens = rows = 0
+        batch = collator(examples[step * args.batch : (step + 1) * args.batch])
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        n_rows, width = batch["input_ids"].shape
+        real = int(sum(length for _, _, length in collator.last_placement))
+        tokens += real
+        rows += n_rows
+        per_token = (4 * base_params + 6 * lora_params) if lora else 6 * base_params
+        flops += per_token * real + 12 * layers * hidden * width * width * n_rows
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    on_gpu = device.type == "cuda"
+    return Result(
+        shape=shape,
+        device=str(device),
+        lora=lora,
+        packing=packing,
+        checkpointing=checkpointing,
+        batch_examples=args.batch,
+        max_length=args.max_length,
+        tokens_per_s=tokens / elapsed,
+        rows_per_batch=rows / args.steps,
+        non_pad_fraction=collator.non_pad_fraction.cumulative,
+        mfu=flops / elapsed / (args.peak_tflops * 1e12) if on_gpu else None,
+        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument(
+        "--shapes", nargs="*", default=None, help="default: tiny on CPU; glm-large glm-2b on GPU"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="examples per step (default 16 CPU, 32 GPU)"
+    )
+    parser.add_argument("--max-length", type=int, default=None, help="default 256 CPU, 1024 GPU")
+    parser.add_argument(
+        "--min-len", type=int, default=40, help="shortest synthetic example (tokens)"
+    )
+    parser.add_argument(
+        "--max-len", type=int, default=None, help="longest synthetic example (default max_length/2)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps (default 10 CPU, 20 GPU)"
+    )
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="accelerator peak dense bf16 TFLOP/s"
+    )
+    parser.add_argument("--out", default=None, help="also write the results as JSON lines here")
+    args = parser.parse_args()
+    gpu = args.device.startswith("cuda")
+    args.batch = args.batch or (32 if gpu else 16)
+    args.max_length = args.max_length or (1024 if gpu else 256)
+    args.max_len = args.max_len or args.max_length // 2
+    args.steps = args.steps or (20 if gpu else 10)
+    if gpu:
+        configs = [
+            (shape, True, checkpointing, True)
+            for shape in (args.shapes or ["glm-large", "glm-2b"])
+            for checkpointing in (False, True)
+        ]
+    else:
+        configs = [
+            (shape, packing, False, False)
+            for shape in (args.shapes or ["tiny"])
+            for packing in (False, True)
+        ]
+    results = []
+    for shape, packing, checkpointing, lora in configs:
+        try:
+            result = run(args, shape, packing, checkpointing, lora)
+        except torch.OutOfMemoryError:
+            print(f"{shape} packing={packing} checkpointing={checkpointing}: out of memory")
+            torch.cuda.empty_cache()
+            continue
+        results.append(result)
+        print(json.dumps(dataclasses.asdict(result)), flush=True)
+    if args.out:
+        with open(args.out, "w") as handle:
+            for result in results:
+                handle.write(json.dumps(dataclasses.asdict(result)) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,378 @@
+"""Downstream use of a trained checkpoint: recommend, score candidates, rate, explain.
+
+    from recsysllm.api import Recommender
+
+    rec = Recommender.from_checkpoint("runs/tiny/final")
+    rec.recommend(["Toy Story (1995)", "Fargo (1996)"], k=10)
+    rec.score_candidates(["Toy Story (1995)"], ["Heat (1995)", "Babe (1995)"])
+    rec.predict_rating({"age": "25-34"}, "Heat (1995)")
+    rec.explain({"age": "25-34"}, "Heat (1995)", hint="action")
+
+    recsysllm recommend --checkpoint runs/tiny/final --user-history "Toy Story (1995)" "Fargo (1996)" -k 10
+
+Every call renders the checkpoint's own prompt templates with
+``data.tasks.render_example`` (the rendering path of training), so the model sees
+the text it was trained on. By default the first *seen* template of the right
+family and answer type is used; ``template_id`` picks another one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recsysllm import generation, pipeline
+from recsysllm.collator import BlankInfillingCollator, MaskingConfig, PromptInputs
+from recsysllm.config import Config
+from recsysllm.data.catalog import EntityCatalog
+from recsysllm.data.sources import AGE_FEATURE, ML_USER_FEATURES
+from recsysllm.data.tasks import render_example
+from recsysllm.prompts import PromptSet, PromptTemplate
+from recsysllm.schema import Example
+from recsysllm.trie import EntityTrie
+
+# The user-feature templates of the built-in sources (RecTables.user_features): a
+# checkpoint does not store them, and profiles must be worded as in training.
+SOURCE_FEATURE_TEMPLATES = {
+    "movielens-100k": ML_USER_FEATURES,
+    "ml-100k": ML_USER_FEATURES,
+    "clothing-reviews": AGE_FEATURE,
+    "amazon": {},
+}
+API_USER = "api"
+# A rating is a number and a few characters (see evaluation.evaluator).
+RATING_MAX_NEW_TOKENS = 8
+
+
+class Recommender:
+    """A trained model with its tokenizer, catalog and prompt set, ready for queries.
+
+    Args:
+        model: the GLM (LoRA merged), in eval mode.
+        tokenizer: the checkpoint's GLMTokenizer.
+        catalog: the checkpoint's entity catalog.
+        prompts: the checkpoint's prompt set.
+        config: the checkpoint's training config (max_length, data source).
+        feature_templates: user-feature column -> template such as
+            ``"is {value} years old"``, as in training (default: the built-in source's).
+        num_beams: beams of the constrained item search (at least k).
+        where: the checkpoint directory, named in errors.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        catalog: EntityCatalog,
+        prompts: PromptSet,
+        config: Config,
+        *,
+        feature_templates: Mapping[str, str] | None = None,
+        num_beams: int | None = None,
+        where: str = "<in memory>",
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.catalog = catalog
+        self.prompts = prompts
+        self.config = config
+        self.where = where
+        if feature_templates is None:
+            feature_templates = SOURCE_FEATURE_TEMPLATES.get(config.data.source)
+        self.feature_templates = dict(feature_templates) if feature_templates is not None else None
+        self.num_beams = num_beams or config.eval.num_beams
+        self.max_length = config.data.max_length
+        # Task prompts involve no masking randomness; [MASK]-only suits every tokenizer.
+        self._prompt_builder = BlankInfillingCollator(
+            tokenizer,
+            max_length=self.max_length,
+            masking=MaskingConfig(mask_prob=1.0, smask_prob=0.0, gmask_prob=0.0),
+            packing=False,
+        )
+        self._item_trie = EntityTrie.from_catalog(catalog, tokenizer)
+        self._entity_trie = EntityTrie.from_catalog(catalog, tokenizer, items_only=False)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint_dir: str | Path,
+        base_model: str | None = None,
+        device: str | torch.device | None = None,
+        *,
+        feature_templates: Mapping[str, str] | None = None,
+        num_beams: int | None = None,
+    ) -> Recommender:
+        """Load a checkpoint: base model + LoRA adapter (merged), or full weights.
+
+        The checkpoint's recorded base-model fingerprint, tokenizer fingerprint and
+        catalog hash are compared (``checkpoint_meta.check_compatible``) with what is
+        loaded; any difference is refused with a ``CheckpointMismatchError`` naming it.
+
+        Args:
+            checkpoint_dir: a ``checkpoint-N/`` or ``final/`` directory.
+            base_model: base checkpoint directory, when it moved since training.
+            device: torch device (default CPU).
+            feature_templates: user-feature templates; needed for a "generic" source.
+            num_beams: beams of the item search (default: the config's eval.num_beams).
+        """
+        model, tokenizer, catalog, prompts, _, config = pipeline.load_checkpoint_for_inference(
+            checkpoint_dir, base_model=base_model, device=device
+        )
+        return cls(
+            model,
+            tokenizer,
+            catalog,
+            prompts,
+            config,
+            feature_templates=feature_templates,
+            num_beams=num_beams,
+            where=str(checkpoint_dir),
+        )
+
+    # ------------------------------------------------------------------ queries
+
+    def recommend(
+        self,
+        user_history: Sequence[str],
+        user_features: Mapping[str, str] | None = None,
+        k: int = 10,
+        exclude_history: bool = False,
+        template_id: str | None = None,
+    ) -> list[tuple[str, float]]:
+        """Top-k catalog items for a user, by trie-constrained beam search.
+
+        Args:
+            user_history: item titles (catalog keys), oldest first.
+            user_features: feature column -> value, e.g. ``{"age": "25-34"}``.
+            k: number of distinct items.
+            exclude_history: never return an item of the history.
+            template_id: a sequential item template without {candidates}.
+
+        Returns:
+            ``(title, log-probability)`` best first.
+        """
+        self._require_items(user_history)
+        template = self._template("sequential", "item", template_id, candidates=False)
+        prompt = self._prompt(template, user_history, user_features)
+        exclude = [set(user_history)] if exclude_history else None
+        return generation.recommend_items(
+            self.model,
+            [prompt],
+            self._item_trie,
+            k,
+            num_beams=max(k, self.num_beams),
+            exclude=exclude,
+            tokenizer=self.tokenizer,
+        )[0]
+
+    def score_candidates(
+        self,
+        user_history: Sequence[str],
+        candidates: Sequence[str],
+        user_features: Mapping[str, str] | None = None,
+        template_id: str | None = None,
+    ) -> list[tuple[str, float]]:
+        """Exact log-likelihood of each candidate as the user's choice, best first.
+
+        Args:
+            user_history: item titles, oldest first.
+            candidates: item titles to rank (shown in the prompt in this order).
+            user_features: feature column -> value.
+            template_id: an item template with {candidates} (default: the first seen
+                direct one).
+        """
+        if not candidates:
+            raise ValueError("score_candidates needs at least one candidate")
+        self._require_items([*user_history, *candidates])
+        template = self._template("direct", "item", template_id, candidates=True)
+        prompt = self._prompt(template, user_history, user_features, candidates=candidates)
+        ids = [[self._item_trie.ids_of(key) for key in candidates]]
+        scores = generation.score_candidates(self.model, [prompt], ids, tokenizer=self.tokenizer)[0]
+        return sorted(zip(candidates, scores, strict=True), key=lambda pair: -pair[1])
+
+    def predict_rating(
+        self,
+        user_features: Mapping[str, str] | None,
+        item: str,
+        user_history: Sequence[str] = (),
+        template_id: str | None = None,
+    ) -> float | None:
+        """The rating the user would give ``item``; None when the output has no 1-5 number."""
+        self._require_items([*user_history, item])
+        template = self._template("rating", "rating", template_id)
+        prompt = self._prompt(template, user_history, user_features, item=item)
+        text = generation.generate_text(
+            self.model,
+            [prompt],
+            self.tokenizer,
+            RATING_MAX_NEW_TOKENS,
+            entity_trie=self._entity_trie,
+        )[0]
+        return generation.parse_rating(text)
+
+    def explain(
+        self,
+        user_features: Mapping[str, str] | None,
+        item: str,
+        user_history: Sequence[str] = (),
+        hint: str | None = None,
+        template_id: str | None = None,
+        max_new_tokens: int = 64,
+    ) -> str:
+        """A generated explanation (review sentence) of the user's opinion of ``item``.
+
+        Args:
+            hint: a word the explanation should mention; picks a template with {hint}.
+        """
+        self._require_items([*user_history, item])
+        template = self._template("explanation", "text", template_id, hint=hint is not None)
+        prompt = self._prompt(template, user_history, user_features, item=item, hint=hint)
+        return generation.generate_text(
+            self.model,
+            [prompt],
+            self.tokenizer,
+            max_new_tokens,
+            entity_trie=self._entity_trie,
+        )[0].strip()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _require_items(self, titles: Sequence[str]) -> None:
+        """Raise a KeyError naming an unknown title and the nearest catalog titles."""
+        for title in titles:
+            if title not in self.catalog.items:
+                nearest = difflib.get_close_matches(title, self.catalog.item_keys, n=5, cutoff=0.0)
+                hint = f"; nearest catalog titles: {nearest}" if nearest else ""
+                raise KeyError(
+                    f"item {title!r} is not in the catalog of {self.where} "
+                    f"({len(self.catalog.items)} items){hint}"
+                )
+
+    def _template(
+        self,
+        family: str,
+        answer_type: str,
+        template_id: str | None,
+        *,
+        candidates: bool | None = None,
+        hint: bool | None = None,
+    ) -> PromptTemplate:
+        """The requested template, or the first seen one that fits the query."""
+
+        def fits(template: PromptTemplate) -> bool:
+            names = template.placeholders
+            return (
+                template.family == family
+                and template.answer_type == answer_type
+                and (candidates is None or ("candidates" in names) == candidates)
+                and (hint is None or ("hint" in names) == hint)
+            )
+
+        if template_id is not None:
+            template = self.prompts.get(template_id)
+            if not fits(template):
+                raise ValueError(
+                    f"{template.describe()}: a {template.family} {template.answer_type} template "
+                    f"cannot serve this query (needs {family} {answer_type}"
+                    f"{', with {candidates}' if candidates else ''}{', with {hint}' if hint else ''})"
+                )
+            return template
+        for template in self.prompts.templates(family, seen=True):
+            if fits(template):
+                return template
+        raise ValueError(
+            f"{self.where}: the prompt set has no seen {family} {answer_type} template for this query"
+        )
+
+    def _prompt(
+        self,
+        template: PromptTemplate,
+        user_history: Sequence[str],
+        user_features: Mapping[str, str] | None,
+        **fields: Any,
+    ) -> PromptInputs:
+        example = self._example(template, user_history, user_features, **fields)
+        return self._prompt_builder.build_prompt(self.tokenizer.tokenize_example(example))
+
+    def _example(
+        self,
+        template: PromptTemplate,
+        user_history: Sequence[str],
+        user_features: Mapping[str, str] | None,
+        **fields: Any,
+    ) -> Example:
+        features = dict(user_features or {})
+        templates = self.feature_templates
+        if features and templates is None:
+            raise ValueError(
+                f"{self.where}: user features given but the feature templates of data source "
+                f"{self.config.data.source!r} are unknown; pass feature_templates= to from_checkpoint"
+            )
+        unknown = sorted(set(features) - set(templates or {}))
+        if unknown:
+            raise ValueError(
+                f"user feature {unknown[0]!r} is not a feature of this model "
+                f"(known: {sorted(templates or {})})"
+            )
+        return render_example(
+            template,
+            self.catalog,
+            user=API_USER,
+            user_features=features,
+            feature_templates=templates or {},
+            history=list(user_history),
+            **fields,
+        )
+
+
+def _parse_features(pairs: Sequence[str]) -> dict[str, str]:
+    features = {}
+    for pair in pairs:
+        column, sep, value = pair.partition("=")
+        if not sep or not column:
+            raise ValueError(f"--user-feature expects COLUMN=VALUE, got {pair!r}")
+        features[column] = value
+    return features
+
+
+def recommend_main(argv: Sequence[str] | None = None) -> int:
+    """``recsysllm recommend``: print the top-k titles for a user history."""
+    parser = argparse.ArgumentParser(
+        prog="recsysllm recommend", description="Top-k items for a user history."
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    parser.add_argument("--base-model", default=None, help="base model directory, if it moved")
+    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    parser.add_argument(
+        "--user-history", nargs="+", required=True, help="item titles, oldest first"
+    )
+    parser.add_argument(
+        "--user-feature", action="append", default=[], help="COLUMN=VALUE (repeatable)"
+    )
+    parser.add_argument("-k", type=int, default=10, help="number of items")
+    parser.add_argument("--exclude-history", action="store_true", help="never return history items")
+    parser.add_argument("--template", default=None, help="sequential template id")
+    args = parser.parse_args(argv)
+    recommender = Recommender.from_checkpoint(
+        args.checkpoint, base_model=args.base_model, device=args.device
+    )
+    try:
+        ranked = recommender.recommend(
+            args.user_history,
+            _parse_features(args.user_feature),
+            k=args.k,
+            exclude_history=args.exclude_history,
+            template_id=args.template,
+        )
+    except (KeyError, ValueError) as error:
+        print(f"recsysllm recommend: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 2
+    for rank, (title, score) in enumerate(ranked, start=1):
+        print(f"{rank:>3}. {title}\t{score:.4f}")
+    return 0

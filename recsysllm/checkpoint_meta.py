@@ -1,0 +1,210 @@
+"""What a checkpoint was trained on: ``recsysllm_meta.json``, written into every checkpoint.
+
+An adapter is only meaningful on the base weights, tokenizer and entity catalog it was
+trained with. The meta file records a fingerprint of each, and :func:`check_compatible`
+refuses a mismatch with an error that says what differs, instead of silently producing
+garbage recommendations.
+
+Example:
+    >>> meta = CheckpointMeta(base_model="/ckpt/glm-10b", base_model_fingerprint=model_fingerprint(model),
+    ...                       tokenizer_fingerprint=tokenizer.fingerprint, lora=True, step=100)
+    >>> write_meta("runs/x/checkpoint-100", meta)
+    >>> check_compatible(read_meta("runs/x/checkpoint-100"),
+    ...                  base_model_fingerprint=model_fingerprint(model), where="runs/x/checkpoint-100")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 1
+META_FILENAME = "recsysllm_meta.json"
+
+# GLMConfig fields that change what the weights mean. Dropouts, dtype and library versions
+# do not, so a base model loaded in bf16 with dropout 0 keeps its fingerprint.
+_ARCHITECTURE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_attention_heads",
+    "max_sequence_length",
+    "layernorm_epsilon",
+    "gelu_approximate",
+)
+# Tensors sampled for the weight fingerprint (runtime names without the "glm." prefix).
+_FINGERPRINT_TENSORS = (
+    "word_embeddings.weight",
+    "transformer.layers.0.attention.query_key_value.weight",
+    "transformer.layers.0.mlp.dense_4h_to_h.weight",
+    "transformer.final_layernorm.weight",
+)
+_SAMPLES_PER_TENSOR = 512
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was trained on a different base model, tokenizer or catalog."""
+
+
+@dataclass
+class CheckpointMeta:
+    """Provenance of one checkpoint.
+
+    Attributes:
+        base_model: path of the pretrained base checkpoint, or None for a from-scratch model.
+        base_model_fingerprint: :func:`model_fingerprint` of the base weights before LoRA
+            (for a from-scratch model: of its seeded initial weights).
+        tokenizer_fingerprint: ``GLMTokenizer.fingerprint``.
+        catalog_hash: ``EntityCatalog.hash`` of the items and attribute values trained on.
+        prompts_hash: ``PromptSet.hash`` of the prompt templates trained on.
+        lora: whether the checkpoint holds a LoRA adapter (else full weights).
+        step: optimizer step at which it was written.
+        created: ISO-8601 UTC time of writing.
+        format_version: version of this file's layout.
+    """
+
+    base_model: str | None
+    base_model_fingerprint: str
+    tokenizer_fingerprint: str
+    catalog_hash: str | None = None
+    prompts_hash: str | None = None
+    lora: bool = True
+    step: int = 0
+    created: str = field(
+        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat()
+    )
+    format_version: int = FORMAT_VERSION
+
+
+def _strip_runtime_prefixes(name: str) -> str:
+    """Map a runtime parameter name (plain, PEFT-wrapped, or with 'glm.') to the stored name."""
+    name = name.removeprefix("base_model.model.").removeprefix("glm.")
+    return name.replace(".base_layer.", ".")
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Cheap, deterministic sha256 of a GLM's architecture and weights.
+
+    Hashes the architecture fields of ``model.config``, the name and shape of every
+    base parameter, and 512 evenly spaced values of four fixed tensors (word embeddings,
+    the first block's QKV and FFN output, the final LayerNorm). Values are rounded to
+    bfloat16 first, so loading the same checkpoint in fp32, fp16 or bf16 gives the same
+    fingerprint. LoRA parameters are skipped and PEFT's ``base_layer`` names are mapped
+    back, so the fingerprint of a model is the same before and after LoRA is applied.
+    Call it before DeepSpeed ZeRO-3 partitions the weights.
+
+    Args:
+        model: a ``GLMForConditionalGeneration``, optionally wrapped by PEFT.
+
+    Returns:
+        64 hex digits.
+    """
+    digest = hashlib.sha256()
+    config = model.config.to_dict()
+    arch = {key: config[key] for key in _ARCHITECTURE_KEYS if key in config}
+    digest.update(json.dumps(arch, sort_keys=True).encode())
+    tensors: dict[str, torch.Tensor] = {}
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            continue
+        tensors[_strip_runtime_prefixes(name)] = parameter
+    for name in sorted(tensors):
+        digest.update(f"{name}:{tuple(tensors[name].shape)};".encode())
+    for name in _FINGERPRINT_TENSORS:
+        if name not in tensors:
+            raise KeyError(f"model_fingerprint: the model has no parameter {name!r} (is it a GLM?)")
+        flat = tensors[name].detach().reshape(-1)
+        index = torch.linspace(0, flat.numel() - 1, _SAMPLES_PER_TENSOR, device=flat.device).long()
+        sample = flat[index].to(torch.bfloat16).view(torch.int16).cpu()
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_meta(directory: str | os.PathLike[str], meta: CheckpointMeta) -> Path:
+    """Write ``recsysllm_meta.json`` into ``directory`` atomically; returns its path."""
+    path = Path(directory) / META_FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{META_FILENAME}.tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(meta), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_meta(directory: str | os.PathLike[str]) -> CheckpointMeta:
+    """Read ``recsysllm_meta.json`` from a checkpoint directory.
+
+    Raises:
+        FileNotFoundError: the file is missing (not a recsysllm checkpoint).
+        ValueError: the file is not valid JSON, misses fields or has an unknown format version.
+    """
+    path = Path(directory) / META_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; {directory} is not a recsysllm checkpoint")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: corrupt JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: field format_version is {raw.get('format_version')!r}, this recsysllm reads {FORMAT_VERSION}"
+        )
+    known = {f.name for f in dataclasses.fields(CheckpointMeta)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown fields {unknown}")
+    required = {
+        f.name for f in dataclasses.fields(CheckpointMeta) if f.default is dataclasses.MISSING
+    }
+    required -= {"created"}
+    missing = sorted(required - set(raw))
+    if missing:
+        raise ValueError(f"{path}: missing fields {missing}")
+    return CheckpointMeta(**raw)
+
+
+def check_compatible(
+    meta: CheckpointMeta,
+    *,
+    base_model_fingerprint: str | None = None,
+    tokenizer_fingerprint: str | None = None,
+    catalog_hash: str | None = None,
+    where: str,
+) -> None:
+    """Refuse a checkpoint whose recorded fingerprints differ from what it is used with.
+
+    Only the fingerprints passed (not None) are compared.
+
+    Args:
+        meta: the checkpoint's :class:`CheckpointMeta`.
+        base_model_fingerprint: :func:`model_fingerprint` of the base model about to be used.
+        tokenizer_fingerprint: fingerprint of the tokenizer about to be used.
+        catalog_hash: hash of the entity catalog about to be used.
+        where: the checkpoint directory, named in the error.
+
+    Raises:
+        CheckpointMismatchError: naming every field that differs, expected vs found.
+    """
+    checks = (
+        ("base model", "base_model_fingerprint", base_model_fingerprint),
+        ("tokenizer", "tokenizer_fingerprint", tokenizer_fingerprint),
+        ("entity catalog", "catalog_hash", catalog_hash),
+    )
+    problems = []
+    for what, name, found in checks:
+        expected = getattr(meta, name)
+        if found is not None and expected is not None and found != expected:
+            problems.append(
+                f"{what} differs: {name} recorded in the checkpoint {expected[:16]}..., found {found[:16]}..."
+            )
+    if problems:
+        base = f" (trained on base model {meta.base_model})" if meta.base_model else ""
+        raise CheckpointMismatchError(f"{where}{base}: " + "; ".join(problems))

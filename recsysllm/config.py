@@ -1,0 +1,604 @@
+"""Typed configuration: one dataclass per concern, YAML in, ``key=value`` overrides on top.
+
+A recipe is one YAML file whose top-level keys are the sections of :class:`Config`::
+
+    model:   {base_model: /ckpt/glm-10b, torch_dtype: bfloat16}
+    lora:    {enabled: true, r: 8}
+    data:    {source: movielens-100k, path: data/ml-100k}
+    train:   {output_dir: runs/glm10b, learning_rate: 1.0e-5, epochs: 8}
+
+Overrides use dotted keys (``train.learning_rate=1e-4``) and two shorthands that work for
+every config (``output_dir=DIR``, ``max_steps=N``); values are parsed with
+``yaml.safe_load``, so ``lora.enabled=false`` and ``eval.top_k=[1,10]`` do what they say.
+
+Example:
+    >>> config = load_config("configs/tiny_ml100k.yaml", ["max_steps=10"])
+    >>> config.train.max_steps
+    10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recsysllm.schema import PRETRAIN_TASK, TASK_FAMILIES
+
+DEFAULT_LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+TORCH_DTYPES = ("float32", "bfloat16", "float16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+PROMPT_SETS = ("seen", "unseen", "all")
+# Shorthand override keys that work for every config.
+SHORTHANDS = {"output_dir": "train.output_dir", "max_steps": "train.max_steps"}
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    """A dataclass field carrying its one-line help string in ``metadata["help"]``."""
+    return field(metadata={"help": text}, **kwargs)
+
+
+def _check(condition: bool, section: str, name: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"config field {section}.{name}: {message}")
+
+
+@dataclass
+class ModelArgs:
+    """Which GLM to start from."""
+
+    base_model: str | None = _help(
+        "directory of a pretrained GLM checkpoint (THUDM or converted); null to build from scratch",
+        default=None,
+    )
+    from_scratch: dict[str, Any] | None = _help(
+        "GLMConfig fields for a randomly initialised model (vocab_size is taken from the tokenizer)",
+        default=None,
+    )
+    torch_dtype: str = _help(
+        "dtype the weights are loaded in: " + "|".join(TORCH_DTYPES), default="float32"
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            (self.base_model is None) != (self.from_scratch is None),
+            "model",
+            "base_model",
+            "set exactly one of model.base_model and model.from_scratch",
+        )
+        _check(
+            self.torch_dtype in TORCH_DTYPES,
+            "model",
+            "torch_dtype",
+            f"{self.torch_dtype!r} not in {TORCH_DTYPES}",
+        )
+
+
+@dataclass
+class TokenizerArgs:
+    """Which tokenizer: a saved one, the base model's own, or one trained on the data."""
+
+    path: str | None = _help(
+        "tokenizer directory; null: the base model's directory (or train one, see sentencepiece_vocab_size)",
+        default=None,
+    )
+    sentencepiece_vocab_size: int | None = _help(
+        "train a sentencepiece tokenizer with this vocabulary size on the training data (from-scratch models)",
+        default=None,
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            self.path is None or self.sentencepiece_vocab_size is None,
+            "tokenizer",
+            "path",
+            "set at most one of tokenizer.path and tokenizer.sentencepiece_vocab_size",
+        )
+        _check(
+            self.sentencepiece_vocab_size is None or self.sentencepiece_vocab_size >= 100,
+            "tokenizer",
+            "sentencepiece_vocab_size",
+            "must be >= 100 (room for the GLM special tokens)",
+        )
+
+
+@dataclass
+class LoraArgs:
+    """LoRA adapters (PEFT) on the GLM linear layers."""
+
+    enabled: bool = _help("train LoRA adapters; false trains all parameters", default=True)
+    r: int = _help("LoRA rank", default=8)
+    alpha: int = _help("LoRA alpha (scaling = alpha / r)", default=16)
+    dropout: float = _help("dropout on the LoRA input", default=0.05)
+    target_modules: list[str] = _help(
+        "module names that receive adapters", default_factory=lambda: list(DEFAULT_LORA_TARGETS)
+    )
+    init_adapter: str | None = _help(
+        "directory of a saved adapter to continue training from (loaded as trainable)", default=None
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.r > 0, "lora", "r", f"must be > 0, got {self.r}")
+        _check(self.alpha > 0, "lora", "alpha", f"must be > 0, got {self.alpha}")
+        _check(
+            0.0 <= self.dropout < 1.0, "lora", "dropout", f"must be in [0, 1), got {self.dropout}"
+        )
+        _check(bool(self.target_modules), "lora", "target_modules", "must not be empty")
+        _check(
+            self.enabled or self.init_adapter is None,
+            "lora",
+            "init_adapter",
+            "needs lora.enabled: true",
+        )
+
+
+@dataclass
+class DataArgs:
+    """Data set, task mixture, behaviour sampling and sequence packing."""
+
+    source: str = _help(
+        "data set name understood by recsysllm.data.sources", default="movielens-100k"
+    )
+    path: str = _help(
+        "data directory or file (source 'generic': the YAML column mapping)", default="data/ml-100k"
+    )
+    category: str | None = _help(
+        "Amazon category (Beauty, Sports, Toys, ...) when path is a directory", default=None
+    )
+    k_core: int = _help("drop users and items with fewer interactions (iterated)", default=5)
+    max_length: int = _help("tokens per training sequence, [CLS] and [eos] included", default=1024)
+    packing: bool = _help(
+        "merge a batch's examples into fewer rows (block-diagonal attention); "
+        "per_device_batch_size then counts examples, not rows",
+        default=True,
+    )
+    mixture: dict[str, float] = _help(
+        "sampling weight of each task family and of 'pretrain' (plain behaviour documents)",
+        default_factory=lambda: dict.fromkeys((*TASK_FAMILIES, PRETRAIN_TASK), 1.0),
+    )
+    examples_per_epoch: int | None = _help(
+        "examples drawn from the mixture per epoch; null: one per (user, family) as the builder defines",
+        default=None,
+    )
+    short_ratio: float = _help(
+        "share of the history budget from the short-term window", default=0.6
+    )
+    medium_ratio: float = _help(
+        "share of the history budget from the medium-term window", default=0.3
+    )
+    long_ratio: float = _help("share of the history budget from the long-term window", default=0.1)
+    short_window_days: float = _help("short-term window length in days", default=7.0)
+    medium_window_days: float = _help(
+        "medium-term window end in days before the target", default=90.0
+    )
+    short_fraction: float = _help(
+        "short-term share of the history when timestamps are missing", default=0.2
+    )
+    medium_fraction: float = _help(
+        "medium-term share of the history when timestamps are missing", default=0.4
+    )
+    history_budget: int = _help(
+        "most history items one prompt shows (N of the 60/30/10 sampling)", default=20
+    )
+    mask_prob: float = _help(
+        "collator: probability of entity-level [MASK] spans for pretrain documents", default=0.5
+    )
+    smask_prob: float = _help(
+        "collator: probability of sentence-level [sMASK] for pretrain documents", default=0.25
+    )
+    gmask_prob: float = _help(
+        "collator: probability of document-level [gMASK] for pretrain documents (0 for glm-large)",
+        default=0.25,
+    )
+    prompts_dir: str | None = _help(
+        "directory of the prompt YAMLs (one per task family); null: the repository's prompts/",
+        default=None,
+    )
+    seed: int = _help("seed of splits, sampling, candidates and the epoch mixtures", default=42)
+
+    def __post_init__(self) -> None:
+        _check(self.k_core >= 1, "data", "k_core", f"must be >= 1, got {self.k_core}")
+        _check(
+            self.history_budget >= 1,
+            "data",
+            "history_budget",
+            f"must be >= 1, got {self.history_budget}",
+        )
+        _check(self.max_length >= 16, "data", "max_length", f"must be >= 16, got {self.max_length}")
+        known = (*TASK_FAMILIES, PRETRAIN_TASK)
+        for name, weight in self.mixture.items():
+            _check(
+                name in known, "data", "mixture", f"unknown family {name!r}; known: {list(known)}"
+            )
+            _check(weight >= 0, "data", "mixture", f"weight of {name!r} must be >= 0, got {weight}")
+        _check(sum(self.mixture.values()) > 0, "data", "mixture", "all weights are zero")
+        ratios = self.short_ratio + self.medium_ratio + self.long_ratio
+        _check(
+            abs(ratios - 1.0) < 1e-6,
+            "data",
+            "short_ratio",
+            f"short+medium+long ratios sum to {ratios}, not 1",
+        )
+        for name in ("mask_prob", "smask_prob", "gmask_prob"):
+            _check(getattr(self, name) >= 0, "data", name, "must be >= 0")
+        total = self.mask_prob + self.smask_prob + self.gmask_prob
+        _check(total > 0, "data", "mask_prob", "mask_prob + smask_prob + gmask_prob must be > 0")
+        _check(
+            self.examples_per_epoch is None or self.examples_per_epoch > 0,
+            "data",
+            "examples_per_epoch",
+            "must be > 0",
+        )
+
+
+@dataclass
+class TrainArgs:
+    """Optimisation, precision, checkpointing and launch settings."""
+
+    output_dir: str = _help(
+        "directory receiving checkpoint-N/ subdirectories", default="runs/default"
+    )
+    learning_rate: float = _help("peak learning rate (AdamW)", default=1e-5)
+    warmup_ratio: float = _help(
+        "warmup as a share of all steps (ignored when warmup_steps > 0)", default=0.0
+    )
+    warmup_steps: int = _help("warmup steps", default=0)
+    lr_schedule: str = _help(
+        "learning-rate schedule after warmup: " + "|".join(LR_SCHEDULES), default="linear"
+    )
+    epochs: int = _help(
+        "passes over the epoch mixtures (each epoch draws its own mixture)", default=1
+    )
+    max_steps: int = _help("optimizer steps; > 0 overrides epochs", default=-1)
+    per_device_batch_size: int = _help(
+        "examples per device and micro-step (with packing they share fewer rows)", default=8
+    )
+    gradient_accumulation_steps: int = _help("micro-steps per optimizer step", default=1)
+    max_grad_norm: float = _help("gradient clipping norm (0 disables)", default=1.0)
+    weight_decay: float = _help("AdamW weight decay", default=0.0)
+    adam_beta1: float = _help("AdamW beta1", default=0.9)
+    adam_beta2: float = _help("AdamW beta2", default=0.999)
+    adam_epsilon: float = _help("AdamW epsilon", default=1e-8)
+    precision: str = _help("mixed precision: " + "|".join(PRECISIONS), default="fp32")
+    gradient_checkpointing: bool = _help(
+        "recompute activations in the backward pass", default=False
+    )
+    save_steps: int = _help(
+        "save a checkpoint every N optimizer steps (and at the end)", default=500
+    )
+    save_total_limit: int | None = _help(
+        "keep at most this many checkpoints (null: all)", default=None
+    )
+    eval_steps: int | None = _help("validation loss every N steps (null: never)", default=None)
+    logging_steps: int = _help("log loss and learning rate every N steps", default=10)
+    seed: int = _help("seed of model init, dropout and the collator's masks", default=42)
+    deepspeed: str | None = _help(
+        "DeepSpeed JSON config path (configs/ds/*.json); null: no DeepSpeed", default=None
+    )
+    resume: str | None = _help("null | latest | PATH of a checkpoint-N directory", default=None)
+    dataloader_workers: int = _help("DataLoader worker processes", default=0)
+    use_cpu: bool = _help("train on CPU even when a GPU is visible", default=False)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.learning_rate > 0,
+            "train",
+            "learning_rate",
+            f"must be > 0, got {self.learning_rate}",
+        )
+        _check(0.0 <= self.warmup_ratio < 1.0, "train", "warmup_ratio", "must be in [0, 1)")
+        _check(self.warmup_steps >= 0, "train", "warmup_steps", "must be >= 0")
+        _check(
+            self.lr_schedule in LR_SCHEDULES,
+            "train",
+            "lr_schedule",
+            f"{self.lr_schedule!r} not in {LR_SCHEDULES}",
+        )
+        _check(self.epochs >= 1, "train", "epochs", "must be >= 1")
+        _check(
+            self.max_steps == -1 or self.max_steps > 0, "train", "max_steps", "must be -1 or > 0"
+        )
+        _check(self.per_device_batch_size >= 1, "train", "per_device_batch_size", "must be >= 1")
+        _check(
+            self.gradient_accumulation_steps >= 1,
+            "train",
+            "gradient_accumulation_steps",
+            "must be >= 1",
+        )
+        _check(
+            self.precision in PRECISIONS,
+            "train",
+            "precision",
+            f"{self.precision!r} not in {PRECISIONS}",
+        )
+        _check(self.save_steps >= 1, "train", "save_steps", "must be >= 1")
+        _check(
+            self.save_total_limit is None or self.save_total_limit >= 1,
+            "train",
+            "save_total_limit",
+            "must be >= 1",
+        )
+        _check(self.logging_steps >= 1, "train", "logging_steps", "must be >= 1")
+        _check(self.dataloader_workers >= 0, "train", "dataloader_workers", "must be >= 0")
+        _check(
+            self.deepspeed is None or self.deepspeed.endswith(".json"),
+            "train",
+            "deepspeed",
+            f"expected a JSON file path, got {self.deepspeed!r}",
+        )
+
+
+@dataclass
+class LoggingArgs:
+    """Experiment tracking."""
+
+    wandb_project: str | None = _help(
+        "wandb project (offline unless WANDB_API_KEY is set; WANDB_MODE=disabled turns it off); null: no wandb",
+        default=None,
+    )
+    wandb_run_name: str | None = _help("wandb run name (null: the output_dir's name)", default=None)
+    tensorboard: bool = _help("also write TensorBoard logs under output_dir/runs", default=False)
+
+
+@dataclass
+class EvalArgs:
+    """Evaluation protocol (read by recsysllm.evaluation)."""
+
+    families: list[str] = _help(
+        "task families to evaluate", default_factory=lambda: list(TASK_FAMILIES)
+    )
+    prompts: str = _help("templates: " + "|".join(PROMPT_SETS), default="all")
+    split: str = _help("valid | test", default="test")
+    limit: int | None = _help(
+        "evaluate at most N examples per family and template (null: all)", default=None
+    )
+    batch_size: int = _help("prompts per generation batch", default=16)
+    num_beams: int = _help("beams for constrained item generation", default=20)
+    top_k: list[int] = _help("cut-offs for HR@k / NDCG@k", default_factory=lambda: [1, 5, 10])
+    exclude_history: bool = _help(
+        "also report sequential metrics with the user's history items excluded", default=False
+    )
+
+    def __post_init__(self) -> None:
+        for family in self.families:
+            _check(
+                family in TASK_FAMILIES,
+                "eval",
+                "families",
+                f"unknown family {family!r}; known: {TASK_FAMILIES}",
+            )
+        _check(
+            self.prompts in PROMPT_SETS, "eval", "prompts", f"{self.prompts!r} not in {PROMPT_SETS}"
+        )
+        _check(
+            self.split in ("valid", "test"),
+            "eval",
+            "split",
+            f"{self.split!r} not in ('valid', 'test')",
+        )
+        _check(self.batch_size >= 1, "eval", "batch_size", "must be >= 1")
+        _check(self.num_beams >= 1, "eval", "num_beams", "must be >= 1")
+        _check(
+            bool(self.top_k) and all(k >= 1 for k in self.top_k),
+            "eval",
+            "top_k",
+            "must be positive ints",
+        )
+        _check(
+            self.num_beams >= max(self.top_k),
+            "eval",
+            "num_beams",
+            f"must be >= max(top_k)={max(self.top_k)}",
+        )
+
+
+@dataclass
+class Config:
+    """A whole recipe: one field per YAML section."""
+
+    model: ModelArgs = _help("base model (required section)", default_factory=ModelArgs)
+    tokenizer: TokenizerArgs = _help("tokenizer", default_factory=TokenizerArgs)
+    lora: LoraArgs = _help("LoRA adapters", default_factory=LoraArgs)
+    data: DataArgs = _help("data and task mixture", default_factory=DataArgs)
+    train: TrainArgs = _help("optimisation and checkpoints", default_factory=TrainArgs)
+    logging: LoggingArgs = _help("experiment tracking", default_factory=LoggingArgs)
+    eval: EvalArgs = _help("evaluation protocol", default_factory=EvalArgs)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.model.base_model is not None
+            or self.tokenizer.path is not None
+            or self.tokenizer.sentencepiece_vocab_size is not None,
+            "tokenizer",
+            "path",
+            "a from-scratch model needs tokenizer.path or tokenizer.sentencepiece_vocab_size",
+        )
+        _check(
+            self.model.from_scratch is None or not self.lora.enabled,
+            "lora",
+            "enabled",
+            "LoRA on randomly initialised weights trains almost nothing: set lora.enabled: false",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON serialisable) of every resolved field."""
+        return dataclasses.asdict(self)
+
+    def save_yaml(self, path: str | os.PathLike[str]) -> None:
+        """Write the resolved config as YAML, atomically (temp file, then rename)."""
+        write_text_atomic(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same directory and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key a config accepts, e.g. ``train.learning_rate``."""
+    keys = []
+    for section in dataclasses.fields(Config):
+        keys += [
+            f"{section.name}.{f.name}"
+            for f in dataclasses.fields(_field_types(Config)[section.name])
+        ]
+    return keys
+
+
+def _unknown_key_error(key: str, candidates: list[str], where: str) -> KeyError:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.0)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return KeyError(f"{where}: unknown config key {key!r}{hint}")
+
+
+def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
+    """Check ``value`` against a field annotation; ints become floats, '1e-5' strings floats."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], key, where)
+    error = ValueError(f"{where}: config key {key!r} expects {annotation}, got {value!r}")
+    if annotation is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise error
+        return [_coerce(v, args[0], key, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise error
+        return {str(k): _coerce(v, args[1], key, where) for k, v in value.items()}
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise error
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise error
+        return value
+    if annotation is float:
+        # YAML 1.1 reads "1e-5" (no dot) as a string: accept it as the float it obviously is.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise error from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise error
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise error
+        return value
+    raise TypeError(f"config field {key!r}: unsupported annotation {annotation}")
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Config:
+    """Build a :class:`Config` from a nested dict, refusing unknown keys.
+
+    Args:
+        raw: ``{section: {field: value}}``; missing sections and fields take their defaults.
+        where: what the dict came from (a file path), named in every error.
+
+    Raises:
+        KeyError: an unknown section or field, naming the nearest valid key.
+        ValueError: a value of the wrong type or failing validation.
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"{where}: expected a mapping of config sections, got {type(raw).__name__}"
+        )
+    section_types = _field_types(Config)
+    sections: dict[str, Any] = {}
+    for section_name, values in raw.items():
+        if section_name not in section_types:
+            raise _unknown_key_error(section_name, valid_keys() + list(section_types), where)
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"{where}: config section {section_name!r} must be a mapping, got {values!r}"
+            )
+        cls = section_types[section_name]
+        hints = _field_types(cls)
+        kwargs = {}
+        for name, value in values.items():
+            key = f"{section_name}.{name}"
+            if name not in hints:
+                raise _unknown_key_error(key, valid_keys(), where)
+            kwargs[name] = _coerce(value, hints[name], key, where)
+        try:
+            sections[section_name] = cls(**kwargs)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+    try:
+        return Config(**sections)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str], where: str = "command line"
+) -> dict[str, Any]:
+    """Apply ``key=value`` overrides to a nested config dict (returns a new dict).
+
+    Keys are dotted (``train.learning_rate=1e-4``) or one of the shorthands ``output_dir``
+    and ``max_steps``. Values are parsed with ``yaml.safe_load``.
+    """
+    result = {section: dict(values or {}) for section, values in raw.items()}
+    for override in overrides:
+        if "=" not in override:
+            raise ValueError(f"{where}: override {override!r} is not of the form key=value")
+        key, text = override.split("=", 1)
+        key = SHORTHANDS.get(key.strip(), key.strip())
+        if key.count(".") != 1:
+            raise _unknown_key_error(key, valid_keys() + list(SHORTHANDS), where)
+        if key not in valid_keys():
+            raise _unknown_key_error(key, valid_keys(), where)
+        section, name = key.split(".")
+        result.setdefault(section, {})[name] = yaml.safe_load(text) if text.strip() else None
+    return result
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Config:
+    """Read a recipe YAML, apply ``key=value`` overrides, validate, return the :class:`Config`.
+
+    Raises:
+        FileNotFoundError: the YAML does not exist.
+        KeyError: an unknown key (in the file or an override), naming the nearest valid key.
+        ValueError: malformed YAML, a wrong type or a value failing validation.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: malformed YAML: {exc}") from exc
+    raw = apply_overrides(raw or {}, list(overrides or []), where=f"{path} (overrides)")
+    return config_from_dict(raw, where=str(path))

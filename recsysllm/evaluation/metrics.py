@@ -1,0 +1,211 @@
+"""Recommendation and text-generation metrics (DESIGN.md section 8).
+
+Ranking metrics take, per example, the 1-based rank of the single relevant item
+in the system's ranking, or ``None`` when the item is not in the returned list
+(for constrained beam search, which returns only the top-k items, an item beyond
+the beam is "not ranked" and counts as a miss at every k).
+
+Text metrics wrap sacrebleu and rouge-score; nothing here re-implements them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import sacrebleu
+from rouge_score import rouge_scorer
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rank_of(target: str, ranked: Sequence[str]) -> int | None:
+    """1-based rank of ``target`` in ``ranked``, or None when it is absent.
+
+    Example:
+        >>> rank_of("b", ["a", "b", "c"])
+        2
+    """
+    for position, key in enumerate(ranked, start=1):
+        if key == target:
+            return position
+    return None
+
+
+def hit_rate_at_k(ranks: Sequence[int | None], k: int) -> float:
+    """Hit rate at k: the fraction of examples whose relevant item has rank <= k.
+
+    HR@k = (1/N) * sum_i [rank_i <= k], with a missing rank (``None``) a miss.
+
+    Args:
+        ranks: per example, the 1-based rank of the relevant item, or None.
+        k: cut-off, >= 1.
+
+    Returns:
+        HR@k in [0, 1]; 0.0 for an empty list.
+
+    Example:
+        >>> hit_rate_at_k([3, 6, None, 1], k=5)
+        0.5
+    """
+    _check_k(k)
+    if not ranks:
+        return 0.0
+    return sum(1 for rank in ranks if rank is not None and rank <= k) / len(ranks)
+
+
+def ndcg_at_k(ranks: Sequence[int | None], k: int) -> float:
+    """Normalised discounted cumulative gain at k with one relevant item per example.
+
+    With a single relevant item the ideal DCG is 1, so per example
+    NDCG@k = 1 / log2(rank + 1) if rank <= k else 0, and the result is the mean
+    over examples (a missing rank scores 0).
+
+    Args:
+        ranks: per example, the 1-based rank of the relevant item, or None.
+        k: cut-off, >= 1.
+
+    Returns:
+        NDCG@k in [0, 1]; 0.0 for an empty list.
+
+    Example:
+        >>> round(ndcg_at_k([3], k=5), 4)  # 1 / log2(4)
+        0.5
+    """
+    _check_k(k)
+    if not ranks:
+        return 0.0
+    gains = [1.0 / math.log2(rank + 1) for rank in ranks if rank is not None and rank <= k]
+    return sum(gains) / len(ranks)
+
+
+def rmse(predictions: Sequence[float], targets: Sequence[float]) -> float:
+    """Root mean squared error: sqrt((1/N) * sum_i (prediction_i - target_i)^2).
+
+    Example:
+        >>> rmse([1.0, 3.0], [2.0, 5.0])  # sqrt((1 + 4) / 2)
+        1.5811388300841898
+    """
+    _check_pairs(predictions, targets)
+    if not targets:
+        return 0.0
+    return math.sqrt(
+        sum((p - t) ** 2 for p, t in zip(predictions, targets, strict=True)) / len(targets)
+    )
+
+
+def mae(predictions: Sequence[float], targets: Sequence[float]) -> float:
+    """Mean absolute error: (1/N) * sum_i |prediction_i - target_i|.
+
+    Example:
+        >>> mae([1.0, 3.0], [2.0, 5.0])  # (1 + 2) / 2
+        1.5
+    """
+    _check_pairs(predictions, targets)
+    if not targets:
+        return 0.0
+    return sum(abs(p - t) for p, t in zip(predictions, targets, strict=True)) / len(targets)
+
+
+# How an unparseable rating prediction enters RMSE/MAE. It is never dropped: it scores
+# as the worst possible prediction on the rating scale, so a model cannot improve its
+# RMSE/MAE by failing to answer.
+UNPARSEABLE_RATING_RULE = (
+    "unparseable rating predictions are kept: each scores as the rating-scale endpoint "
+    "farthest from its target (worst case), and their count is reported"
+)
+
+
+def worst_case_rating(target: float, scale: tuple[float, float]) -> float:
+    """The rating on ``scale`` farthest from ``target`` (the unparseable fallback).
+
+    Example:
+        >>> worst_case_rating(4.0, (1.0, 5.0))
+        1.0
+    """
+    low, high = scale
+    return low if abs(target - low) >= abs(high - target) else high
+
+
+def rating_metrics(
+    predictions: Sequence[float | None],
+    targets: Sequence[float],
+    scale: tuple[float, float] = (1.0, 5.0),
+) -> dict[str, float]:
+    """RMSE and MAE over ALL examples, with unparseable predictions (None) kept.
+
+    A None prediction is replaced by :func:`worst_case_rating` (see
+    UNPARSEABLE_RATING_RULE) before computing :func:`rmse` and :func:`mae`.
+    Parsed predictions are used as they are (no clipping to the scale).
+
+    Returns:
+        ``{"rmse": ..., "mae": ...}``; count the None predictions to report them.
+
+    Example:
+        >>> rating_metrics([4.0, None], [5.0, 4.0])  # errors 1 and 3 (4 -> worst 1)
+        {'rmse': 2.23606797749979, 'mae': 2.0}
+    """
+    _check_pairs(predictions, targets)
+    filled = [
+        worst_case_rating(t, scale) if p is None else p
+        for p, t in zip(predictions, targets, strict=True)
+    ]
+    return {
+        "rmse": rmse(filled, targets),
+        "mae": mae(filled, targets),
+    }
+
+
+def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU-4 of sacrebleu (``corpus_bleu``), one reference per hypothesis.
+
+    BLEU-4 = BP * exp(mean_{n=1..4} log p_n), p_n the clipped n-gram precisions
+    pooled over the corpus, BP = min(1, exp(1 - ref_len / hyp_len)); sacrebleu's
+    defaults: 13a tokenisation, case-sensitive, no smoothing beyond its "exp"
+    default. Reported on sacrebleu's 0-100 scale (identical texts of >= 4 tokens
+    give 100; a corpus with no matching 4-gram gives 0).
+    """
+    _check_pairs(hypotheses, references)
+    if not hypotheses:
+        return 0.0
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+def rouge(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measures of rouge-score (Porter stemming on).
+
+    Per example, ROUGE-n F = 2PR / (P + R) over n-gram overlap, ROUGE-L over the
+    longest common subsequence; the result is the mean over examples, on a 0-1
+    scale (identical texts give 1).
+
+    Returns:
+        ``{"rouge1": ..., "rouge2": ..., "rougeL": ...}``; zeros for an empty list.
+    """
+    _check_pairs(hypotheses, references)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    if not hypotheses:
+        return totals
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    for hypothesis, reference in zip(hypotheses, references, strict=True):
+        # rouge-score's signature is score(target, prediction).
+        scores = scorer.score(reference, hypothesis)
+        for name in ROUGE_TYPES:
+            totals[name] += scores[name].fmeasure
+    return {name: total / len(hypotheses) for name, total in totals.items()}
+
+
+def accuracy(correct: Sequence[bool]) -> float:
+    """Fraction of correct predictions; 0.0 for an empty list."""
+    return sum(correct) / len(correct) if correct else 0.0
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise ValueError(f"cut-off k must be >= 1, got {k}")
+
+
+def _check_pairs(predictions: Sequence[object], targets: Sequence[object]) -> None:
+    if len(predictions) != len(targets):
+        raise ValueError(
+            f"{len(predictions)} predictions but {len(targets)} targets: they must pair up"
+        )

@@ -1,0 +1,589 @@
+"""Training: config -> model + LoRA + data + HF Trainer (DeepSpeed or not) -> checkpoints.
+
+    python scripts/train.py --config configs/tiny_ml100k.yaml [key=value ...]
+    deepspeed scripts/train.py --config configs/glm10b_lora.yaml
+    torchrun --nproc_per_node 8 scripts/train.py --config configs/glm2b_lora.yaml
+
+Why transformers' Trainer: its DeepSpeed integration (ZeRO-2/3, offload, "auto" values
+filled from the config), gradient accumulation, mixed precision, resumable optimizer /
+scheduler / RNG state, progress bars and wandb/TensorBoard reporting are what a HF user
+expects and are well tested; this module adds only what RecSysLLM needs on top:
+
+- Data: :class:`MixtureDataset` concatenates ``train.epochs`` epoch mixtures
+  (``TaskBuilder.training_examples(mixture, seed, epoch)``, each shuffled by the builder)
+  and the Trainer reads it in order (``train_sampling_strategy="sequential"``) as ONE
+  Trainer epoch. The data order is thus a function of (data seed, epoch) only, and a
+  resumed run skips exactly the batches already consumed. Under several ranks, batch
+  ``i`` goes to rank ``i % world_size`` (accelerate's sharding): ranks see different data.
+- Batches: ``train.per_device_batch_size`` counts *examples* per device and micro-step.
+  With packing, the collator merges them into fewer rows of ``data.max_length`` tokens
+  (block-diagonal attention), so the tensor batch dimension is the number of rows.
+- Loss: the model is called without labels and the loss is summed cross-entropy over the
+  micro-batch's labelled tokens divided by ``num_items_in_batch``, the labelled tokens of
+  the whole optimizer step (all micro-steps and all ranks, counted by the Trainer). The
+  optimizer step therefore follows the gradient of the mean over the step's labelled
+  tokens whatever the accumulation, the packing or the per-micro-batch token counts.
+- Guard rail: a non-finite loss stops the run naming the step and the examples
+  (task/template/user) of the batch; the last checkpoint on disk is untouched.
+- Checkpoints (every ``train.save_steps`` and at the end) are written into
+  ``output_dir/.staging/`` and renamed into place once complete, so a crash while
+  saving never leaves a half-written ``checkpoint-N``. Each holds the adapter (or full
+  weights), the Trainer state, the resolved config, tokenizer, prompts, catalog,
+  direct candidates, ``recsysllm_meta.json`` and a model card. ``output_dir/final``
+  holds the same without optimizer state.
+- Resume (``train.resume: latest | PATH``) refuses a checkpoint whose recorded base
+  model, tokenizer or catalog differs from the ones being used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
+
+from recsysllm.checkpoint_meta import CheckpointMeta, check_compatible, read_meta, write_meta
+from recsysllm.collator import IGNORE_INDEX, BlankInfillingCollator
+from recsysllm.config import Config, load_config, write_text_atomic
+from recsysllm.data.tasks import TaskBuilder, TaskMixture
+from recsysllm.pipeline import (
+    CANDIDATES_FILENAME,
+    CATALOG_FILENAME,
+    CONFIG_FILENAME,
+    PROMPTS_DIRNAME,
+    TOKENIZER_DIRNAME,
+    PreparedData,
+    build_model,
+    build_tokenizer,
+    masking_config,
+    prepare_data,
+    task_mixture,
+)
+from recsysllm.schema import TokenizedExample
+
+logger = logging.getLogger(__name__)
+
+STAGING_DIRNAME = ".staging"
+FINAL_DIRNAME = "final"
+BATCH_IDENTITY_KEY = "batch_examples"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the batch."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+class TrainingItem(NamedTuple):
+    """One dataset item: where it comes from and the tokenized example."""
+
+    index: int
+    epoch: int
+    tokenized: TokenizedExample
+
+
+class MixtureDataset(torch.utils.data.Dataset):
+    """``epochs`` epoch mixtures one after the other; item ``i`` is tokenized on access.
+
+    Epoch ``e`` is ``tasks.training_examples(mixture, seed, e)``. Only the epoch being
+    read is kept in memory (each DataLoader worker keeps its own copy). The length of an
+    epoch is ``mixture.examples_per_epoch``, or (when that is null) found by drawing
+    every epoch once up front.
+    """
+
+    def __init__(
+        self, tasks: TaskBuilder, tokenizer: Any, mixture: TaskMixture, seed: int, epochs: int
+    ) -> None:
+        self.tasks = tasks
+        self.tokenizer = tokenizer
+        self.mixture = mixture
+        self.seed = seed
+        self._epoch: int | None = None
+        self._examples: list = []
+        if mixture.examples_per_epoch is not None:
+            self.lengths = [mixture.examples_per_epoch] * epochs
+        else:
+            self.lengths = []
+            for epoch in range(epochs):
+                self._load(epoch)
+                self.lengths.append(len(self._examples))
+        self.offsets = [sum(self.lengths[:e]) for e in range(epochs + 1)]
+
+    def _load(self, epoch: int) -> None:
+        if self._epoch != epoch:
+            self._examples = self.tasks.training_examples(self.mixture, seed=self.seed, epoch=epoch)
+            self._epoch = epoch
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> TrainingItem:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        epoch = next(e for e in range(len(self.lengths)) if index < self.offsets[e + 1])
+        self._load(epoch)
+        example = self._examples[index - self.offsets[epoch]]
+        return TrainingItem(index, epoch, self.tokenizer.tokenize_example(example))
+
+
+class TrainingCollator:
+    """Wraps :class:`BlankInfillingCollator` for the Trainer.
+
+    Sets the collator's epoch from the batch (so pretraining masks are a function of the
+    example and its epoch, not of how many batches a worker has seen: resume-safe) and
+    adds the batch's example identities under ``BATCH_IDENTITY_KEY`` for error messages.
+    """
+
+    def __init__(self, collator: BlankInfillingCollator) -> None:
+        self.collator = collator
+
+    def __call__(self, items: Sequence[TrainingItem | TokenizedExample]) -> dict[str, Any]:
+        items = [it if isinstance(it, TrainingItem) else TrainingItem(-1, 0, it) for it in items]
+        self.collator.set_epoch(items[0].epoch)
+        batch: dict[str, Any] = self.collator([it.tokenized for it in items])
+        batch[BATCH_IDENTITY_KEY] = [
+            f"item {it.index} (epoch {it.epoch}) {it.tokenized.describe()}" for it in items
+        ]
+        return batch
+
+
+def token_mean_loss(
+    outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None
+) -> torch.Tensor:
+    """Summed cross-entropy of the labelled tokens / the labelled tokens of the optimizer step.
+
+    Labels are aligned with the inputs (not shifted). Without ``num_items_in_batch`` it is
+    the mean over this micro-batch's labelled tokens (what the model itself returns).
+    """
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]  # [rows, L, vocab]
+    summed = F.cross_entropy(
+        logits.flatten(0, 1).float(),
+        labels.flatten().to(logits.device),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    if num_items_in_batch is None:
+        num_items_in_batch = (labels != IGNORE_INDEX).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(summed.device)
+    # clamp: a step without labelled tokens gives 0, not NaN.
+    return summed / (
+        num_items_in_batch.clamp(min=1)
+        if torch.is_tensor(num_items_in_batch)
+        else max(num_items_in_batch, 1)
+    )
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class RecTrainer(Trainer):
+    """HF Trainer with the loss guard and atomic, self-contained checkpoints.
+
+    Args:
+        checkpoint_extras: ``f(directory, step)`` writing config, tokenizer, prompts,
+            catalog, meta and model card into a checkpoint directory (main process only).
+        **kwargs: passed to ``transformers.Trainer``.
+    """
+
+    def __init__(self, *args: Any, checkpoint_extras: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checkpoint_extras = checkpoint_extras
+        self._staging = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
+        identity = inputs.pop(BATCH_IDENTITY_KEY, None)
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        loss = result[0] if return_outputs else result
+        bad = torch.tensor(
+            [0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device
+        )
+        if self.args.world_size > 1:
+            # Every rank must stop together, or the others hang in the next all-reduce.
+            torch.distributed.all_reduce(bad)
+        if bad.item() > 0:
+            message = (
+                f"non-finite loss {loss.item()} at step {self.state.global_step + 1} "
+                f"(rank {self.args.process_index}); batch: {identity}. "
+                f"The last checkpoint in {self.args.output_dir} is kept as it was."
+            )
+            logger.error(message)
+            raise NonFiniteLossError(message)
+        return result
+
+    def _get_output_dir(self, trial: Any) -> str:
+        if self._staging:
+            return os.path.join(self.args.output_dir, STAGING_DIRNAME)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        # The Trainer writes checkpoint-N in place; we let it write into .staging/ and
+        # rename the finished directory, so a crash never leaves a partial checkpoint.
+        step = self.state.global_step
+        name = f"checkpoint-{step}"
+        staged = Path(self.args.output_dir) / STAGING_DIRNAME / name
+        final = Path(self.args.output_dir) / name
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        # Every rank has written its part (DeepSpeed shards) before the directory moves.
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if self.checkpoint_extras is not None:
+                self.checkpoint_extras(staged, step)
+            publish_directory(staged, final)
+            rotate_checkpoints(
+                str(self.args.output_dir), save_total_limit=self.args.save_total_limit
+            )
+        self.accelerator.wait_for_everyone()
+
+    def save_final(self) -> Path:
+        """Write ``output_dir/final``: weights/adapter + extras, no optimizer state (atomic)."""
+        staged = Path(self.args.output_dir) / STAGING_DIRNAME / FINAL_DIRNAME
+        final = Path(self.args.output_dir) / FINAL_DIRNAME
+        self.save_model(str(staged))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if self.checkpoint_extras is not None:
+                self.checkpoint_extras(staged, self.state.global_step)
+            publish_directory(staged, final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+
+def publish_directory(staged: Path, final: Path) -> None:
+    """Move a complete ``staged`` directory to ``final``, replacing an older one.
+
+    ``os.replace`` of a directory is atomic on POSIX; an existing ``final`` is first
+    moved aside (a rename) and deleted only after the new one is in place.
+    """
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(staged, final)
+    if old is not None:
+        shutil.rmtree(old)
+    with contextlib.suppress(OSError):  # only when empty: another rank may still be staging
+        staged.parent.rmdir()
+
+
+# --------------------------------------------------------------------------- checkpoint contents
+
+
+def model_card(config: Config, meta: CheckpointMeta) -> str:
+    """README.md of a checkpoint: what it is and how to load it."""
+    base = meta.base_model or "none (trained from scratch)"
+    kind = "LoRA adapter (PEFT, safetensors)" if meta.lora else "full model weights (safetensors)"
+    peft_usage = (
+        f"""
+With PEFT directly:
+
+```python
+from peft import PeftModel
+from recsysllm.modeling import load_glm_checkpoint
+
+base = load_glm_checkpoint("{meta.base_model}")
+model = PeftModel.from_pretrained(base, "path/to/this/checkpoint")
+```
+"""
+        if meta.lora
+        else ""
+    )
+    return f"""# RecSysLLM checkpoint (step {meta.step})
+
+- Contents: {kind}, tokenizer/, prompts/, catalog.json, config.yaml, recsysllm_meta.json
+- Base model: {base}
+- Data: {config.data.source} ({config.data.path}{", " + config.data.category if config.data.category else ""}), {config.data.k_core}-core, leave-one-out
+- Task mixture: {config.data.mixture}
+- Max length: {config.data.max_length}, packing: {config.data.packing}
+- LoRA: {f"r={config.lora.r}, alpha={config.lora.alpha}, on {config.lora.target_modules}" if config.lora.enabled else "off"}
+- Optimisation: AdamW, peak lr {config.train.learning_rate}, {config.train.precision}
+- Fingerprints: base {meta.base_model_fingerprint[:16]}, tokenizer {meta.tokenizer_fingerprint[:16]}, catalog {(meta.catalog_hash or "")[:16]}
+
+## Load with recsysllm
+
+```python
+from recsysllm.pipeline import load_checkpoint_for_inference
+
+model, tokenizer, catalog, prompts, meta, config = load_checkpoint_for_inference("path/to/this/checkpoint")
+```
+
+```python
+from recsysllm.api import Recommender
+
+rec = Recommender.from_checkpoint("path/to/this/checkpoint")
+```
+
+Loading refuses a base model, tokenizer or catalog other than the ones recorded in
+`recsysllm_meta.json`.
+{peft_usage}"""
+
+
+class CheckpointExtras:
+    """Writes everything besides weights and Trainer state into a checkpoint directory."""
+
+    def __init__(
+        self, config: Config, data: PreparedData, tokenizer: Any, base_model_fingerprint: str
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.tokenizer = tokenizer
+        self.base_model_fingerprint = base_model_fingerprint
+
+    def meta(self, step: int) -> CheckpointMeta:
+        return CheckpointMeta(
+            base_model=self.config.model.base_model,
+            base_model_fingerprint=self.base_model_fingerprint,
+            tokenizer_fingerprint=self.tokenizer.fingerprint,
+            catalog_hash=self.data.catalog.hash,
+            prompts_hash=self.data.prompts.hash,
+            lora=self.config.lora.enabled,
+            step=step,
+        )
+
+    def __call__(self, directory: Path, step: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save_yaml(directory / CONFIG_FILENAME)
+        self.tokenizer.save_pretrained(directory / TOKENIZER_DIRNAME)
+        self.data.prompts.save(directory / PROMPTS_DIRNAME)
+        self.data.catalog.save(directory / CATALOG_FILENAME)
+        self.data.splits.save_candidates(directory / CANDIDATES_FILENAME)
+        meta = self.meta(step)
+        write_meta(directory, meta)
+        # Last: PEFT's save_pretrained writes its own generic README.md first.
+        write_text_atomic(directory / "README.md", model_card(self.config, meta))
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def _report_to(config: Config) -> list[str]:
+    """Trainer reporters; wandb runs offline unless an API key is configured."""
+    report = []
+    if config.logging.wandb_project and os.environ.get("WANDB_MODE") != "disabled":
+        os.environ.setdefault("WANDB_PROJECT", config.logging.wandb_project)
+        netrc = Path.home() / ".netrc"
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or (
+            netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+        )
+        if not has_key:
+            os.environ.setdefault("WANDB_MODE", "offline")
+        report.append("wandb")
+    if config.logging.tensorboard:
+        report.append("tensorboard")
+    return report
+
+
+def _on_cpu(config: Config) -> bool:
+    return config.train.use_cpu or not torch.cuda.is_available()
+
+
+def training_arguments(config: Config) -> TrainingArguments:
+    """The ``train`` and ``logging`` sections as ``transformers.TrainingArguments``."""
+    train = config.train
+    on_cpu = _on_cpu(config)
+    if train.deepspeed is not None and on_cpu:
+        # DeepSpeed's CPU accelerator would JIT-compile its shared-memory all-reduce op
+        # (~70 s of C++ build) at init; CPU runs are tests and demos: gloo is enough.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return TrainingArguments(
+        output_dir=train.output_dir,
+        learning_rate=train.learning_rate,
+        warmup_steps=train.warmup_steps if train.warmup_steps > 0 else train.warmup_ratio,
+        lr_scheduler_type=train.lr_schedule,
+        num_train_epochs=1,  # MixtureDataset already holds train.epochs epochs
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.per_device_batch_size,
+        per_device_eval_batch_size=train.per_device_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        max_grad_norm=train.max_grad_norm,
+        weight_decay=train.weight_decay,
+        adam_beta1=train.adam_beta1,
+        adam_beta2=train.adam_beta2,
+        adam_epsilon=train.adam_epsilon,
+        optim="adamw_torch",
+        bf16=train.precision == "bf16",
+        fp16=train.precision == "fp16",
+        activation_checkpointing=train.gradient_checkpointing,
+        # Non-reentrant checkpointing back-propagates into LoRA weights even though the
+        # frozen embeddings' output needs no grad.
+        activation_checkpointing_kwargs={"use_reentrant": False}
+        if train.gradient_checkpointing
+        else None,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        eval_strategy="steps" if train.eval_steps else "no",
+        eval_steps=train.eval_steps,
+        logging_steps=train.logging_steps,
+        logging_first_step=True,
+        seed=train.seed,
+        data_seed=config.data.seed,
+        deepspeed=train.deepspeed,
+        dataloader_num_workers=train.dataloader_workers,
+        report_to=_report_to(config),
+        run_name=config.logging.wandb_run_name or Path(train.output_dir).name,
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        label_names=["labels"],
+        train_sampling_strategy="sequential",
+        use_cpu=train.use_cpu,
+        # NCCL is GPU-only: CPU ranks (torchrun / deepspeed launcher, tests) talk over gloo.
+        ddp_backend="gloo" if on_cpu and ("WORLD_SIZE" in os.environ or train.deepspeed) else None,
+    )
+
+
+def resolve_resume(config: Config) -> str | None:
+    """``train.resume`` as a checkpoint directory: null -> None, "latest" -> newest checkpoint-N."""
+    resume = config.train.resume
+    if resume is None:
+        return None
+    if resume == "latest":
+        output_dir = Path(config.train.output_dir)
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if last is None:
+            logger.info("train.resume=latest: no checkpoint in %s, starting fresh", output_dir)
+        return last
+    if not Path(resume).is_dir():
+        raise FileNotFoundError(
+            f"config field train.resume: {resume} is not a checkpoint directory"
+        )
+    return resume
+
+
+def build_trainer(
+    config: Config, data: PreparedData | None = None
+) -> tuple[RecTrainer, str | None]:
+    """Everything up to ``trainer.train()``: data, tokenizer, model, collator, Trainer.
+
+    Returns:
+        The trainer and the checkpoint directory to resume from (or None).
+    """
+    args = training_arguments(config)  # first: initialises the distributed backend
+    if data is None:
+        data = prepare_data(config.data, seed=config.data.seed)
+    mixture = task_mixture(config.data)
+    # The main process trains a sentencepiece tokenizer first; the others then load it.
+    with args.main_process_first(local=False, desc="tokenizer"):
+        tokenizer = build_tokenizer(
+            config.tokenizer,
+            data,
+            config.train.output_dir,
+            base_model=config.model.base_model,
+            mixture=mixture,
+            seed=config.data.seed,
+        )
+    built = build_model(config.model, config.lora, tokenizer, seed=config.train.seed)
+    extras = CheckpointExtras(config, data, tokenizer, built.base_model_fingerprint)
+    resume = resolve_resume(config)
+    if resume is not None:
+        # Refuse to continue an adapter on other base weights, tokenizer or items.
+        check_compatible(
+            read_meta(resume),
+            base_model_fingerprint=built.base_model_fingerprint,
+            tokenizer_fingerprint=tokenizer.fingerprint,
+            catalog_hash=data.catalog.hash,
+            where=resume,
+        )
+    train_dataset = MixtureDataset(
+        data.tasks, tokenizer, mixture, seed=config.data.seed, epochs=config.train.epochs
+    )
+    eval_dataset = None
+    if config.train.eval_steps:
+        families = [f for f in config.eval.families if mixture.weights.get(f, 0) > 0]
+        eval_examples = data.tasks.examples(
+            "valid", families, prompts="seen", seed=config.data.seed
+        )
+        eval_dataset = [tokenizer.tokenize_example(e) for e in eval_examples]
+    collator = BlankInfillingCollator(
+        tokenizer,
+        max_length=config.data.max_length,
+        masking=masking_config(config.data),
+        packing=config.data.packing,
+        seed=config.train.seed,
+    )
+    trainer = RecTrainer(
+        model=built.model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=TrainingCollator(collator),
+        compute_loss_func=token_mean_loss,
+        checkpoint_extras=extras,
+    )
+    if trainer.args.should_save:
+        # Leftovers of a crash while saving: never a valid checkpoint.
+        shutil.rmtree(Path(config.train.output_dir) / STAGING_DIRNAME, ignore_errors=True)
+    return trainer, resume
+
+
+def train(config: Config, data: PreparedData | None = None) -> Path:
+    """Train as configured; returns the ``final`` checkpoint directory."""
+    trainer, resume = build_trainer(config, data)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    logger.info(
+        "training %s of %s parameters (%.2f%%), %d examples",
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+        len(trainer.train_dataset),
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer.save_final()
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="recsysllm train", description="Train a RecSysLLM model from a YAML config."
+    )
+    parser.add_argument("--config", required=True, help="recipe YAML (configs/*.yaml)")
+    # Added by the `deepspeed` launcher; the rank is read from the environment instead.
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value overrides, e.g. train.learning_rate=1e-4 max_steps=10",
+    )
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/train.py`` / ``recsysllm train``: parse, train, report the final checkpoint."""
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = load_config(args.config, args.overrides)
+    final = train(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"final checkpoint: {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

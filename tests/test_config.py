@@ -1,0 +1,202 @@
+"""Config loading: every recipe YAML parses and builds, overrides, unknown keys, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recsysllm.config import (
+    DEFAULT_LORA_TARGETS,
+    Config,
+    TrainArgs,
+    config_from_dict,
+    load_config,
+    valid_keys,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+DS_CONFIGS = sorted((REPO / "configs" / "ds").glob("*.json"))
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """\
+model: {from_scratch: {hidden_size: 32}}
+tokenizer: {sentencepiece_vocab_size: 300}
+lora: {enabled: false}
+"""
+
+
+def test_there_are_recipes():
+    names = {p.name for p in CONFIGS}
+    assert {
+        "glm10b_lora.yaml",
+        "glm2b_lora.yaml",
+        "glm_large_lora.yaml",
+        "tiny_ml100k.yaml",
+    } <= names
+    assert {"zero2.json", "zero3.json", "zero3_offload.json"} <= {p.name for p in DS_CONFIGS}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_recipe_loads_and_starts_with_its_launch_command(path: Path):
+    first_line = path.read_text().splitlines()[0]
+    assert (
+        first_line.startswith("# ")
+        and "scripts/train.py --config configs/" + path.name in first_line
+    )
+    config = load_config(path)
+    assert isinstance(config, Config)
+    # Round trip: the resolved dict rebuilds an equal config.
+    assert config_from_dict(config.to_dict()) == config
+    if config.train.deepspeed is not None:
+        assert (REPO / config.train.deepspeed).is_file()
+    if config.lora.enabled:
+        assert config.lora.target_modules == DEFAULT_LORA_TARGETS
+        assert config.model.base_model is not None
+
+
+def test_builders_accept_every_recipe():
+    """The config sections turn into the components' own config objects without loading weights."""
+    from recsysllm.collator import MaskingConfig
+    from recsysllm.data.sampling import SamplingConfig
+    from recsysllm.modeling import GLMConfig
+    from recsysllm.pipeline import masking_config, sampling_config
+
+    for path in CONFIGS:
+        config = load_config(path)
+        assert isinstance(sampling_config(config.data), SamplingConfig)
+        assert isinstance(masking_config(config.data), MaskingConfig)
+        if config.model.from_scratch is not None:
+            GLMConfig(
+                vocab_size=config.tokenizer.sentencepiece_vocab_size or 320,
+                **config.model.from_scratch,
+            )
+
+
+def test_paper_recipe_values():
+    config = load_config(REPO / "configs" / "glm10b_lora.yaml")
+    assert config.lora.r == 8
+    assert config.train.learning_rate == pytest.approx(1e-5)
+    assert config.train.epochs == 8
+    assert config.train.per_device_batch_size == 32
+    assert config.data.max_length == 1024
+    assert config.train.precision == "bf16"
+    assert config.train.gradient_checkpointing
+    assert config.train.deepspeed == "configs/ds/zero2.json"
+    assert (
+        json.loads((REPO / config.train.deepspeed).read_text())["zero_optimization"]["stage"] == 2
+    )
+
+
+def test_glm_large_recipe_needs_no_gmask():
+    config = load_config(REPO / "configs" / "glm_large_lora.yaml")
+    assert config.data.gmask_prob == 0 and config.data.smask_prob == 0
+    # Free-text families are hidden by [gMASK]: they must be off for glm-large.
+    assert config.data.mixture["explanation"] == 0 and config.data.mixture["review"] == 0
+
+
+@pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda p: p.name)
+def test_deepspeed_configs_defer_to_trainer(path: Path):
+    ds = json.loads(path.read_text())
+    for key in (
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
+        assert ds[key] == "auto", key
+    assert ds["bf16"]["enabled"] == "auto" and ds["fp16"]["enabled"] == "auto"
+
+
+def test_overrides_dotted_and_shorthands(tmp_path: Path):
+    path = _write(tmp_path, MINIMAL)
+    config = load_config(
+        path,
+        [
+            "train.learning_rate=1e-4",  # YAML 1.1 reads this as a string: still a float
+            "output_dir=/x/y",
+            "max_steps=7",
+            "data.packing=false",
+            "eval.top_k=[1, 3]",
+            "data.mixture={rating: 2, pretrain: 0.5}",
+            "train.save_total_limit=null",
+        ],
+    )
+    assert config.train.learning_rate == pytest.approx(1e-4)
+    assert isinstance(config.train.learning_rate, float)
+    assert config.train.output_dir == "/x/y"
+    assert config.train.max_steps == 7
+    assert config.data.packing is False
+    assert config.eval.top_k == [1, 3]
+    assert config.data.mixture == {"rating": 2.0, "pretrain": 0.5}
+    assert config.train.save_total_limit is None
+
+
+def test_unknown_key_in_file_names_key_file_and_nearest(tmp_path: Path):
+    path = _write(tmp_path, MINIMAL + "train: {learnig_rate: 0.1}\n")
+    with pytest.raises(KeyError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert (
+        "train.learnig_rate" in message
+        and str(path) in message
+        and "train.learning_rate" in message
+    )
+
+
+def test_unknown_section_and_override(tmp_path: Path):
+    path = _write(tmp_path, MINIMAL)
+    with pytest.raises(KeyError, match="train.per_device_batch_size"):
+        load_config(path, ["train.per_device_batchsize=4"])
+    with pytest.raises(KeyError, match="'trian'.*train"):
+        load_config(_write(tmp_path, MINIMAL + "trian: {}\n"))
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(path, ["max_steps"])
+
+
+def test_type_and_validation_errors_name_field(tmp_path: Path):
+    path = _write(tmp_path, MINIMAL)
+    with pytest.raises(ValueError, match="train.epochs"):
+        load_config(path, ["train.epochs=two"])
+    with pytest.raises(ValueError, match="train.precision"):
+        load_config(path, ["train.precision=fp8"])
+    with pytest.raises(ValueError, match="data.mixture"):
+        load_config(path, ["data.mixture={ratings: 1}"])
+    with pytest.raises(ValueError, match="model.base_model"):
+        load_config(path, ["model.base_model=/ckpt"])  # both base_model and from_scratch
+    with pytest.raises(ValueError, match="lora.enabled"):
+        load_config(path, ["lora.enabled=true"])  # LoRA on random weights
+
+
+def test_every_field_has_help_and_default():
+    sections = typing.get_type_hints(Config)
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(sections[section.name]):
+            assert f.metadata.get("help"), f"{section.name}.{f.name} has no help"
+            assert (
+                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            )
+    assert "train.learning_rate" in valid_keys()
+
+
+def test_save_yaml_round_trip(tmp_path: Path):
+    config = load_config(_write(tmp_path, MINIMAL), ["max_steps=3"])
+    out = tmp_path / "out" / "config.yaml"
+    config.save_yaml(out)
+    assert yaml.safe_load(out.read_text())["train"]["max_steps"] == 3
+    assert load_config(out) == config
+    assert not [p for p in out.parent.iterdir() if p.name != "config.yaml"]  # no temp file left
+
+
+def test_train_args_defaults_are_valid():
+    TrainArgs()

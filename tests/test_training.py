@@ -1,0 +1,633 @@
+"""Training: the Trainer paths that run on CPU, loss scaling, LoRA, resume, checkpoints, guards.
+
+Tiny data is built in-process (:func:`tiny_tables`); the tokenizer is conftest's
+``tiny_tokenizer`` saved to a directory. Subprocess tests (DeepSpeed, torchrun, SIGKILL)
+run this file as a script: ``python tests/test_training.py CONFIG_JSON``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+sys.path.insert(0, str(TESTS_DIR))
+sys.path.insert(0, str(REPO))
+
+from conftest import TINY_TITLES  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from recsysllm.checkpoint_meta import CheckpointMismatchError, read_meta  # noqa: E402
+from recsysllm.config import Config, apply_overrides, config_from_dict  # noqa: E402
+from recsysllm.data.tables import RecTables  # noqa: E402
+from recsysllm.pipeline import load_checkpoint_for_inference, prepare_from_tables  # noqa: E402
+from recsysllm.training import (  # noqa: E402
+    STAGING_DIRNAME,
+    NonFiniteLossError,
+    build_trainer,
+    training_arguments,
+)
+
+NUM_ITEMS = 130  # direct candidates need 99 negatives the user never saw
+GLM = {
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_attention_heads": 4,
+    "max_sequence_length": 128,
+    "embedding_dropout_prob": 0.0,
+    "attention_dropout_prob": 0.0,
+    "output_dropout_prob": 0.0,
+}
+
+
+def tiny_tables(num_users: int = 12, per_user: int = 12) -> RecTables:
+    """Users with an age feature, 130 movie-like items (all interacted), ratings, timestamps."""
+    titles = [
+        f"{TINY_TITLES[i % len(TINY_TITLES)].rsplit(' (', 1)[0]} ({1900 + i})"
+        for i in range(NUM_ITEMS)
+    ]
+    items = datasets.Dataset.from_dict(
+        {"item": [str(i) for i in range(NUM_ITEMS)], "title": titles}
+    )
+    rows: dict[str, list] = {
+        k: [] for k in ("user", "item", "timestamp", "rating", "review", "summary")
+    }
+    for u in range(num_users):
+        for j in range(per_user):
+            rows["user"].append(f"u{u}")
+            rows["item"].append(str((u * per_user + j) % NUM_ITEMS))
+            rows["timestamp"].append(1_000_000 + 86_400 * (u + 2 * j))
+            rows["rating"].append(float(1 + (u + j) % 5))
+            rows["review"].append("")
+            rows["summary"].append("")
+    users = datasets.Dataset.from_dict(
+        {
+            "user": [f"u{u}" for u in range(num_users)],
+            "age": ["25-34" if u % 2 else "18-24" for u in range(num_users)],
+        }
+    )
+    return RecTables(
+        name="tiny",
+        interactions=datasets.Dataset.from_dict(rows),
+        items=items,
+        users=users,
+        user_features={"age": "is {value} years old"},
+    )
+
+
+def tiny_config(output_dir: Path, tokenizer_dir: Path, overrides: list[str] = ()) -> Config:
+    raw = {
+        "model": {"from_scratch": dict(GLM)},
+        "tokenizer": {"path": str(tokenizer_dir)},
+        "lora": {"enabled": False},
+        "data": {
+            "max_length": 128,
+            "k_core": 1,
+            "mixture": {"rating": 1.0, "sequential": 1.0, "direct": 1.0, "pretrain": 1.0},
+            "examples_per_epoch": 16,
+            "history_budget": 5,
+        },
+        "train": {
+            "output_dir": str(output_dir),
+            "learning_rate": 1e-2,
+            "per_device_batch_size": 4,
+            "max_steps": 6,
+            "save_steps": 3,
+            "logging_steps": 1,
+            "use_cpu": True,
+            "seed": 3,
+        },
+    }
+    return config_from_dict(apply_overrides(raw, list(overrides)), where="tiny test config")
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return prepare_from_tables(
+        tiny_tables(), tiny_config(Path("unused"), Path("unused")).data, seed=0
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tiny_tokenizer, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tokenizer")
+    tiny_tokenizer.save_pretrained(directory)
+    return directory
+
+
+class LossRecorder(TrainerCallback):
+    """Records the logged training loss of every step."""
+
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+        self.eval_losses: dict[int, float] = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses[state.global_step] = float(logs["loss"])
+        if logs and "eval_loss" in logs:
+            self.eval_losses[state.global_step] = float(logs["eval_loss"])
+
+
+class Interrupt(Exception):
+    """Stands for a crash at a chosen point of training."""
+
+
+class CrashAfterSave(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Interrupt(f"crash after saving step {self.step}")
+
+
+def _train(config: Config, data, *callbacks) -> tuple[object, LossRecorder]:
+    trainer, resume = build_trainer(config, data)
+    recorder = LossRecorder()
+    trainer.add_callback(recorder)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, recorder
+
+
+# --------------------------------------------------------------------------- single process
+
+
+def test_single_process_training_learns_and_writes_loadable_checkpoints(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    overrides = ["max_steps=8", "train.save_total_limit=2", "train.eval_steps=4"]
+    config = tiny_config(tmp_path / "run", tokenizer_dir, overrides)
+    trainer, recorder = _train(config, tiny_data)
+    final = trainer.save_final()
+    losses = [recorder.losses[s] for s in sorted(recorder.losses)]
+    assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
+    # Validation loss on the valid split's seen prompts, every 4 steps: it falls too.
+    assert sorted(recorder.eval_losses) == [4, 8]
+    assert recorder.eval_losses[8] < recorder.eval_losses[4]
+    # Checkpoints every 3 steps and at the end, the oldest rotated away; nothing staged left.
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["checkpoint-6", "checkpoint-8", "final"], names
+    for directory in (tmp_path / "run" / "checkpoint-8", final):
+        for name in (
+            "model.safetensors",
+            "config.yaml",
+            "catalog.json",
+            "candidates.json",
+            "README.md",
+        ):
+            assert (directory / name).is_file(), (directory, name)
+        assert (directory / "tokenizer").is_dir() and (directory / "prompts").is_dir()
+        meta = read_meta(directory)
+        assert meta.step == 8 and meta.lora is False and meta.catalog_hash == tiny_data.catalog.hash
+    assert (tmp_path / "run" / "checkpoint-8" / "optimizer.pt").is_file()
+    model, tokenizer, catalog, prompts, meta, loaded_config = load_checkpoint_for_inference(final)
+    trained = {k: v for k, v in trainer.model.state_dict().items()}
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+    assert catalog.hash == tiny_data.catalog.hash and prompts.hash == tiny_data.prompts.hash
+    assert loaded_config == config
+
+
+class GradientCapture(TrainerCallback):
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] | None = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.grads is None:
+            self.grads = {
+                n: p.grad.detach().clone()
+                for n, p in model.named_parameters()
+                if p.grad is not None
+            }
+
+
+def test_gradient_accumulation_follows_the_token_mean_of_the_whole_step(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    """2 micro-batches of 2 examples == the model's mean loss over the 4 examples' labelled tokens."""
+    overrides = [
+        "train.per_device_batch_size=2",
+        "train.gradient_accumulation_steps=2",
+        "train.max_grad_norm=0.0",
+        "data.packing=false",
+        "max_steps=1",
+    ]
+    config = tiny_config(tmp_path / "run", tokenizer_dir, overrides)
+    trainer, _ = build_trainer(config, tiny_data)
+    capture = GradientCapture()
+    trainer.add_callback(capture)
+    # The reference: a fresh copy of the initial model on the 4 examples as one batch.
+    reference, _ = build_trainer(tiny_config(tmp_path / "ref", tokenizer_dir, overrides), tiny_data)
+    items = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(items)
+    del batch["batch_examples"]
+    model = reference.model
+    model.train()
+    model(**batch).loss.backward()
+    expected = {n: p.grad for n, p in model.named_parameters()}
+
+    micro = [trainer.data_collator(items[:2])["labels"], trainer.data_collator(items[2:])["labels"]]
+    counts = [int((labels != -100).sum()) for labels in micro]
+    assert counts[0] != counts[1], "pick data whose micro-batches differ in labelled tokens"
+
+    trainer.train()
+    assert capture.grads is not None and set(capture.grads) == set(expected)
+    for name, grad in capture.grads.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    # The naive mean of the two micro-batch means would differ measurably.
+    with torch.no_grad():
+        halves = [
+            model(
+                **{k: v for k, v in trainer.data_collator(part).items() if k != "batch_examples"}
+            ).loss
+            for part in (items[:2], items[2:])
+        ]
+        full = model(**batch).loss
+    assert abs((halves[0] + halves[1]) / 2 - full) > 1e-3
+
+
+def test_resume_reaches_the_same_losses_as_an_uninterrupted_run(tmp_path, tiny_data, tokenizer_dir):
+    _, uninterrupted = _train(tiny_config(tmp_path / "a", tokenizer_dir), tiny_data)
+    config = tiny_config(tmp_path / "b", tokenizer_dir)
+    with pytest.raises(Interrupt):
+        _train(config, tiny_data, CrashAfterSave(3))
+    assert (tmp_path / "b" / "checkpoint-3").is_dir() and not (
+        tmp_path / "b" / "checkpoint-6"
+    ).exists()
+    _, resumed = _train(
+        tiny_config(tmp_path / "b", tokenizer_dir, ["train.resume=latest"]), tiny_data
+    )
+    assert sorted(resumed.losses) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert resumed.losses[step] == pytest.approx(uninterrupted.losses[step], abs=1e-3), step
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_data, tokenizer_dir):
+    config = tiny_config(tmp_path / "run", tokenizer_dir)
+    trainer, _ = build_trainer(config, tiny_data)
+    write_extras = trainer.checkpoint_extras
+
+    def crash_on_second_save(directory: Path, step: int) -> None:
+        write_extras(directory, step)
+        if step == 6:
+            raise Interrupt("disk full")
+
+    trainer.checkpoint_extras = crash_on_second_save
+    with pytest.raises(Interrupt):
+        trainer.train()
+    run = tmp_path / "run"
+    assert not (run / "checkpoint-6").exists()
+    assert (run / STAGING_DIRNAME / "checkpoint-6").is_dir()  # the half-finished write
+    model, *_ = load_checkpoint_for_inference(run / "checkpoint-3")
+    assert read_meta(run / "checkpoint-3").step == 3
+    # A new run cleans the staging area and resumes from checkpoint-3.
+    _, resume = build_trainer(tiny_config(run, tokenizer_dir, ["train.resume=latest"]), tiny_data)
+    assert resume == str(run / "checkpoint-3") and not (run / STAGING_DIRNAME).exists()
+
+
+class PoisonWeights(TrainerCallback):
+    """Turns a weight into NaN at the start of step 5 (after checkpoint-4 was saved)."""
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 4:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_with_step_and_batch_identity(
+    tmp_path, tiny_data, tokenizer_dir, caplog
+):
+    config = tiny_config(tmp_path / "run", tokenizer_dir, ["train.save_steps=2"])
+    with pytest.raises(NonFiniteLossError) as info:
+        _train(config, tiny_data, PoisonWeights())
+    message = str(info.value)
+    assert (
+        "step 5" in message and "task=" in message and "template=" in message and "user=" in message
+    )
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    model, *_ = load_checkpoint_for_inference(run / "checkpoint-4")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_data, tokenizer_dir, tiny_glm_config_module):
+    from recsysllm.modeling import GLMForConditionalGeneration
+
+    root = tmp_path_factory.mktemp("lora")
+    for seed, name in ((0, "base"), (1, "other_base")):
+        torch.manual_seed(seed)
+        GLMForConditionalGeneration(tiny_glm_config_module).save_pretrained(root / name)
+    overrides = [
+        f"model.base_model={root / 'base'}",
+        "model.from_scratch=null",
+        "lora.enabled=true",
+        "lora.r=4",
+        "lora.dropout=0.0",
+        "max_steps=3",
+        "train.save_steps=3",
+    ]
+    config = tiny_config(root / "run", tokenizer_dir, overrides)
+    trainer, _ = build_trainer(config, tiny_data)
+    capture = GradientCapture()
+    trainer.add_callback(capture)
+    trainer.train()
+    return {"root": root, "trainer": trainer, "grads": capture.grads, "overrides": overrides}
+
+
+@pytest.fixture(scope="module")
+def tiny_glm_config_module():
+    from recsysllm.modeling import GLMConfig
+
+    return GLMConfig(vocab_size=320, **GLM)
+
+
+def test_lora_trains_only_adapters_and_leaves_the_base_bit_identical(lora_run):
+    from recsysllm.modeling import load_glm_checkpoint
+
+    grads = lora_run["grads"]
+    assert grads and all("lora_" in name for name in grads)
+    for module in ("query_key_value", "attention.dense", "dense_h_to_4h", "dense_4h_to_h"):
+        assert any(module in name and "lora_B" in name for name in grads), module
+    model = lora_run["trainer"].model
+    saved = load_glm_checkpoint(lora_run["root"] / "base").state_dict()
+    live = {
+        name.removeprefix("base_model.model.").replace(".base_layer.", "."): p
+        for name, p in model.named_parameters()
+        if "lora_" not in name
+    }
+    assert live and all(not p.requires_grad for p in live.values())
+    for name, p in live.items():
+        assert torch.equal(p.detach(), saved[name]), name
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: it moved
+    checkpoint = lora_run["root"] / "run" / "checkpoint-3"
+    assert (checkpoint / "adapter_model.safetensors").is_file()
+    assert not (checkpoint / "model.safetensors").exists()
+    assert read_meta(checkpoint).lora
+
+
+def test_resume_on_a_different_base_model_is_refused(lora_run, tiny_data, tokenizer_dir):
+    root = lora_run["root"]
+    overrides = [
+        *lora_run["overrides"],
+        f"model.base_model={root / 'other_base'}",
+        "train.resume=latest",
+    ]
+    with pytest.raises(CheckpointMismatchError, match="base model differs"):
+        build_trainer(tiny_config(root / "run", tokenizer_dir, overrides), tiny_data)
+    with pytest.raises(CheckpointMismatchError, match="base model differs"):
+        load_checkpoint_for_inference(
+            root / "run" / "checkpoint-3", base_model=str(root / "other_base")
+        )
+
+
+def test_loading_a_lora_checkpoint_merges_the_adapter(lora_run, tiny_data):
+    checkpoint = lora_run["root"] / "run" / "checkpoint-3"
+    model, *_ = load_checkpoint_for_inference(checkpoint)
+    trainer = lora_run["trainer"]
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    del batch["batch_examples"]
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(**batch).logits
+        found = model(**batch).logits
+    torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_training_arguments_follow_the_config(tmp_path, tokenizer_dir):
+    config = tiny_config(
+        tmp_path, tokenizer_dir, ["train.warmup_ratio=0.1", "train.gradient_accumulation_steps=3"]
+    )
+    args = training_arguments(config)
+    assert args.warmup_steps == pytest.approx(0.1)
+    assert args.gradient_accumulation_steps == 3 and args.per_device_train_batch_size == 4
+    assert args.train_sampling_strategy == "sequential" and args.report_to == []
+
+
+def test_local_rank_argument_is_accepted(tmp_path):
+    from recsysllm.training import _parse_args
+
+    for argv in (
+        ["--local_rank=1", "--config", "c.yaml", "max_steps=2"],
+        ["--config", "c.yaml", "--local_rank", "0"],
+    ):
+        args = _parse_args(argv)
+        assert args.config == "c.yaml"
+    assert _parse_args(["--local_rank=1", "--config", "c.yaml", "max_steps=2"]).overrides == [
+        "max_steps=2"
+    ]
+
+
+# --------------------------------------------------------------------------- subprocess paths
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _driver_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=f"{REPO}{os.pathsep}{TESTS_DIR}",
+        WANDB_MODE="disabled",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        DS_ACCELERATOR="cpu",
+    )
+    env.update(extra)
+    return env
+
+
+def _run_driver(
+    spec: dict, launcher: list[str] | None = None, env: dict | None = None, timeout: int = 300
+):
+    spec_path = Path(spec["output_dir"]).with_suffix(".json")
+    spec_path.write_text(json.dumps(spec))
+    command = [*(launcher or [sys.executable]), str(Path(__file__)), str(spec_path)]
+    result = subprocess.run(
+        command, env=env or _driver_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def _losses(output_dir: Path) -> dict[int, float]:
+    return {int(k): v for k, v in json.loads((output_dir / "losses.json").read_text()).items()}
+
+
+@pytest.fixture
+def single_rank_distributed_env(monkeypatch):
+    """RANK/WORLD_SIZE/MASTER_* of a one-process job; tears the process group down after."""
+    from accelerate.state import AcceleratorState
+
+    for key, value in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "DS_ACCELERATOR": "cpu",
+    }.items():
+        monkeypatch.setenv(key, value)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_deepspeed_zero2_in_one_process(
+    tmp_path, tiny_data, tokenizer_dir, single_rank_distributed_env
+):
+    overrides = ["train.deepspeed=configs/ds/zero2.json", "max_steps=6", "train.save_steps=6"]
+    trainer, recorder = _train(tiny_config(tmp_path / "ds", tokenizer_dir, overrides), tiny_data)
+    assert trainer.is_deepspeed_enabled
+    losses = [recorder.losses[s] for s in sorted(recorder.losses)]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.2, losses
+    checkpoint = tmp_path / "ds" / "checkpoint-6"
+    assert read_meta(checkpoint).step == 6
+    # DeepSpeed's own (partitioned) optimizer state sits in global_step6/.
+    assert any(p.name.startswith("global_step") for p in checkpoint.iterdir())
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_under_torchrun_see_different_data_and_learn(tmp_path, tokenizer_dir):
+    spec = {
+        "output_dir": str(tmp_path / "ddp"),
+        "tokenizer_dir": str(tokenizer_dir),
+        # 8 examples, 2 per rank and step: the same batches come back every 2 steps.
+        "overrides": [
+            "data.examples_per_epoch=8",
+            "train.per_device_batch_size=2",
+            "max_steps=12",
+            "train.save_steps=12",
+        ],
+        "record_batches": True,
+    }
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+    ]
+    _run_driver(spec, launcher=launcher, timeout=600)
+    out = tmp_path / "ddp"
+    seen = [json.loads((out / f"batches-rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen[0] and seen[1]
+    assert not set(map(tuple, seen[0])) & set(map(tuple, seen[1]))  # different examples per rank
+    losses = _losses(out)
+    assert sum(losses[s] for s in (10, 11, 12)) < sum(losses[s] for s in (1, 2, 3)) - 0.5, losses
+
+
+@pytest.mark.slow
+def test_deepspeed_launcher_two_ranks(tmp_path, tokenizer_dir):
+    spec = {
+        "output_dir": str(tmp_path / "dsl"),
+        "tokenizer_dir": str(tokenizer_dir),
+        "overrides": ["train.deepspeed=configs/ds/zero2.json", "max_steps=3", "train.save_steps=3"],
+    }
+    launcher = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port())]
+    launcher[0] = str(Path(sys.executable).parent / "deepspeed")
+    _run_driver(spec, launcher=launcher, timeout=600)
+    assert read_meta(tmp_path / "dsl" / "checkpoint-3").step == 3
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tokenizer_dir):
+    base = {"tokenizer_dir": str(tokenizer_dir), "overrides": ["max_steps=6", "train.save_steps=2"]}
+    _run_driver({**base, "output_dir": str(tmp_path / "a")})
+    reference = _losses(tmp_path / "a")
+
+    spec = {**base, "output_dir": str(tmp_path / "b"), "sleep_per_step": 1.0}
+    spec_path = tmp_path / "b.json"
+    spec_path.write_text(json.dumps(spec))
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__)), str(spec_path)], env=_driver_env()
+    )
+    deadline = time.time() + 300
+    while not (tmp_path / "b" / "checkpoint-2").is_dir():
+        assert process.poll() is None and time.time() < deadline, (
+            "run ended before its first checkpoint"
+        )
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "b" / "checkpoint-6").exists()
+
+    _run_driver(
+        {
+            **base,
+            "output_dir": str(tmp_path / "b"),
+            "overrides": [*base["overrides"], "train.resume=latest"],
+        }
+    )
+    resumed = _losses(tmp_path / "b")
+    assert 6 in resumed
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(reference[step], abs=1e-3), step
+
+
+def _driver(spec_path: str) -> None:
+    """Subprocess entry: train the tiny config described by a JSON spec, write losses.json."""
+    import torch.distributed as dist
+
+    from recsysllm.training import RecTrainer
+
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(1)
+    output_dir = Path(spec["output_dir"])
+    config = tiny_config(output_dir, Path(spec["tokenizer_dir"]), spec["overrides"])
+    data = prepare_from_tables(tiny_tables(), config.data, seed=0)
+    trainer, resume = build_trainer(config, data)
+    recorder = LossRecorder()
+    trainer.add_callback(recorder)
+    batches: list[list[str]] = []
+    if spec.get("record_batches"):
+        original = RecTrainer.compute_loss
+
+        def recording(self, model, inputs, *args, **kwargs):
+            batches.append(list(inputs["batch_examples"]))
+            return original(self, model, inputs, *args, **kwargs)
+
+        trainer.compute_loss = recording.__get__(trainer)
+    if spec.get("sleep_per_step"):
+
+        class Slow(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                time.sleep(spec["sleep_per_step"])
+
+        trainer.add_callback(Slow())
+    trainer.train(resume_from_checkpoint=resume)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if spec.get("record_batches"):
+        (output_dir / f"batches-rank{rank}.json").write_text(json.dumps(batches))
+    if rank == 0:
+        (output_dir / "losses.json").write_text(json.dumps(recorder.losses))
+
+
+if __name__ == "__main__":
+    _driver(sys.argv[-1])
