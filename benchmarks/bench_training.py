@@ -39,6 +39,7 @@ import torch
 
 from recsysllm.collator import BlankInfillingCollator
 from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
+from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE
 from recsysllm.schema import Example, Segment, TokenizedExample
 
 # GLM special ids laid out as in the GPT-2 BPE checkpoints (GLM_REFERENCE.md).
@@ -57,6 +58,7 @@ SHAPES = {
     "tiny": (2, 128, 4, 2048),
     "glm-large": (24, 1024, 16, 50304),
     "glm-2b": (36, 2048, 32, 50304),
+    "glm-10b": (48, 4096, 64, 50304),
 }
 
 
@@ -137,13 +139,22 @@ def run(
         output_dropout_prob=0.0,
     )
     torch.manual_seed(0)
-    with device:
-        model = GLMForConditionalGeneration(config).to(dtype)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in the training dtype: no fp32 copy of 10B weights
+    try:
+        with device:
+            model = GLMForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
     if lora:
         from peft import LoraConfig, get_peft_model
 
         targets = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+        # As DeepSpeed bf16 trains (configs/ds/*.json): every parameter in bf16, adapters
+        # included. peft keeps adapters in fp32 otherwise, and then casts every LoRA
+        # input activation to fp32 and back (a quarter of the GPU time at glm-large width).
+        model.to(dtype)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -153,7 +164,13 @@ def run(
         if vocab > 50264
         else SimpleNamespace(**{k: v % vocab for k, v in vars(SPECIALS).items()})
     )
-    collator = BlankInfillingCollator(specials, max_length=args.max_length, packing=packing, seed=0)
+    collator = BlankInfillingCollator(
+        specials,
+        max_length=args.max_length,
+        packing=packing,
+        seed=0,
+        pad_to_multiple_of=args.max_length if args.pad_to_max_length else TRAINING_PAD_MULTIPLE,
+    )
     examples = synthetic_examples(
         args.batch * (args.steps + args.warmup), args.min_len, args.max_len, vocab, seed=1
     )
@@ -161,16 +178,19 @@ def run(
     flops = tokens = rows = 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    profiler = None
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
+            if args.profile:
+                profiler = torch.profiler.profile()
+                profiler.__enter__()
             start = time.perf_counter()
             flops = tokens = rows = 0
         batch = collator(examples[step * args.batch : (step + 1) * args.batch])
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            loss = model(**batch).loss
+        loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -183,6 +203,10 @@ def run(
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+        sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        print(profiler.key_averages().table(sort_by=sort_by, row_limit=25), flush=True)
     on_gpu = device.type == "cuda"
     return Result(
         shape=shape,
@@ -226,6 +250,16 @@ def main() -> None:
         "--peak-tflops", type=float, default=989.0, help="accelerator peak dense bf16 TFLOP/s"
     )
     parser.add_argument("--out", default=None, help="also write the results as JSON lines here")
+    parser.add_argument(
+        "--pad-to-max-length",
+        action="store_true",
+        help="pad every row to max_length (default: a multiple of 64, as training does)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print torch.profiler's top operators of the timed steps",
+    )
     args = parser.parse_args()
     gpu = args.device.startswith("cuda")
     args.batch = args.batch or (32 if gpu else 16)

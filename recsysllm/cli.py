@@ -1,11 +1,11 @@
 """`recsysllm` console entry point: a thin dispatcher to each module's ``main(argv)``.
 
-    recsysllm data fetch movielens-100k data/ml-100k
-    recsysllm train --config configs/tiny_ml100k.yaml
-    recsysllm evaluate --config ... --checkpoint DIR --split test --prompts all --out results.json
-    recsysllm recommend --checkpoint DIR --user-history "Toy Story (1995)" -k 10
-    recsysllm convert SRC_DIR OUT_DIR
-    recsysllm demo
+recsysllm data fetch movielens-100k data/ml-100k
+recsysllm train --config configs/tiny_ml100k.yaml
+recsysllm evaluate --config ... --checkpoint DIR --split test --prompts all --out results.json
+recsysllm recommend --checkpoint DIR --user-history "Toy Story (1995)" -k 10
+recsysllm convert SRC_DIR OUT_DIR
+recsysllm demo
 """
 
 from __future__ import annotations
@@ -16,12 +16,28 @@ import sys
 # subcommand -> (module, function, one-line help). Imported lazily so `recsysllm --help`
 # stays fast and a subcommand's heavy imports load only when it runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "data": ("recsysllm.data.fetch", "main", "obtain embedded real data sets (data fetch NAME DIR)"),
+    "data": (
+        "recsysllm.data.fetch",
+        "main",
+        "obtain embedded real data sets (data fetch NAME DIR)",
+    ),
     "train": ("recsysllm.training", "main", "train from a YAML config (same as scripts/train.py)"),
-    "evaluate": ("recsysllm.evaluation.cli", "main", "evaluate a checkpoint on seen/unseen prompts"),
+    "evaluate": (
+        "recsysllm.evaluation.cli",
+        "main",
+        "evaluate a checkpoint on seen/unseen prompts",
+    ),
     "recommend": ("recsysllm.api", "recommend_main", "top-k items for a user history"),
-    "convert": ("recsysllm.modeling.checkpoint", "convert_main", "convert a THUDM GLM checkpoint to safetensors"),
-    "demo": ("recsysllm.demo", "main", "fetch MovieLens-100K, train the tiny model on CPU, evaluate"),
+    "convert": (
+        "recsysllm.modeling.checkpoint",
+        "convert_main",
+        "convert a THUDM GLM checkpoint to safetensors",
+    ),
+    "demo": (
+        "recsysllm.demo",
+        "main",
+        "fetch MovieLens-100K, train the tiny model on CPU, evaluate",
+    ),
 }
 
 

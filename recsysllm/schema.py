@@ -79,9 +79,13 @@ class Example:
 
     def __post_init__(self) -> None:
         if self.answer_mask is not None and self.answer_mask not in ANSWER_MASKS:
-            raise ValueError(f"{self.describe()}: answer_mask {self.answer_mask!r} not in {ANSWER_MASKS}")
+            raise ValueError(
+                f"{self.describe()}: answer_mask {self.answer_mask!r} not in {ANSWER_MASKS}"
+            )
         if self.answer_type is not None and self.answer_type not in ANSWER_TYPES:
-            raise ValueError(f"{self.describe()}: answer_type {self.answer_type!r} not in {ANSWER_TYPES}")
+            raise ValueError(
+                f"{self.describe()}: answer_type {self.answer_type!r} not in {ANSWER_TYPES}"
+            )
         has_answer = any(s.answer for s in self.segments)
         if self.task != PRETRAIN_TASK and self.answer_mask is not None and not has_answer:
             raise ValueError(f"{self.describe()}: task example has no answer segment")

@@ -56,6 +56,7 @@ from recsysllm.checkpoint_meta import CheckpointMeta, check_compatible, read_met
 from recsysllm.collator import IGNORE_INDEX, BlankInfillingCollator
 from recsysllm.config import Config, load_config, write_text_atomic
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
+from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE
 from recsysllm.pipeline import (
     CANDIDATES_FILENAME,
     CATALOG_FILENAME,
@@ -521,6 +522,8 @@ def build_trainer(
         masking=masking_config(config.data),
         packing=config.data.packing,
         seed=config.train.seed,
+        # Few distinct batch shapes: cuDNN attention plans once per shape (modeling_glm).
+        pad_to_multiple_of=TRAINING_PAD_MULTIPLE,
     )
     trainer = RecTrainer(
         model=built.model,

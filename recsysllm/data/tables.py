@@ -53,7 +53,11 @@ class RecTables:
         for table_name, table, required in (
             ("interactions", self.interactions, INTERACTION_COLUMNS),
             ("items", self.items, ITEM_COLUMNS),
-            ("users", self.users, dict(USER_COLUMNS, **dict.fromkeys(self.user_features, "string"))),
+            (
+                "users",
+                self.users,
+                dict(USER_COLUMNS, **dict.fromkeys(self.user_features, "string")),
+            ),
         ):
             missing = [c for c in required if c not in table.column_names]
             if missing:
