@@ -14,23 +14,41 @@ torch.set_num_threads(1)
 # A small fixed corpus: movie-like titles, user attributes and review sentences,
 # enough for a sentencepiece model that every test can train in well under a second.
 TINY_TITLES = [
-    "Toy Story (1995)", "GoldenEye (1995)", "Four Rooms (1995)", "Get Shorty (1995)",
-    "Copycat (1995)", "Twelve Monkeys (1995)", "Babe (1995)", "Dead Man Walking (1995)",
-    "Richard III (1995)", "Seven (Se7en) (1995)", "The Usual Suspects (1995)",
-    "Mighty Aphrodite (1995)", "Postino, Il (1994)", "Heat (1995)", "Sabrina (1995)",
-    "Star Wars (1977)", "Fargo (1996)", "Return of the Jedi (1983)", "Contact (1997)",
+    "Toy Story (1995)",
+    "GoldenEye (1995)",
+    "Four Rooms (1995)",
+    "Get Shorty (1995)",
+    "Copycat (1995)",
+    "Twelve Monkeys (1995)",
+    "Babe (1995)",
+    "Dead Man Walking (1995)",
+    "Richard III (1995)",
+    "Seven (Se7en) (1995)",
+    "The Usual Suspects (1995)",
+    "Mighty Aphrodite (1995)",
+    "Postino, Il (1994)",
+    "Heat (1995)",
+    "Sabrina (1995)",
+    "Star Wars (1977)",
+    "Fargo (1996)",
+    "Return of the Jedi (1983)",
+    "Contact (1997)",
     "Scream (1996)",
 ]
-TINY_CORPUS = TINY_TITLES + [
-    "The user is 25-34 years old, works as a programmer and lives in zip code 55105.",
-    "The user is a 18-24 year old student and she watched these movies in order.",
-    "Which movie will the user watch next? Answer with one title.",
-    "How many stars would the user give this movie on a scale of 1 to 5? 4 stars.",
-    "Great fit and the fabric is soft. I love this dress, would buy again.",
-    "Runs small, the color was not as pictured. Returned it.",
-    "Does the user like the movie? yes. Does the user like the movie? no.",
-    "Recommend one of the following candidates to the user: a list of titles.",
-] * 3
+TINY_CORPUS = (
+    TINY_TITLES
+    + [
+        "The user is 25-34 years old, works as a programmer and lives in zip code 55105.",
+        "The user is a 18-24 year old student and she watched these movies in order.",
+        "Which movie will the user watch next? Answer with one title.",
+        "How many stars would the user give this movie on a scale of 1 to 5? 4 stars.",
+        "Great fit and the fabric is soft. I love this dress, would buy again.",
+        "Runs small, the color was not as pictured. Returned it.",
+        "Does the user like the movie? yes. Does the user like the movie? no.",
+        "Recommend one of the following candidates to the user: a list of titles.",
+    ]
+    * 3
+)
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +60,8 @@ def tiny_tokenizer(tmp_path_factory):
     return train_sentencepiece_tokenizer(TINY_CORPUS, out_dir, vocab_size=300)
 
 
-@pytest.fixture
-def tiny_glm_config():
-    """A 2-layer GLM config, hidden 32, for fast CPU tests."""
+def make_tiny_glm_config():
+    """A 2-layer GLM config, hidden 32, no dropout, 320 vocab rows (fits ``tiny_tokenizer``)."""
     from recsysllm.modeling import GLMConfig
 
     return GLMConfig(
@@ -57,3 +74,9 @@ def tiny_glm_config():
         attention_dropout_prob=0.0,
         output_dropout_prob=0.0,
     )
+
+
+@pytest.fixture
+def tiny_glm_config():
+    """A 2-layer GLM config, hidden 32, for fast CPU tests."""
+    return make_tiny_glm_config()

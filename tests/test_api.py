@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY_CORPUS, TINY_TITLES
+from conftest import TINY_CORPUS, TINY_TITLES, make_tiny_glm_config
 
 from recsysllm.api import Recommender, recommend_main
 from recsysllm.checkpoint_meta import (
@@ -38,19 +38,8 @@ def lora_checkpoint(tmp_path_factory, tiny_tokenizer):
     """A LoRA checkpoint laid out as training writes it, on a saved random base GLM."""
     from peft import LoraConfig, get_peft_model
 
-    from recsysllm.modeling import GLMConfig
-
     root = tmp_path_factory.mktemp("api")
-    glm_config = GLMConfig(
-        vocab_size=320,
-        hidden_size=32,
-        num_layers=2,
-        num_attention_heads=4,
-        max_sequence_length=128,
-        embedding_dropout_prob=0.0,
-        attention_dropout_prob=0.0,
-        output_dropout_prob=0.0,
-    )
+    glm_config = make_tiny_glm_config()
     base_dir, other_base_dir, checkpoint = root / "base", root / "other_base", root / "checkpoint"
     base = _random_glm(glm_config, seed=0)
     base.save_pretrained(base_dir)

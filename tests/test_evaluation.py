@@ -93,27 +93,18 @@ FEATURE_TEMPLATES = {"age": "is {value} years old"}
 def tiny_setup(tmp_path_factory):
     """A random tiny GLM, a 20-title catalog and examples of every family/variant."""
     import torch
-    from conftest import TINY_CORPUS, TINY_TITLES
+    from conftest import TINY_CORPUS, TINY_TITLES, make_tiny_glm_config
 
     from recsysllm.data.catalog import EntityCatalog, attribute_key
     from recsysllm.data.tasks import render_example
-    from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
+    from recsysllm.modeling import GLMForConditionalGeneration
     from recsysllm.prompts import load_prompts
     from recsysllm.tokenization import train_sentencepiece_tokenizer
 
     tokenizer = train_sentencepiece_tokenizer(
         TINY_CORPUS, tmp_path_factory.mktemp("spm"), vocab_size=300
     )
-    config = GLMConfig(
-        vocab_size=320,
-        hidden_size=32,
-        num_layers=2,
-        num_attention_heads=4,
-        max_sequence_length=128,
-        embedding_dropout_prob=0.0,
-        attention_dropout_prob=0.0,
-        output_dropout_prob=0.0,
-    )
+    config = make_tiny_glm_config()
     torch.manual_seed(0)
     model = GLMForConditionalGeneration(config).eval()
     catalog = EntityCatalog(
