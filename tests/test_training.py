@@ -33,6 +33,7 @@ from recsysllm.checkpoint_meta import CheckpointMismatchError, read_meta  # noqa
 from recsysllm.config import Config, apply_overrides, config_from_dict  # noqa: E402
 from recsysllm.data.tables import RecTables  # noqa: E402
 from recsysllm.pipeline import load_checkpoint_for_inference, prepare_from_tables  # noqa: E402
+from recsysllm.tokenization import GLMTokenizer  # noqa: E402
 from recsysllm.training import (  # noqa: E402
     STAGING_DIRNAME,
     NonFiniteLossError,
@@ -412,6 +413,38 @@ def test_loading_a_lora_checkpoint_merges_the_adapter(lora_run, tiny_data):
         expected = trainer.model(**batch).logits
         found = model(**batch).logits
     torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_init_adapter_continues_from_a_trained_adapter(lora_run, tiny_data, tokenizer_dir):
+    """`lora.init_adapter` starts from the saved adapter's weights, trainable, on the same
+    base; on another base it is refused."""
+    from safetensors.torch import load_file
+
+    from recsysllm.pipeline import build_model
+
+    root = lora_run["root"]
+    adapter_dir = root / "run" / "checkpoint-3"
+    saved = load_file(adapter_dir / "adapter_model.safetensors")
+    overrides = [*lora_run["overrides"], f"lora.init_adapter={adapter_dir}"]
+    config = tiny_config(root / "downstream", tokenizer_dir, overrides)
+    tokenizer = GLMTokenizer.from_pretrained(tokenizer_dir)
+    built = build_model(config.model, config.lora, tokenizer)
+    live = {name: p for name, p in built.model.named_parameters() if "lora_" in name}
+    assert live and all(p.requires_grad for p in live.values())
+    assert not any(p.requires_grad for n, p in built.model.named_parameters() if "lora_" not in n)
+    # peft stores adapter keys without the adapter name ("default"); compare by that name.
+    for name, tensor in saved.items():
+        live_name = name.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+            ".lora_B.weight", ".lora_B.default.weight"
+        )
+        assert torch.equal(live[live_name].detach(), tensor), name
+    other = tiny_config(
+        root / "downstream_other",
+        tokenizer_dir,
+        [*overrides, f"model.base_model={root / 'other_base'}"],
+    )
+    with pytest.raises(CheckpointMismatchError, match="base model differs"):
+        build_model(other.model, other.lora, tokenizer)
 
 
 def test_training_arguments_follow_the_config(tmp_path, tokenizer_dir):
