@@ -182,3 +182,55 @@ def test_results_group_per_template_and_aggregate_seen_unseen():
     assert aggregated["unseen"]["metrics"]["HR@10"] == 0.0
     assert aggregated["all"]["count"] == 3
     assert aggregated["all"]["metrics"]["HR@10"] == pytest.approx(2 / 3)
+
+
+def test_training_statistics_count_only_what_precedes_the_evaluated_targets():
+    """Leave-one-out users give all but the last two (valid) or last one (test) events;
+    users with fewer than three events count only where they are train users."""
+    import datasets
+
+    from recsysllm.data.splits import build_splits, short_user_split
+    from recsysllm.data.tables import RecTables
+    from recsysllm.evaluation.baselines import training_statistics
+
+    rows = [  # (user, item, timestamp, rating)
+        ("long", "a", 1, 5.0), ("long", "b", 2, 4.0), ("long", "c", 3, 3.0), ("long", "d", 4, 2.0),
+    ]  # fmt: skip
+    # Short users (one event each) until each split has one: their split is a seeded hash.
+    short_by_split: dict[str, str] = {}
+    index = 0
+    while len(short_by_split) < 3:
+        user = f"short{index}"
+        short_by_split.setdefault(short_user_split(0, user), user)
+        index += 1
+    for split, user in short_by_split.items():
+        rows.append((user, {"train": "e", "valid": "b", "test": "c"}[split], 5, 1.0))
+    interactions = datasets.Dataset.from_dict(
+        {
+            "user": [r[0] for r in rows],
+            "item": [r[1] for r in rows],
+            "timestamp": [r[2] for r in rows],
+            "rating": [r[3] for r in rows],
+            "review": [""] * len(rows),
+            "summary": [""] * len(rows),
+        }
+    )
+    items = datasets.Dataset.from_dict({"item": list("abcde"), "title": list("ABCDE")})
+    users = datasets.Dataset.from_dict({"user": sorted({r[0] for r in rows})})
+    splits = build_splits(
+        RecTables("toy", interactions, items, users), k=1, seed=0, num_negatives=1
+    )
+
+    counts, ratings = training_statistics(splits, "valid")
+    # long: a, b (train); short train user: e. Valid/test targets and short eval users: nothing.
+    assert counts == {"A": 1, "B": 1, "E": 1}
+    assert ratings["long"] == [5.0, 4.0]
+    assert ratings[short_by_split["train"]] == [1.0]
+    assert short_by_split["valid"] not in ratings
+
+    counts, ratings = training_statistics(splits, "test")
+    # + the valid targets: long's c and the short valid user's B.
+    assert counts == {"A": 1, "B": 2, "C": 1, "E": 1}
+    assert ratings["long"] == [5.0, 4.0, 3.0]
+    assert ratings[short_by_split["valid"]] == [1.0]
+    assert short_by_split["test"] not in ratings

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 
 import datasets
 import pytest
 
-from recsysllm.data.splits import build_splits, k_core_rows
+from recsysllm.data.splits import EVAL_SPLITS, SPLITS, build_splits, k_core_rows, short_user_split
 from recsysllm.data.tables import RecTables
 
 
@@ -84,12 +86,110 @@ def test_tie_break_is_deterministic_and_uses_row_order():
     assert [e.item for e in swapped.sequences["u"]] == [f"Title {c}" for c in "trewq"]
 
 
-def test_missing_timestamps_keep_row_order_and_short_users_are_dropped():
+def test_missing_timestamps_keep_row_order_and_short_users_are_kept_whole():
     rows = [("u", "c", -1), ("u", "a", -1), ("u", "b", -1), ("v", "a", -1), ("v", "b", -1)]
     splits = build_splits(make_tables(rows), k=1, num_negatives=0)
-    assert splits.users == ("u",)  # v has 2 events: no train event left for leave-one-out
     assert [e.item for e in splits.sequences["u"]] == ["Title c", "Title a", "Title b"]
-    assert splits.tables.notes["users with < 3 interactions dropped"] == 1
+    # v has 2 events: too few for leave-one-out, so it sits whole in one split.
+    assert splits.users == ("u", "v")
+    assert splits.short_users == {"v": short_user_split(0, "v")}
+    assert [e.item for e in splits.sequences["v"]] == ["Title a", "Title b"]
+    counts = {s: splits.tables.notes[f"users with < 3 interactions, all in {s}"] for s in SPLITS}
+    assert sorted(counts.values()) == [0, 0, 1] and counts[splits.short_users["v"]] == 1
+
+
+def expected_short_split(seed: int, user: str) -> str:
+    """Independent re-statement of the documented draw: BLAKE2b-64 of "seed\0user" mod 10."""
+    value = int(hashlib.blake2b(f"{seed}\0{user}".encode(), digest_size=8).hexdigest(), 16)
+    return {0: "valid", 1: "test"}.get(value % 10, "train")
+
+
+def test_short_user_split_is_a_seeded_80_10_10_draw():
+    users = [f"user{n}" for n in range(20_000)]
+    for seed in (0, 7):
+        drawn = [short_user_split(seed, user) for user in users]
+        assert drawn == [expected_short_split(seed, user) for user in users]
+        counts = Counter(drawn)
+        # Binomial(20000, 0.1): sd ~42, so +-250 is ~6 sd.
+        assert abs(counts["valid"] - 2000) < 250 and abs(counts["test"] - 2000) < 250
+        assert counts["train"] == 20_000 - counts["valid"] - counts["test"]
+    assert [short_user_split(0, u) for u in users] != [short_user_split(7, u) for u in users]
+
+
+def _mixed_rows() -> list[tuple[str, str, int]]:
+    """6 leave-one-out users (5 events), 40 users with 1 event and 40 with 2, 150 items."""
+    rows = [(f"L{u}", f"x{5 * u + j}", 10 * j) for u in range(6) for j in range(5)]
+    rows += [(f"S{u}", f"x{30 + u}", 5) for u in range(40)]
+    rows += [(f"D{u}", f"x{70 + 2 * u + j}", 20 - j) for u in range(40) for j in range(2)]
+    return rows
+
+
+def test_short_users_go_whole_to_one_split_with_last_event_as_target():
+    rows = _mixed_rows()
+    splits = build_splits(make_tables(rows, n_items=150), k=1, seed=5)
+    long_only = build_splits(make_tables(rows[:30]), k=1, seed=5, num_negatives=9)
+    short = {u for u, _, _ in rows if not u.startswith("L")}
+    assert splits.short_users == {u: expected_short_split(5, u) for u in short}
+    assert set(splits.users) == {u for u, _, _ in rows}
+    # Leave-one-out users are split exactly as without the short users.
+    for user in long_only.users:
+        assert splits.sequences[user] == long_only.sequences[user]
+        assert splits.train[user] == long_only.train[user]
+        assert splits.valid[user] == long_only.valid[user]
+        assert splits.test[user] == long_only.test[user]
+    # Every user is in train, valid or test: short users in exactly one.
+    membership = {u: {s for s in SPLITS if u in splits.split_users(s)} for u in splits.users}
+    for user in splits.users:
+        if user in short:
+            assert membership[user] == {splits.short_users[user]}
+        else:
+            assert membership[user] == set(SPLITS)
+    assert 0 < len([u for u in short if splits.short_users[u] != "train"]) < len(short)
+    for user in short:
+        events = splits.sequences[user]
+        # D users' two rows have timestamps 20 then 19: chronological order flips them.
+        number = int(user[1:])
+        expected = [f"Title x{30 + number}"]
+        if user[0] == "D":
+            expected = [f"Title x{71 + 2 * number}", f"Title x{70 + 2 * number}"]
+        assert [e.item for e in events] == expected
+        split = splits.short_users[user]
+        if split == "train":
+            assert (
+                splits.train[user] == events
+                and list(splits.train_positions(user)) == [0, 1][: len(events)]
+            )
+            assert user not in splits.valid and user not in splits.test
+            assert all(user not in splits.candidates[s] for s in EVAL_SPLITS)
+        else:
+            assert user not in splits.train and len(splits.train_positions(user)) == 0
+            target = getattr(splits, split)[user]
+            assert target == events[-1]
+            assert splits.target_index(split, user) == len(events) - 1
+            other = "test" if split == "valid" else "valid"
+            assert user not in getattr(splits, other) and user not in splits.candidates[other]
+            with pytest.raises(ValueError, match=rf"user '{user}' .* no {other} target"):
+                splits.target_index(other, user)
+            candidates = splits.candidates[split][user]
+            assert candidates[0] == target.item and len(set(candidates)) == 100
+            assert not set(candidates[1:]) & {e.item for e in events}
+
+
+def test_short_user_splits_do_not_depend_on_row_order(tmp_path):
+    rows = _mixed_rows()
+    splits = build_splits(make_tables(rows, n_items=150), k=1, seed=2)
+    shuffled = build_splits(make_tables(rows[::-1], n_items=150), k=1, seed=2)
+    assert shuffled.short_users == splits.short_users
+    path = tmp_path / "candidates.json"
+    splits.save_candidates(path)
+    shuffled.load_candidates(path)
+    assert shuffled.candidates == splits.candidates
+    payload = json.loads(path.read_text())
+    train_user = next(u for u, s in splits.short_users.items() if s == "train")
+    payload["test"][train_user] = [splits.sequences[train_user][-1].item]
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=rf"user '{train_user}': user has no test target"):
+        shuffled.load_candidates(path)
 
 
 def test_duplicate_interactions_keep_the_first_and_are_counted():
@@ -151,5 +251,18 @@ def test_too_few_items_for_negatives_is_a_clear_error():
     rows = [(f"u{u}", f"x{j}", j) for u in range(3) for j in range(5)]
     with pytest.raises(
         ValueError, match=r"direct candidates of user 'u0' \(valid\): only 0 items are left"
+    ):
+        build_splits(make_tables(rows), k=1, num_negatives=99)
+
+
+def test_too_few_items_for_a_short_users_negatives_is_a_clear_error():
+    rows = [(f"S{u}", f"x{u}", 1) for u in range(30)]  # one event each, 30 items
+    splits = build_splits(make_tables(rows), k=1, num_negatives=29)  # 29 others: enough
+    evaluated = [u for u in splits.users if splits.short_users[u] != "train"]
+    assert evaluated and all(
+        len(splits.candidates[splits.short_users[u]][u]) == 30 for u in evaluated
+    )
+    with pytest.raises(
+        ValueError, match=r"direct candidates of user 'S\d+' \((valid|test)\): only 29"
     ):
         build_splits(make_tables(rows), k=1, num_negatives=99)

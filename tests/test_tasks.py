@@ -212,8 +212,8 @@ def test_events_without_review_are_counted_not_silently_dropped(review_world, ca
 def interaction_data(draw):
     timed = draw(st.booleans())
     rows = []
-    for user in range(draw(st.integers(1, 5))):
-        n_events = draw(st.integers(3, 7))
+    for user in range(draw(st.integers(1, 8))):
+        n_events = draw(st.integers(1, 7))  # 1 and 2: short users, whole in one split
         for item in draw(
             st.lists(st.integers(0, 11), min_size=n_events, max_size=n_events, unique=True)
         ):
@@ -240,12 +240,20 @@ def test_no_leakage(rows, prompts):
         user: {item: (p, ts) for p, (item, ts) in enumerate(events)}
         for user, events in ordered.items()
     }
+    short = {user for user, events in ordered.items() if len(events) < 3}
+    assert set(splits.short_users) == short
     for split, offset in (("test", 1), ("valid", 2)):
         for example in builder.examples(
             split, prompts="all", seed=0
         ) + builder.pretraining_documents(split):
-            target_item, target_ts = ordered[example.user][-offset]
-            target_position = len(ordered[example.user]) - offset
+            if example.user in short:
+                # A short user is evaluated in its own split only, on its last event.
+                assert splits.short_users[example.user] == split
+                target_item, target_ts = ordered[example.user][-1]
+                target_position = len(ordered[example.user]) - 1
+            else:
+                target_item, target_ts = ordered[example.user][-offset]
+                target_position = len(ordered[example.user]) - offset
             if example.answer_type == "item":
                 assert example.target == target_item
             assert target_item not in example.history
@@ -254,10 +262,15 @@ def test_no_leakage(rows, prompts):
                 assert p < target_position
                 if target_ts >= 0:
                     assert ts < target_ts
-    for example in builder.training_examples(TaskMixture(examples_per_epoch=30), seed=1, epoch=0):
+    train_examples = builder.training_examples(TaskMixture(examples_per_epoch=30), seed=1, epoch=0)
+    for example in train_examples + builder.examples("train", prompts="all"):
+        if example.user in short:
+            assert splits.short_users[example.user] == "train"
         if example.task in ("sequential", "direct") and example.answer_type == "item":
             target_position, target_ts = position[example.user][example.target]
-            assert target_position < len(ordered[example.user]) - 2  # a train event
+            if example.user not in short:
+                assert target_position < len(ordered[example.user]) - 2  # a train event
+            assert example.target not in example.history
             for key in example.history:
                 p, ts = position[example.user][key]
                 assert p < target_position and (target_ts < 0 or ts < target_ts)
@@ -425,3 +438,72 @@ def test_catalog_must_cover_the_splits(review_world, prompts):
     small = EntityCatalog("toy", {"Title i0": "i0"}, {})
     with pytest.raises(ValueError, match="lacks .* items of the splits"):
         TaskBuilder(splits, small, prompts)
+
+
+def test_one_event_users_give_rating_explanation_review_and_direct_examples(prompts, caplog):
+    # Clothing-reviews shape: every user has exactly one reviewed, rated event; age known.
+    n_users = 200
+    rows = [
+        (f"r{u}", f"i{u % 120}", -1, float(1 + u % 5), REVIEWS[u % 3], f"Summary {u}")
+        for u in range(n_users)
+    ]
+    users = {"user": [f"r{u}" for u in range(n_users)], "age": ["25-34"] * n_users}
+    splits = build_splits(make_tables(rows, has_reviews=True, users=users), k=1, num_negatives=9)
+    catalog = EntityCatalog.from_tables(splits.tables)
+    builder = TaskBuilder(splits, catalog, prompts, history_budget=5)
+    by_split = {s: set(splits.split_users(s)) for s in ("train", "valid", "test")}
+    assert set(splits.short_users) == set(users["user"])
+    assert sum(map(len, by_split.values())) == n_users  # each user in exactly one split
+    assert by_split["valid"] and by_split["test"] and len(by_split["train"]) > n_users / 2
+    row_of = {row[0]: row for row in rows}
+    n_sequential = len(prompts.templates("sequential"))
+    with_profile = Counter()
+    for split in ("valid", "test"):
+        with caplog.at_level(logging.INFO, logger="recsysllm.data.tasks"):
+            caplog.clear()
+            examples = builder.examples(split, prompts="all", seed=0)
+        assert {e.user for e in examples} == by_split[split]
+        # Sequential needs a history: skipped for every user, counted in the call's one line.
+        assert {e.task for e in examples} == {"rating", "explanation", "review", "direct"}
+        lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+        assert len(lines) == 1
+        assert f"sequential/no earlier event: {len(by_split[split]) * n_sequential}" in lines[0]
+        for example in examples:
+            check_example(example, catalog, prompts)
+            user, item, _, rating, review, summary = row_of[example.user]
+            assert example.history == ()
+            template = prompts.get(example.template_id)
+            if "user_profile" in template.placeholders:  # the profile is still there
+                attributes = [
+                    s.entity for s in example.segments if s.entity and "attr:" in s.entity
+                ]
+                assert attributes == ["attr:age=25-34"]
+                with_profile[example.task] += 1
+            if example.task == "explanation":
+                assert example.target == review.split(". ")[0].rstrip(".") + "." or (
+                    example.target == review
+                )
+            elif example.task == "review" and template.answer_type == "text":
+                assert example.target == summary
+            elif template.answer_type == "rating":
+                assert float(example.target) == rating
+            elif example.task == "direct" and template.answer_type == "item":
+                assert example.target == f"Title {item}" and len(example.candidates) == 10
+        assert set(with_profile) == {"rating", "explanation", "direct"}  # review: no profile
+        # Pretraining documents need an earlier event: none for one-event users.
+        assert builder.pretraining_documents(split) == []
+    train = builder.examples("train", prompts="all", seed=0)
+    assert {e.user for e in train} == by_split["train"]
+    documents = builder.pretraining_documents("train", seed=0)
+    assert {d.user: d.history for d in documents} == {
+        u: (f"Title {row_of[u][1]}",) for u in by_split["train"]
+    }
+    epoch = builder.training_examples(TaskMixture(examples_per_epoch=100), seed=0, epoch=0)
+    assert len(epoch) == 100 and {e.user for e in epoch} <= by_split["train"]
+    assert "sequential" not in {e.task for e in epoch}
+    # Default epoch size: one per (user with train events, family); pretrain included.
+    default = builder.training_examples(TaskMixture({"rating": 1.0, "pretrain": 1.0}), 0, 0)
+    assert Counter(e.task for e in default) == {
+        "rating": len(by_split["train"]),
+        "pretrain": len(by_split["train"]),
+    }

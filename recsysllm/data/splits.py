@@ -11,9 +11,14 @@ Rules (DESIGN.md section 8):
   table)``. The row index is the fixed tie-break for equal timestamps (frequent in
   MovieLens-100K); without timestamps (-1) the row order alone decides.
 - Leave-one-out per user: last event = test, second-last = valid, the rest = train.
-  Users with fewer than 3 events after filtering (only possible for k < 3) are
-  dropped and counted.
-- Direct candidates: for each user and split valid/test, the target plus
+- Short users: a user with 1 or 2 events after filtering (only possible for k < 3;
+  e.g. the clothing reviews, one review per user) cannot be split leave-one-out and
+  goes WHOLE to one split, drawn from a hash of ``(seed, user id)`` (see
+  :func:`short_user_split`): 80% train, 10% valid, 10% test, independent of the
+  order of the data and of the other users. A valid/test short user's target is
+  their last event, with their earlier events (possibly none) as history; every
+  event of a train short user is a training target.
+- Direct candidates: for each user and split valid/test with a target there, the target plus
   ``num_negatives`` distinct items the user never interacted with in any split,
   drawn with ``numpy.random.default_rng(seed)`` over users in sorted order and
   stored (target first) so every evaluation sees the same lists.
@@ -21,6 +26,7 @@ Rules (DESIGN.md section 8):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -39,6 +45,25 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 EVAL_SPLITS = ("valid", "test")
+# Users with fewer events than this are not split leave-one-out (see short_user_split).
+LEAVE_ONE_OUT_MIN_EVENTS = 3
+# Hash buckets of short_user_split, out of 10: 0 -> valid, 1 -> test, 2..9 -> train.
+_SHORT_USER_BUCKETS = 10
+
+
+def short_user_split(seed: int, user: str) -> str:
+    """The split a user with 1 or 2 events goes to, whole: "train", "valid" or "test".
+
+    A seeded draw that depends on ``(seed, user)`` only (BLAKE2b of both, modulo 10):
+    10% valid, 10% test, 80% train, whatever the order of the data or other users.
+
+    Example:
+        >>> short_user_split(0, "u1") in SPLITS
+        True
+    """
+    digest = hashlib.blake2b(f"{seed}\x00{user}".encode(), digest_size=8).digest()
+    bucket = int.from_bytes(digest, "big") % _SHORT_USER_BUCKETS
+    return "valid" if bucket == 0 else "test" if bucket == 1 else "train"
 
 
 @dataclass(frozen=True)
@@ -75,7 +100,10 @@ class RecSplits:
         candidates: split ("valid"/"test") -> user -> target followed by the stored
             negatives (item keys).
         k: the k of the k-core.
-        seed: seed the candidates were drawn with.
+        seed: seed the candidates (and the short users' splits) were drawn with.
+        num_negatives: negatives per stored candidate list (training samples as many).
+        short_users: user with 1 or 2 events -> the one split holding all of them
+            (:func:`short_user_split`); every other user is split leave-one-out.
     """
 
     tables: RecTables
@@ -84,32 +112,67 @@ class RecSplits:
     candidates: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     k: int = 5
     seed: int = 0
+    num_negatives: int = 99
+    short_users: dict[str, str] = field(default_factory=dict)
 
     @property
     def users(self) -> tuple[str, ...]:
-        """User ids, sorted."""
+        """User ids (leave-one-out and short users), sorted."""
         return tuple(sorted(self.sequences))
+
+    def split_users(self, split: str) -> tuple[str, ...]:
+        """Sorted users with a target in ``split`` (train: with at least one train event)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return tuple(user for user in self.users if self.short_users.get(user, split) == split)
+
+    def train_positions(self, user: str) -> range:
+        """Positions of the user's train events: all but the last two, all, or none (short users)."""
+        short = self.short_users.get(user)
+        if short is None:
+            return range(len(self.sequences[user]) - 2)
+        return range(len(self.sequences[user]) if short == "train" else 0)
 
     @property
     def train(self) -> dict[str, tuple[Event, ...]]:
-        """user -> train events (all but the last two), chronological."""
-        return {user: events[:-2] for user, events in self.sequences.items()}
+        """user -> train events, chronological, for every user that has some."""
+        return {
+            user: self.sequences[user][: len(self.train_positions(user))]
+            for user in self.split_users("train")
+        }
 
     @property
     def valid(self) -> dict[str, Event]:
-        """user -> valid event (second-last)."""
-        return {user: events[-2] for user, events in self.sequences.items()}
+        """user -> valid event (second-last; a short valid user's last)."""
+        return {
+            user: self.sequences[user][self.target_index("valid", user)]
+            for user in self.split_users("valid")
+        }
 
     @property
     def test(self) -> dict[str, Event]:
         """user -> test event (last)."""
-        return {user: events[-1] for user, events in self.sequences.items()}
+        return {user: self.sequences[user][-1] for user in self.split_users("test")}
 
     def target_index(self, split: str, user: str) -> int:
-        """Position of the split's target in the user's sequence (valid: -2, test: -1, as index)."""
+        """Position of the split's target in the user's sequence (valid: -2, test: -1, as index).
+
+        A short user's target is their last event, in their one split only.
+
+        Raises:
+            ValueError: ``split`` is not valid/test, or the user has no target in it.
+        """
         if split not in EVAL_SPLITS:
             raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
-        return len(self.sequences[user]) - (2 if split == "valid" else 1)
+        short = self.short_users.get(user)
+        if short is None:
+            return len(self.sequences[user]) - (2 if split == "valid" else 1)
+        if short != split:
+            raise ValueError(
+                f"user {user!r} has {len(self.sequences[user])} event(s), all in split "
+                f"{short!r}: no {split} target"
+            )
+        return len(self.sequences[user]) - 1
 
     def interacted(self, user: str) -> frozenset[str]:
         """Every item key the user interacted with, in any split."""
@@ -148,14 +211,15 @@ class RecSplits:
             if split not in payload:
                 raise ValueError(f"{path}: missing field {split!r}")
             lists = payload[split]
-            missing = set(self.sequences) - set(lists)
+            expected = set(self.split_users(split))
+            missing = expected - set(lists)
             if missing:
                 raise ValueError(f"{path}: field {split!r} lacks users {sorted(missing)[:5]}")
             loaded[split] = {}
             for user, keys in lists.items():
                 where = f"{path}: field {split!r}, user {user!r}"
-                if user not in self.sequences:
-                    raise ValueError(f"{where}: user is not in the splits")
+                if user not in expected:
+                    raise ValueError(f"{where}: user has no {split} target in the splits")
                 target = self.sequences[user][self.target_index(split, user)].item
                 if not keys or keys[0] != target:
                     raise ValueError(f"{where}: first candidate must be the target {target!r}")
@@ -237,14 +301,16 @@ def build_splits(
 ) -> RecSplits:
     """Filter ``tables`` to its k-core and split every user leave-one-out in time order.
 
+    Users left with 1 or 2 events (k < 3) go whole to one split (:func:`short_user_split`).
+
     Args:
         tables: the data set (any source).
         k: minimum interactions per user and per item.
-        seed: seed of the direct candidates.
+        seed: seed of the direct candidates and of the short users' splits.
         num_negatives: sampled negatives per direct candidate list (99 gives 1-of-100).
 
     Returns:
-        RecSplits with stored candidates for valid and test.
+        RecSplits with stored candidates for every user with a valid/test target.
 
     Raises:
         ValueError: k < 1, an interaction naming an item missing from the items
@@ -279,10 +345,12 @@ def build_splits(
     by_user: dict[str, list[int]] = {}
     for row in rows:
         by_user.setdefault(columns["user"][row], []).append(row)
-    too_short = [user for user, user_rows in by_user.items() if len(user_rows) < 3]
-    for user in too_short:
-        del by_user[user]
-    rows = sorted(row for user_rows in by_user.values() for row in user_rows)
+    short_users = {
+        user: short_user_split(seed, user)
+        for user, user_rows in by_user.items()
+        if len(user_rows) < LEAVE_ONE_OUT_MIN_EVENTS
+    }
+    rows = sorted(rows)  # the filtered tables keep the source's row order
 
     interactions = tables.interactions.select(rows)
     kept_items = {columns["item"][row] for row in rows}
@@ -296,11 +364,18 @@ def build_splits(
     notes = dict(tables.notes)
     notes["duplicate interactions dropped"] = duplicates
     notes[f"interactions dropped by {k}-core"] = len(first_rows) - len(kept)
-    notes["users with < 3 interactions dropped"] = len(too_short)
+    short_counts = Counter(short_users.values())
+    for split in SPLITS:
+        notes[f"users with < 3 interactions, all in {split}"] = short_counts[split]
     if duplicates or len(first_rows) != len(rows):
         logger.info(
-            "%s: kept %d of %d interactions (%d duplicates, %d by %d-core, %d users too short)",
-            name, len(rows), len(order), duplicates, len(first_rows) - len(kept), k, len(too_short),
+            "%s: kept %d of %d interactions (%d duplicates, %d by %d-core)",
+            name, len(rows), len(order), duplicates, len(first_rows) - len(kept), k,
+        )  # fmt: skip
+    if short_users:
+        logger.info(
+            "%s: %d users with < 3 interactions go whole to one split (train %d, valid %d, test %d)",
+            name, len(short_users), *(short_counts[split] for split in SPLITS),
         )  # fmt: skip
     filtered = replace(tables, interactions=interactions, items=items, users=users, notes=notes)
 
@@ -320,7 +395,15 @@ def build_splits(
         )
         for user, user_rows in sorted(by_user.items())
     }
-    splits = RecSplits(filtered, item_keys, sequences, k=k, seed=seed)
+    splits = RecSplits(
+        filtered,
+        item_keys,
+        sequences,
+        k=k,
+        seed=seed,
+        num_negatives=num_negatives,
+        short_users=short_users,
+    )
     splits.candidates = _draw_candidates(splits, seed, num_negatives)
     return splits
 
@@ -334,6 +417,8 @@ def _draw_candidates(
     for user in splits.users:
         interacted = splits.interacted(user)
         for split in EVAL_SPLITS:
+            if splits.short_users.get(user, split) != split:
+                continue  # a short user has a target in one split at most
             target = splits.sequences[user][splits.target_index(split, user)].item
             try:
                 negatives = sample_negatives(rng, item_pool, interacted, num_negatives)

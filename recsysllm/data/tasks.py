@@ -9,6 +9,12 @@ Targets and histories:
   template of each family; the target is that split's event (second-last / last)
   and the history is sampled (DESIGN.md section 3) from the user's earlier events
   with a timestamp strictly before the target's.
+- Short users (1 or 2 events, ``RecSplits.short_users``) sit whole in one split:
+  in valid/test their last event is the target and their earlier events, possibly
+  none, the history; in train every event is a target. Families that need a
+  history (sequential) skip a target without one (counted, as below); rating,
+  explanation, review and direct (whose {history} then reads EMPTY_HISTORY_TEXT)
+  are built, with the user's profile as usual.
 - train: every train event of every user may be a target, with the history
   sampled from the events before it. ``examples("train")`` gives one example per
   (train event, family) with a template drawn uniformly from the selected ones;
@@ -323,8 +329,9 @@ class TaskMixture:
 
     Attributes:
         weights: task family (or "pretrain") -> sampling weight (>= 0).
-        examples_per_epoch: examples per epoch; None: one per (user, usable family),
-            i.e. number of users times the number of families with weight > 0 and data.
+        examples_per_epoch: examples per epoch; None: one per (user with train events,
+            usable family), i.e. that number of users times the number of families with
+            weight > 0 and data.
     """
 
     weights: dict[str, float] = field(
@@ -411,8 +418,11 @@ class TaskBuilder:
             self._features[user] = {
                 column: user_columns[column][row] or "" for column in self.feature_templates
             }
-        stored = splits.candidates.get("test", {})
-        self._num_candidates = len(next(iter(stored.values()))) if stored else 100
+        # Training lists as long as the stored ones (which load_candidates may replace).
+        stored = next(
+            (keys for lists in splits.candidates.values() for keys in lists.values()), None
+        )
+        self._num_candidates = len(stored) if stored else splits.num_negatives + 1
         events = [event for sequence in self._sequences.values() for event in sequence]
         self.missing_data: dict[str, str] = {}
         if not tables.has_reviews or not any(event.review.strip() for event in events):
@@ -592,7 +602,7 @@ class TaskBuilder:
             rng = np.random.default_rng([seed, SPLITS.index(split)])
             for user in self.users:
                 sequence = self._sequences[user]
-                for position in range(len(sequence) - 2):
+                for position in self.splits.train_positions(user):
                     history = self._history(user, position)
                     for family, chosen in templates.items():
                         template = chosen[int(rng.integers(len(chosen)))]
@@ -607,6 +617,8 @@ class TaskBuilder:
             return examples
         split_index = EVAL_SPLITS.index(split)
         for user_index, user in enumerate(self.users):
+            if self.splits.short_users.get(user, split) != split:
+                continue  # a short user in another split: no target here
             position = self.splits.target_index(split, user)
             event = self._sequences[user][position]
             history = self._history(user, position)
@@ -657,8 +669,11 @@ class TaskBuilder:
                 raise ValueError(
                     "a train pretraining document needs a random generator for its cut"
                 )
+            n_train = len(self.splits.train_positions(user))
+            if n_train == 0:
+                raise ValueError(f"user {user!r} has no train events for a train document")
             # Cut after 1..(number of train events) events.
-            cut = int(rng.integers(1, len(sequence) - 2, endpoint=True))
+            cut = int(rng.integers(1, n_train, endpoint=True))
             return self._document(user, sequence[:cut], None)
         position = self.splits.target_index(split, user)
         return self._document(user, sequence[:position], sequence[position].timestamp)
@@ -675,13 +690,29 @@ class TaskBuilder:
         seeds/epochs every prefix of a long history appears, as every train event
         may be a target. valid/test: the events strictly before the split's target
         (``seed`` has no effect).
+
+        Users without events in the split (short users of another split) get no
+        document; neither does a short valid/test user without any earlier event
+        (counted and logged in one line).
         """
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         documents = []
+        empty = 0
+        in_split = set(self.splits.split_users(split))
         for user_index, user in enumerate(self.users):
+            if user not in in_split:
+                continue
             rng = np.random.default_rng([seed, user_index]) if split == "train" else None
-            documents.append(self.pretraining_document(user, split, rng))
+            document = self.pretraining_document(user, split, rng)
+            if document.history or user not in self.splits.short_users:
+                documents.append(document)
+            else:
+                empty += 1
+        if empty:
+            logger.info(
+                "%s pretraining documents: skipped %d users without an earlier event", split, empty
+            )
         return documents
 
     def training_examples(self, mixture: TaskMixture, seed: int, epoch: int) -> list[Example]:
@@ -714,18 +745,25 @@ class TaskBuilder:
             reasons = "; ".join(sorted(set(skipped.values())))
             logger.info("skipping task families %s: %s", list(skipped), reasons)
         weights = {family: mixture.weights[family] for family in templates}
+        train_users = self.splits.split_users("train")
         if mixture.weights.get(PRETRAIN_TASK, 0) > 0:
-            weights[PRETRAIN_TASK] = mixture.weights[PRETRAIN_TASK]
+            if train_users:
+                weights[PRETRAIN_TASK] = mixture.weights[PRETRAIN_TASK]
+            else:
+                logger.info("skipping pretraining documents: no user has train events")
         if not weights:
             raise ValueError(
                 "training mixture: no family with weight > 0 has data and seen templates"
             )
-        total = mixture.examples_per_epoch or len(self.users) * len(weights)
+        # Default: one per (user with train events, family); short valid/test users have none.
+        total = mixture.examples_per_epoch or len(train_users) * len(weights)
         examples: list[Example] = []
         for name, count in _allocate(total, weights).items():
             if name == PRETRAIN_TASK:
-                for user_index in rng.integers(len(self.users), size=count):
-                    examples.append(self.pretraining_document(self.users[user_index], "train", rng))
+                for user_index in rng.integers(len(train_users), size=count):
+                    examples.append(
+                        self.pretraining_document(train_users[user_index], "train", rng)
+                    )
                 continue
             for template_index in rng.integers(len(templates[name]), size=count):
                 template = templates[name][template_index]
@@ -746,7 +784,7 @@ class TaskBuilder:
             for user in self.users:
                 sequence = self._sequences[user]
                 timestamps = self._timestamps[user]
-                for position in range(len(sequence) - 2):
+                for position in self.splits.train_positions(user):
                     # A sequential target needs one earlier event strictly before it in time.
                     has_prior = position > 0 and (
                         timestamps[position] < 0 or timestamps[0] < timestamps[position]

@@ -21,10 +21,10 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
+from recsysllm.data.splits import RecSplits
 from recsysllm.evaluation.evaluator import EvaluationResults, ExampleOutcome, example_variant
 from recsysllm.evaluation.metrics import rank_of
 from recsysllm.schema import Example
@@ -111,17 +111,17 @@ def mean_ratings(user_ratings: Mapping[str, Sequence[float]]) -> tuple[float, di
 
 
 def training_statistics(
-    sequences: Mapping[str, Sequence[Any]], split: str
+    splits: RecSplits, split: str
 ) -> tuple[dict[str, int], dict[str, list[float]]]:
-    """Item counts and user ratings from the interactions *before* the evaluated targets.
+    """Item counts and user ratings from the interactions known before the evaluated targets.
 
-    With leave-one-out splits (last = test, second-last = valid), evaluating "valid"
-    may use every event but the last two, and evaluating "test" every event but the
-    last (the valid event is part of the history then, as in training for test).
+    Evaluating "valid" may use the train events; evaluating "test" also the valid
+    targets (as training for test would). For leave-one-out users that is every event
+    but the last two, or but the last; users with fewer than three events sit whole in
+    one split (``RecSplits.short_users``) and count only where they are train users.
 
     Args:
-        sequences: user -> chronological events with ``.item`` and ``.rating``
-            (``RecSplits.sequences``).
+        splits: the data's splits.
         split: "valid" or "test".
 
     Returns:
@@ -129,13 +129,15 @@ def training_statistics(
     """
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    held_out = 2 if split == "valid" else 1
+    known = {user: list(events) for user, events in splits.train.items()}
+    if split == "test":
+        for user, event in splits.valid.items():
+            known.setdefault(user, []).append(event)
     counts: Counter[str] = Counter()
     ratings: dict[str, list[float]] = {}
-    for user, events in sequences.items():
-        known = events[:-held_out]
-        counts.update(event.item for event in known)
-        ratings[user] = [float(e.rating) for e in known if not np.isnan(e.rating)]
+    for user, events in known.items():
+        counts.update(event.item for event in events)
+        ratings[user] = [float(e.rating) for e in events if not np.isnan(e.rating)]
     return dict(counts), ratings
 
 

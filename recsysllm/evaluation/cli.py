@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=config.data.seed,
         prompts=prompts,
     )
-    item_counts, user_ratings = training_statistics(data.splits.sequences, split)
+    item_counts, user_ratings = training_statistics(data.splits, split)
     has_ratings = any(ratings for ratings in user_ratings.values())
     baselines = evaluate_baselines(
         examples,
