@@ -23,16 +23,10 @@ import torch
 
 from recsysllm.collator import BlankInfillingCollator
 from recsysllm.schema import Example, Segment, TokenizedExample
+from recsysllm.tokenization import GPT2_SPECIAL_IDS
 
 SPECIAL = SimpleNamespace(
-    cls_token_id=50259,
-    eos_token_id=50256,
-    pad_token_id=50256,
-    mask_token_id=50260,
-    smask_token_id=50264,
-    gmask_token_id=50263,
-    sop_token_id=50257,
-    eop_token_id=50258,
+    **{f"{name}_token_id": token_id for name, token_id in GPT2_SPECIAL_IDS.items()}
 )
 BATCH = 32
 REPEATS = 5

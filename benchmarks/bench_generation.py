@@ -31,18 +31,12 @@ import torch
 from recsysllm.collator import PromptInputs
 from recsysllm.generation import generate_ids, recommend_items
 from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
+from recsysllm.tokenization import GPT2_SPECIAL_IDS
 from recsysllm.trie import EntityTrie
 
 # glm-10b's GPT-2 special ids (GLM_REFERENCE.md); rows 50265.. are padding.
 SPECIAL = SimpleNamespace(
-    cls_token_id=50259,
-    eos_token_id=50256,
-    pad_token_id=50256,
-    mask_token_id=50260,
-    smask_token_id=50264,
-    gmask_token_id=50263,
-    sop_token_id=50257,
-    eop_token_id=50258,
+    **{f"{name}_token_id": token_id for name, token_id in GPT2_SPECIAL_IDS.items()},
     banned_generation_ids=(),
     vocab_size=50265,
 )

@@ -41,17 +41,11 @@ from recsysllm.collator import BlankInfillingCollator
 from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
 from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE
 from recsysllm.schema import Example, Segment, TokenizedExample
+from recsysllm.tokenization import GPT2_SPECIAL_IDS
 
 # GLM special ids laid out as in the GPT-2 BPE checkpoints (GLM_REFERENCE.md).
 SPECIALS = SimpleNamespace(
-    cls_token_id=50259,
-    eos_token_id=50256,
-    pad_token_id=50256,
-    mask_token_id=50260,
-    smask_token_id=50264,
-    gmask_token_id=50263,
-    sop_token_id=50257,
-    eop_token_id=50258,
+    **{f"{name}_token_id": token_id for name, token_id in GPT2_SPECIAL_IDS.items()}
 )
 SHAPES = {
     # name: (layers, hidden, heads, vocab)
