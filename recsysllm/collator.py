@@ -63,12 +63,13 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from recsysllm.config import help_field
 from recsysllm.positions import part_a_intra_positions, span_intra_positions
 from recsysllm.schema import TokenizedExample
 
@@ -77,31 +78,26 @@ IGNORE_INDEX = -100
 _SPECIALS_FOR_ONE_SPAN = 4
 
 
-def _help(text: str, **kwargs: Any) -> Any:
-    """A dataclass field carrying its one-line help string in ``metadata["help"]``."""
-    return field(metadata={"help": text}, **kwargs)
-
-
 @dataclass(frozen=True)
 class MaskingConfig:
     """How pretraining documents are corrupted (task examples mask their answer)."""
 
-    mask_prob: float = _help("weight of entity-level [MASK] spans per document", default=0.5)
-    smask_prob: float = _help("weight of sentence-level [sMASK] per document", default=0.25)
-    gmask_prob: float = _help(
+    mask_prob: float = help_field("weight of entity-level [MASK] spans per document", default=0.5)
+    smask_prob: float = help_field("weight of sentence-level [sMASK] per document", default=0.25)
+    gmask_prob: float = help_field(
         "weight of document-level [gMASK] per document (0 for glm-large)", default=0.25
     )
-    mask_ratio: float = _help("[MASK] mode: share of tokens to cover", default=0.15)
-    span_poisson_lambda: float = _help(
+    mask_ratio: float = help_field("[MASK] mode: share of tokens to cover", default=0.15)
+    span_poisson_lambda: float = help_field(
         "[MASK] mode: mean of the Poisson span length, in units", default=3.0
     )
-    max_span_units: int = _help(
+    max_span_units: int = help_field(
         "[MASK] mode: span lengths are clipped to 1..max_span_units", default=39
     )
-    sentence_ratio: float = _help(
+    sentence_ratio: float = help_field(
         "[sMASK] mode: share of tokens to cover with whole sentences", default=0.15
     )
-    gmask_min_ratio: float = _help(
+    gmask_min_ratio: float = help_field(
         "[gMASK] mode: the suffix covers a share uniform in [this, 1]", default=0.5
     )
 

@@ -42,7 +42,7 @@ PROMPT_SETS = ("seen", "unseen", "all")
 SHORTHANDS = {"output_dir": "train.output_dir", "max_steps": "train.max_steps"}
 
 
-def _help(text: str, **kwargs: Any) -> Any:
+def help_field(text: str, **kwargs: Any) -> Any:
     """A dataclass field carrying its one-line help string in ``metadata["help"]``."""
     return field(metadata={"help": text}, **kwargs)
 
@@ -56,15 +56,15 @@ def _check(condition: bool, section: str, name: str, message: str) -> None:
 class ModelArgs:
     """Which GLM to start from."""
 
-    base_model: str | None = _help(
+    base_model: str | None = help_field(
         "directory of a pretrained GLM checkpoint (THUDM or converted); null to build from scratch",
         default=None,
     )
-    from_scratch: dict[str, Any] | None = _help(
+    from_scratch: dict[str, Any] | None = help_field(
         "GLMConfig fields for a randomly initialised model (vocab_size is taken from the tokenizer)",
         default=None,
     )
-    torch_dtype: str = _help(
+    torch_dtype: str = help_field(
         "dtype the weights are loaded in: " + "|".join(TORCH_DTYPES), default="float32"
     )
 
@@ -87,11 +87,11 @@ class ModelArgs:
 class TokenizerArgs:
     """Which tokenizer: a saved one, the base model's own, or one trained on the data."""
 
-    path: str | None = _help(
+    path: str | None = help_field(
         "tokenizer directory; null: the base model's directory (or train one, see sentencepiece_vocab_size)",
         default=None,
     )
-    sentencepiece_vocab_size: int | None = _help(
+    sentencepiece_vocab_size: int | None = help_field(
         "train a sentencepiece tokenizer with this vocabulary size on the training data (from-scratch models)",
         default=None,
     )
@@ -115,14 +115,14 @@ class TokenizerArgs:
 class LoraArgs:
     """LoRA adapters (PEFT) on the GLM linear layers."""
 
-    enabled: bool = _help("train LoRA adapters; false trains all parameters", default=True)
-    r: int = _help("LoRA rank", default=8)
-    alpha: int = _help("LoRA alpha (scaling = alpha / r)", default=16)
-    dropout: float = _help("dropout on the LoRA input", default=0.05)
-    target_modules: list[str] = _help(
+    enabled: bool = help_field("train LoRA adapters; false trains all parameters", default=True)
+    r: int = help_field("LoRA rank", default=8)
+    alpha: int = help_field("LoRA alpha (scaling = alpha / r)", default=16)
+    dropout: float = help_field("dropout on the LoRA input", default=0.05)
+    target_modules: list[str] = help_field(
         "module names that receive adapters", default_factory=lambda: list(DEFAULT_LORA_TARGETS)
     )
-    init_adapter: str | None = _help(
+    init_adapter: str | None = help_field(
         "directory of a saved adapter to continue training from (loaded as trainable)", default=None
     )
 
@@ -145,65 +145,71 @@ class LoraArgs:
 class DataArgs:
     """Data set, task mixture, behaviour sampling and sequence packing."""
 
-    source: str = _help(
+    source: str = help_field(
         "data set name understood by recsysllm.data.sources", default="movielens-100k"
     )
-    path: str = _help(
+    path: str = help_field(
         "data directory or file (source 'generic': the YAML column mapping)", default="data/ml-100k"
     )
-    category: str | None = _help(
+    category: str | None = help_field(
         "Amazon category (Beauty, Sports, Toys, ...) when path is a directory", default=None
     )
-    k_core: int = _help("drop users and items with fewer interactions (iterated)", default=5)
-    max_length: int = _help("tokens per training sequence, [CLS] and [eos] included", default=1024)
-    packing: bool = _help(
+    k_core: int = help_field("drop users and items with fewer interactions (iterated)", default=5)
+    max_length: int = help_field(
+        "tokens per training sequence, [CLS] and [eos] included", default=1024
+    )
+    packing: bool = help_field(
         "merge a batch's examples into fewer rows (block-diagonal attention); "
         "per_device_batch_size then counts examples, not rows",
         default=True,
     )
-    mixture: dict[str, float] = _help(
+    mixture: dict[str, float] = help_field(
         "sampling weight of each task family and of 'pretrain' (plain behaviour documents)",
         default_factory=lambda: dict.fromkeys((*TASK_FAMILIES, PRETRAIN_TASK), 1.0),
     )
-    examples_per_epoch: int | None = _help(
+    examples_per_epoch: int | None = help_field(
         "examples drawn from the mixture per epoch; null: one per (user, family) as the builder defines",
         default=None,
     )
-    short_ratio: float = _help(
+    short_ratio: float = help_field(
         "share of the history budget from the short-term window", default=0.6
     )
-    medium_ratio: float = _help(
+    medium_ratio: float = help_field(
         "share of the history budget from the medium-term window", default=0.3
     )
-    long_ratio: float = _help("share of the history budget from the long-term window", default=0.1)
-    short_window_days: float = _help("short-term window length in days", default=7.0)
-    medium_window_days: float = _help(
+    long_ratio: float = help_field(
+        "share of the history budget from the long-term window", default=0.1
+    )
+    short_window_days: float = help_field("short-term window length in days", default=7.0)
+    medium_window_days: float = help_field(
         "medium-term window end in days before the target", default=90.0
     )
-    short_fraction: float = _help(
+    short_fraction: float = help_field(
         "short-term share of the history when timestamps are missing", default=0.2
     )
-    medium_fraction: float = _help(
+    medium_fraction: float = help_field(
         "medium-term share of the history when timestamps are missing", default=0.4
     )
-    history_budget: int = _help(
+    history_budget: int = help_field(
         "most history items one prompt shows (N of the 60/30/10 sampling)", default=20
     )
-    mask_prob: float = _help(
+    mask_prob: float = help_field(
         "collator: probability of entity-level [MASK] spans for pretrain documents", default=0.5
     )
-    smask_prob: float = _help(
+    smask_prob: float = help_field(
         "collator: probability of sentence-level [sMASK] for pretrain documents", default=0.25
     )
-    gmask_prob: float = _help(
+    gmask_prob: float = help_field(
         "collator: probability of document-level [gMASK] for pretrain documents (0 for glm-large)",
         default=0.25,
     )
-    prompts_dir: str | None = _help(
+    prompts_dir: str | None = help_field(
         "directory of the prompt YAMLs (one per task family); null: the repository's prompts/",
         default=None,
     )
-    seed: int = _help("seed of splits, sampling, candidates and the epoch mixtures", default=42)
+    seed: int = help_field(
+        "seed of splits, sampling, candidates and the epoch mixtures", default=42
+    )
 
     def __post_init__(self) -> None:
         _check(self.k_core >= 1, "data", "k_core", f"must be >= 1, got {self.k_core}")
@@ -244,49 +250,51 @@ class DataArgs:
 class TrainArgs:
     """Optimisation, precision, checkpointing and launch settings."""
 
-    output_dir: str = _help(
+    output_dir: str = help_field(
         "directory receiving checkpoint-N/ subdirectories", default="runs/default"
     )
-    learning_rate: float = _help("peak learning rate (AdamW)", default=1e-5)
-    warmup_ratio: float = _help(
+    learning_rate: float = help_field("peak learning rate (AdamW)", default=1e-5)
+    warmup_ratio: float = help_field(
         "warmup as a share of all steps (ignored when warmup_steps > 0)", default=0.0
     )
-    warmup_steps: int = _help("warmup steps", default=0)
-    lr_schedule: str = _help(
+    warmup_steps: int = help_field("warmup steps", default=0)
+    lr_schedule: str = help_field(
         "learning-rate schedule after warmup: " + "|".join(LR_SCHEDULES), default="linear"
     )
-    epochs: int = _help(
+    epochs: int = help_field(
         "passes over the epoch mixtures (each epoch draws its own mixture)", default=1
     )
-    max_steps: int = _help("optimizer steps; > 0 overrides epochs", default=-1)
-    per_device_batch_size: int = _help(
+    max_steps: int = help_field("optimizer steps; > 0 overrides epochs", default=-1)
+    per_device_batch_size: int = help_field(
         "examples per device and micro-step (with packing they share fewer rows)", default=8
     )
-    gradient_accumulation_steps: int = _help("micro-steps per optimizer step", default=1)
-    max_grad_norm: float = _help("gradient clipping norm (0 disables)", default=1.0)
-    weight_decay: float = _help("AdamW weight decay", default=0.0)
-    adam_beta1: float = _help("AdamW beta1", default=0.9)
-    adam_beta2: float = _help("AdamW beta2", default=0.999)
-    adam_epsilon: float = _help("AdamW epsilon", default=1e-8)
-    precision: str = _help("mixed precision: " + "|".join(PRECISIONS), default="fp32")
-    gradient_checkpointing: bool = _help(
+    gradient_accumulation_steps: int = help_field("micro-steps per optimizer step", default=1)
+    max_grad_norm: float = help_field("gradient clipping norm (0 disables)", default=1.0)
+    weight_decay: float = help_field("AdamW weight decay", default=0.0)
+    adam_beta1: float = help_field("AdamW beta1", default=0.9)
+    adam_beta2: float = help_field("AdamW beta2", default=0.999)
+    adam_epsilon: float = help_field("AdamW epsilon", default=1e-8)
+    precision: str = help_field("mixed precision: " + "|".join(PRECISIONS), default="fp32")
+    gradient_checkpointing: bool = help_field(
         "recompute activations in the backward pass", default=False
     )
-    save_steps: int = _help(
+    save_steps: int = help_field(
         "save a checkpoint every N optimizer steps (and at the end)", default=500
     )
-    save_total_limit: int | None = _help(
+    save_total_limit: int | None = help_field(
         "keep at most this many checkpoints (null: all)", default=None
     )
-    eval_steps: int | None = _help("validation loss every N steps (null: never)", default=None)
-    logging_steps: int = _help("log loss and learning rate every N steps", default=10)
-    seed: int = _help("seed of model init, dropout and the collator's masks", default=42)
-    deepspeed: str | None = _help(
+    eval_steps: int | None = help_field("validation loss every N steps (null: never)", default=None)
+    logging_steps: int = help_field("log loss and learning rate every N steps", default=10)
+    seed: int = help_field("seed of model init, dropout and the collator's masks", default=42)
+    deepspeed: str | None = help_field(
         "DeepSpeed JSON config path (configs/ds/*.json); null: no DeepSpeed", default=None
     )
-    resume: str | None = _help("null | latest | PATH of a checkpoint-N directory", default=None)
-    dataloader_workers: int = _help("DataLoader worker processes", default=0)
-    use_cpu: bool = _help("train on CPU even when a GPU is visible", default=False)
+    resume: str | None = help_field(
+        "null | latest | PATH of a checkpoint-N directory", default=None
+    )
+    dataloader_workers: int = help_field("DataLoader worker processes", default=0)
+    use_cpu: bool = help_field("train on CPU even when a GPU is visible", default=False)
 
     def __post_init__(self) -> None:
         _check(
@@ -341,30 +349,34 @@ class TrainArgs:
 class LoggingArgs:
     """Experiment tracking."""
 
-    wandb_project: str | None = _help(
+    wandb_project: str | None = help_field(
         "wandb project (offline unless WANDB_API_KEY is set; WANDB_MODE=disabled turns it off); null: no wandb",
         default=None,
     )
-    wandb_run_name: str | None = _help("wandb run name (null: the output_dir's name)", default=None)
-    tensorboard: bool = _help("also write TensorBoard logs under output_dir/runs", default=False)
+    wandb_run_name: str | None = help_field(
+        "wandb run name (null: the output_dir's name)", default=None
+    )
+    tensorboard: bool = help_field(
+        "also write TensorBoard logs under output_dir/runs", default=False
+    )
 
 
 @dataclass
 class EvalArgs:
     """Evaluation protocol (read by recsysllm.evaluation)."""
 
-    families: list[str] = _help(
+    families: list[str] = help_field(
         "task families to evaluate", default_factory=lambda: list(TASK_FAMILIES)
     )
-    prompts: str = _help("templates: " + "|".join(PROMPT_SETS), default="all")
-    split: str = _help("valid | test", default="test")
-    limit: int | None = _help(
+    prompts: str = help_field("templates: " + "|".join(PROMPT_SETS), default="all")
+    split: str = help_field("valid | test", default="test")
+    limit: int | None = help_field(
         "evaluate at most N examples per family and template (null: all)", default=None
     )
-    batch_size: int = _help("prompts per generation batch", default=16)
-    num_beams: int = _help("beams for constrained item generation", default=20)
-    top_k: list[int] = _help("cut-offs for HR@k / NDCG@k", default_factory=lambda: [1, 5, 10])
-    exclude_history: bool = _help(
+    batch_size: int = help_field("prompts per generation batch", default=16)
+    num_beams: int = help_field("beams for constrained item generation", default=20)
+    top_k: list[int] = help_field("cut-offs for HR@k / NDCG@k", default_factory=lambda: [1, 5, 10])
+    exclude_history: bool = help_field(
         "also report sequential metrics with the user's history items excluded", default=False
     )
 
@@ -405,13 +417,13 @@ class EvalArgs:
 class Config:
     """A whole recipe: one field per YAML section."""
 
-    model: ModelArgs = _help("base model (required section)", default_factory=ModelArgs)
-    tokenizer: TokenizerArgs = _help("tokenizer", default_factory=TokenizerArgs)
-    lora: LoraArgs = _help("LoRA adapters", default_factory=LoraArgs)
-    data: DataArgs = _help("data and task mixture", default_factory=DataArgs)
-    train: TrainArgs = _help("optimisation and checkpoints", default_factory=TrainArgs)
-    logging: LoggingArgs = _help("experiment tracking", default_factory=LoggingArgs)
-    eval: EvalArgs = _help("evaluation protocol", default_factory=EvalArgs)
+    model: ModelArgs = help_field("base model (required section)", default_factory=ModelArgs)
+    tokenizer: TokenizerArgs = help_field("tokenizer", default_factory=TokenizerArgs)
+    lora: LoraArgs = help_field("LoRA adapters", default_factory=LoraArgs)
+    data: DataArgs = help_field("data and task mixture", default_factory=DataArgs)
+    train: TrainArgs = help_field("optimisation and checkpoints", default_factory=TrainArgs)
+    logging: LoggingArgs = help_field("experiment tracking", default_factory=LoggingArgs)
+    eval: EvalArgs = help_field("evaluation protocol", default_factory=EvalArgs)
 
     def __post_init__(self) -> None:
         _check(
