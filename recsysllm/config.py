@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from recsysllm.files import atomic_write, read_yaml
 from recsysllm.schema import PRETRAIN_TASK, TASK_FAMILIES
 
 DEFAULT_LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
@@ -447,20 +447,7 @@ class Config:
 
     def save_yaml(self, path: str | os.PathLike[str]) -> None:
         """Write the resolved config as YAML, atomically (temp file, then rename)."""
-        write_text_atomic(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 # --------------------------------------------------------------------------- loading
@@ -608,9 +595,8 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
         ValueError: malformed YAML, a wrong type or a value failing validation.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: malformed YAML: {exc}") from exc
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    raw = read_yaml(path)  # refuses duplicate keys, naming file and line
     raw = apply_overrides(raw or {}, list(overrides or []), where=f"{path} (overrides)")
     return config_from_dict(raw, where=str(path))

@@ -37,7 +37,13 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from recsysllm.checkpoint_meta import CheckpointMeta, check_compatible, model_fingerprint, read_meta
+from recsysllm.checkpoint_meta import (
+    CheckpointMeta,
+    check_compatible,
+    model_fingerprint,
+    read_meta,
+    verify_weights,
+)
 from recsysllm.collator import MaskingConfig
 from recsysllm.config import Config, DataArgs, LoraArgs, ModelArgs, TokenizerArgs, load_config
 from recsysllm.data.catalog import EntityCatalog
@@ -53,7 +59,11 @@ from recsysllm.modeling import (
     load_glm_checkpoint,
 )
 from recsysllm.prompts import PromptSet, load_prompts
-from recsysllm.tokenization import GLMTokenizer, train_sentencepiece_tokenizer
+from recsysllm.tokenization import (
+    GLMTokenizer,
+    load_saved_tokenizer,
+    train_sentencepiece_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -183,9 +193,10 @@ def build_tokenizer(
             raise ValueError("config field tokenizer.path: needed when model.base_model is null")
         return GLMTokenizer.from_pretrained(base_model)
     target = Path(output_dir) / TOKENIZER_DIRNAME
-    if target.is_dir():
+    if target.exists():
         logger.info("reusing the sentencepiece tokenizer in %s", target)
-        return GLMTokenizer.from_pretrained(target)
+        # Only a complete save_pretrained directory: a half-written one is refused.
+        return load_saved_tokenizer(target)
     texts = list(data.catalog.entities().values())
     examples = data.tasks.training_examples(mixture or TaskMixture(), seed=seed, epoch=0)
     texts += [_segment_text(e) for e in examples[:_SENTENCEPIECE_TRAINING_TEXTS]]
@@ -245,11 +256,13 @@ def apply_lora(
     if lora_args.init_adapter is not None:
         adapter_dir = Path(lora_args.init_adapter)
         if (adapter_dir / "recsysllm_meta.json").is_file():
+            adapter_meta = read_meta(adapter_dir)
             check_compatible(
-                read_meta(adapter_dir),
+                adapter_meta,
                 base_model_fingerprint=base_model_fingerprint,
                 where=str(adapter_dir),
             )
+            verify_weights(adapter_dir, adapter_meta)
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
     lora_config = LoraConfig(
         r=lora_args.r,
@@ -284,12 +297,14 @@ def load_checkpoint_for_inference(
     Raises:
         FileNotFoundError / ValueError: a missing or corrupt file, named.
         CheckpointMismatchError: the base model or tokenizer differs from the recorded one.
+        CorruptWeightsError: a weight file differs from its recorded sha256.
     """
     checkpoint_dir = Path(checkpoint_dir)
     where = str(checkpoint_dir)
     meta = read_meta(checkpoint_dir)
+    verify_weights(checkpoint_dir, meta)  # flipped bytes are refused, not evaluated
     config = load_config(checkpoint_dir / CONFIG_FILENAME)
-    tokenizer = GLMTokenizer.from_pretrained(checkpoint_dir / TOKENIZER_DIRNAME)
+    tokenizer = load_saved_tokenizer(checkpoint_dir / TOKENIZER_DIRNAME)
     check_compatible(meta, tokenizer_fingerprint=tokenizer.fingerprint, where=where)
     catalog = EntityCatalog.load(checkpoint_dir / CATALOG_FILENAME)
     check_compatible(meta, catalog_hash=catalog.hash, where=where)

@@ -52,10 +52,17 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
-from recsysllm.checkpoint_meta import CheckpointMeta, check_compatible, read_meta, write_meta
+from recsysllm.checkpoint_meta import (
+    CheckpointMeta,
+    check_compatible,
+    read_meta,
+    verify_weights,
+    write_meta,
+)
 from recsysllm.collator import IGNORE_INDEX, BlankInfillingCollator
-from recsysllm.config import Config, load_config, write_text_atomic
+from recsysllm.config import Config, load_config
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
+from recsysllm.files import atomic_write
 from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE
 from recsysllm.pipeline import (
     CANDIDATES_FILENAME,
@@ -370,7 +377,7 @@ class CheckpointExtras:
         meta = self.meta(step)
         write_meta(directory, meta)
         # Last: PEFT's save_pretrained writes its own generic README.md first.
-        write_text_atomic(directory / "README.md", model_card(self.config, meta))
+        atomic_write(directory / "README.md", model_card(self.config, meta))
 
 
 # --------------------------------------------------------------------------- wiring
@@ -499,8 +506,10 @@ def build_trainer(
     resume = resolve_resume(config)
     if resume is not None:
         # Refuse to continue an adapter on other base weights, tokenizer or items.
+        resume_meta = read_meta(resume)
+        verify_weights(resume, resume_meta)
         check_compatible(
-            read_meta(resume),
+            resume_meta,
             base_model_fingerprint=built.base_model_fingerprint,
             tokenizer_fingerprint=tokenizer.fingerprint,
             catalog_hash=data.catalog.hash,

@@ -67,9 +67,9 @@ from typing import IO, Any
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from recsysllm.data.tables import INTERACTION_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, RecTables
+from recsysllm.files import read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -856,8 +856,7 @@ def load_generic_table(
         base = Path(base_dir) if base_dir is not None else Path.cwd()
     else:
         source = str(mapping)
-        with open(_require_file(Path(mapping), "generic mapping")) as f:
-            loaded = yaml.safe_load(f)
+        loaded = read_yaml(_require_file(Path(mapping), "generic mapping"))
         if not isinstance(loaded, dict):
             raise ValueError(f"{source}: expected a YAML mapping at the top level")
         mapping = loaded

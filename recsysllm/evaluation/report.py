@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from recsysllm.evaluation.evaluator import EvaluationResults
 from recsysllm.evaluation.metrics import UNPARSEABLE_RATING_RULE
+from recsysllm.files import atomic_write
 
 RANKING_VARIANTS = ("all_items", "candidates")
 
@@ -138,7 +138,7 @@ def plot_ranking(document: Mapping[str, Any], path: str | os.PathLike) -> None:
         axis.tick_params(axis="x", labelrotation=45)
         axis.legend(fontsize="small")
     figure.tight_layout()
-    _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     plt.close(figure)
 
 
@@ -159,24 +159,11 @@ def write_reports(
     markdown_path = json_path.with_suffix(".md")
     plot_path = json_path.with_suffix(".png")
     text = json.dumps(document, indent=2, sort_keys=False, allow_nan=False)
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    atomic_write(json_path, text + "\n")
     markdown = markdown_report(document)
-    _atomic_write(markdown_path, lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8"))
+    atomic_write(markdown_path, markdown)
     plot_ranking(document, plot_path)
     return {"json": json_path, "markdown": markdown_path, "plot": plot_path}
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
-    # Temp file in the same directory so os.replace is a same-filesystem rename.
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _format(value: float | None) -> str:
