@@ -155,6 +155,14 @@ class DataArgs:
         "Amazon category (Beauty, Sports, Toys, ...) when path is a directory", default=None
     )
     k_core: int = help_field("drop users and items with fewer interactions (iterated)", default=5)
+    num_negatives: int = help_field(
+        "negatives per stored direct candidate list (99: 1-of-100); on a catalog too small for "
+        "that, every list gets as many as all users can fill (recorded in the split notes)",
+        default=99,
+    )
+    exact_negatives: bool = help_field(
+        "refuse a catalog too small for num_negatives instead of using fewer", default=False
+    )
     max_length: int = help_field(
         "tokens per training sequence, [CLS] and [eos] included", default=1024
     )
@@ -213,6 +221,12 @@ class DataArgs:
 
     def __post_init__(self) -> None:
         _check(self.k_core >= 1, "data", "k_core", f"must be >= 1, got {self.k_core}")
+        _check(
+            self.num_negatives >= 1,
+            "data",
+            "num_negatives",
+            f"must be >= 1, got {self.num_negatives}",
+        )
         _check(
             self.history_budget >= 1,
             "data",

@@ -147,7 +147,15 @@ def prepare_from_tables(
     tables: RecTables, data_args: DataArgs, seed: int, prompts: PromptSet | None = None
 ) -> PreparedData:
     """:func:`prepare_data` on tables already in memory (``data_args.source``/``path`` unused)."""
-    splits = build_splits(tables, k=data_args.k_core, seed=seed)
+    # No stored candidate lists for a direct family that is not used (weight 0).
+    direct_used = data_args.mixture.get("direct", 0) > 0
+    splits = build_splits(
+        tables,
+        k=data_args.k_core,
+        seed=seed,
+        num_negatives=data_args.num_negatives if direct_used else 0,
+        exact_negatives=data_args.exact_negatives,
+    )
     catalog = EntityCatalog.from_tables(splits.tables)
     if prompts is None:
         prompts = load_prompts(data_args.prompts_dir)

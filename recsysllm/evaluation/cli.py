@@ -149,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "catalog_hash": catalog.hash,
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "seed": config.data.seed,
+        # 1-of-(N+1) direct lists; N < data.num_negatives on a small catalog.
+        "direct_negatives": data.splits.num_negatives,
+        "data_notes": dict(data.splits.tables.notes),
         "config": config.to_dict(),
     }
     paths = write_reports(results, baselines, metadata, args.out)
