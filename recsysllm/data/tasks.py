@@ -433,7 +433,7 @@ class TaskBuilder:
             )
         if not any(event.has_rating for event in events):
             self.missing_data["rating"] = f"{tables.name} has no ratings"
-        self._targets_cache: dict[tuple[str, str, bool], list[tuple[str, int]]] = {}
+        self._targets_cache: dict[tuple[str, str, bool, bool], list[tuple[str, int]]] = {}
 
     # ----------------------------------------------------------------- helpers
 
@@ -780,7 +780,13 @@ class TaskBuilder:
 
     def _train_targets(self, template: PromptTemplate) -> list[tuple[str, int]]:
         """(user, position) of every train event ``template`` can use as its target (cached)."""
-        key = (template.family, template.answer_type, "hint" in template.placeholders)
+        placeholders = template.placeholders
+        key = (
+            template.family,
+            template.answer_type,
+            "hint" in placeholders,
+            "candidates" in placeholders,
+        )
         cache = self._targets_cache
         if key not in cache:
             targets = []
