@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -52,6 +53,26 @@ def _check(condition: bool, section: str, name: str, message: str) -> None:
         raise ValueError(f"config field {section}.{name}: {message}")
 
 
+def _check_finite(args: Any, section: str) -> None:
+    """Every float of a config section (and of its dict fields) is finite: no inf, no nan."""
+    for item in dataclasses.fields(args):
+        value = getattr(args, item.name)
+        entries = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, entry in entries:
+            if isinstance(entry, float) and not math.isfinite(entry):
+                name = item.name if key is None else f"{item.name}.{key}"
+                raise ValueError(
+                    f"config field {section}.{name}: must be a finite number, got {entry}"
+                )
+
+
+def _from_scratch_fields() -> tuple[str, ...]:
+    """Keys ``model.from_scratch`` accepts: the architecture fields of GLMConfig."""
+    from recsysllm.modeling.configuration_glm import GLMConfig  # torch-free, but not light
+
+    return tuple(GLMConfig.__annotations__)
+
+
 @dataclass
 class ModelArgs:
     """Which GLM to start from."""
@@ -69,6 +90,17 @@ class ModelArgs:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "model")
+        for key, value in (self.from_scratch or {}).items():
+            known = _from_scratch_fields()
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.0)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise KeyError(f"unknown config key 'model.from_scratch.{key}'{hint}")
+            if isinstance(value, int) and not isinstance(value, bool):
+                _check(value > 0, "model", f"from_scratch.{key}", f"must be > 0, got {value}")
+            if isinstance(value, float):
+                _check(value >= 0, "model", f"from_scratch.{key}", f"must be >= 0, got {value}")
         _check(
             (self.base_model is None) != (self.from_scratch is None),
             "model",
@@ -97,6 +129,7 @@ class TokenizerArgs:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "tokenizer")
         _check(
             self.path is None or self.sentencepiece_vocab_size is None,
             "tokenizer",
@@ -127,6 +160,7 @@ class LoraArgs:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "lora")
         _check(self.r > 0, "lora", "r", f"must be > 0, got {self.r}")
         _check(self.alpha > 0, "lora", "alpha", f"must be > 0, got {self.alpha}")
         _check(
@@ -220,6 +254,7 @@ class DataArgs:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "data")
         _check(self.k_core >= 1, "data", "k_core", f"must be >= 1, got {self.k_core}")
         _check(
             self.num_negatives >= 1,
@@ -241,12 +276,36 @@ class DataArgs:
             )
             _check(weight >= 0, "data", "mixture", f"weight of {name!r} must be >= 0, got {weight}")
         _check(sum(self.mixture.values()) > 0, "data", "mixture", "all weights are zero")
+        for name in ("short_ratio", "medium_ratio", "long_ratio"):
+            _check(
+                getattr(self, name) >= 0, "data", name, f"must be >= 0, got {getattr(self, name)}"
+            )
         ratios = self.short_ratio + self.medium_ratio + self.long_ratio
         _check(
             abs(ratios - 1.0) < 1e-6,
             "data",
             "short_ratio",
             f"short+medium+long ratios sum to {ratios}, not 1",
+        )
+        for name in ("short_fraction", "medium_fraction"):
+            _check(0 <= getattr(self, name) <= 1, "data", name, "must be in [0, 1]")
+        _check(
+            self.short_fraction + self.medium_fraction <= 1,
+            "data",
+            "medium_fraction",
+            "short_fraction + medium_fraction must be <= 1",
+        )
+        _check(
+            self.short_window_days > 0,
+            "data",
+            "short_window_days",
+            f"must be > 0, got {self.short_window_days}",
+        )
+        _check(
+            self.medium_window_days > self.short_window_days,
+            "data",
+            "medium_window_days",
+            f"must be > short_window_days ({self.short_window_days}), got {self.medium_window_days}",
         )
         for name in ("mask_prob", "smask_prob", "gmask_prob"):
             _check(getattr(self, name) >= 0, "data", name, "must be >= 0")
@@ -311,6 +370,7 @@ class TrainArgs:
     use_cpu: bool = help_field("train on CPU even when a GPU is visible", default=False)
 
     def __post_init__(self) -> None:
+        _check_finite(self, "train")
         _check(
             self.learning_rate > 0,
             "train",
@@ -341,6 +401,17 @@ class TrainArgs:
             "train",
             "precision",
             f"{self.precision!r} not in {PRECISIONS}",
+        )
+        _check(self.max_grad_norm >= 0, "train", "max_grad_norm", "must be >= 0 (0 disables)")
+        _check(self.weight_decay >= 0, "train", "weight_decay", "must be >= 0")
+        for name in ("adam_beta1", "adam_beta2"):
+            _check(0 <= getattr(self, name) < 1, "train", name, "must be in [0, 1)")
+        _check(self.adam_epsilon > 0, "train", "adam_epsilon", "must be > 0")
+        _check(
+            self.eval_steps is None or self.eval_steps >= 1,
+            "train",
+            "eval_steps",
+            "must be >= 1 (null: never)",
         )
         _check(self.save_steps >= 1, "train", "save_steps", "must be >= 1")
         _check(
@@ -395,6 +466,8 @@ class EvalArgs:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "eval")
+        _check(self.limit is None or self.limit >= 1, "eval", "limit", "must be >= 1 (null: all)")
         for family in self.families:
             _check(
                 family in TASK_FAMILIES,
@@ -571,6 +644,8 @@ def config_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Config:
             sections[section_name] = cls(**kwargs)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
+        except KeyError as exc:  # an unknown key inside a dict field (model.from_scratch)
+            raise KeyError(f"{where}: {exc.args[0]}") from exc
     try:
         return Config(**sections)
     except ValueError as exc:

@@ -15,7 +15,8 @@ Same as ``recsysllm evaluate ...``. Writes results.json, results.md and results.
 
 import sys
 
+from recsysllm.cli import run_command
 from recsysllm.evaluation.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("recsysllm evaluate", main, sys.argv[1:]))

@@ -190,3 +190,115 @@ def test_truncated_parquet_names_the_file(tmp_path):
         ValueError, match=r"orders\.parquet: field '<file>': not a readable Parquet"
     ):
         load_generic_table(mapping, base_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- configs
+
+MINIMAL_RECIPE = """\
+model: {from_scratch: {hidden_size: 32}}
+tokenizer: {sentencepiece_vocab_size: 300}
+lora: {enabled: false}
+"""
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.learning_rate=inf", r"train\.learning_rate: must be a finite number, got inf"),
+        ("train.max_grad_norm=.nan", r"train\.max_grad_norm: must be a finite number, got nan"),
+        ("data.short_window_days=.inf", r"data\.short_window_days: must be a finite number"),
+        ("data.mixture={rating: .inf}", r"data\.mixture\.rating: must be a finite number"),
+        (
+            "model.from_scratch={initializer_range: .nan}",
+            r"model\.from_scratch\.initializer_range: must be a finite",
+        ),
+        ("train.adam_epsilon=0", r"train\.adam_epsilon: must be > 0"),
+        ("train.weight_decay=-0.1", r"train\.weight_decay: must be >= 0"),
+        ("train.max_grad_norm=-1", r"train\.max_grad_norm: must be >= 0"),
+        ("train.adam_beta2=1.5", r"train\.adam_beta2: must be in \[0, 1\)"),
+        ("train.eval_steps=0", r"train\.eval_steps: must be >= 1"),
+        ("data.short_window_days=-7", r"data\.short_window_days: must be > 0"),
+        ("data.long_ratio=-0.1", r"data\.long_ratio: must be >= 0"),
+        ("data.num_negatives=0", r"data\.num_negatives: must be >= 1"),
+        ("eval.limit=0", r"eval\.limit: must be >= 1"),
+        ("model.from_scratch={num_layers: 0}", r"model\.from_scratch\.num_layers: must be > 0"),
+    ],
+)
+def test_non_finite_and_non_positive_config_values_are_refused(tmp_path, override, message):
+    from recsysllm.config import load_config
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(MINIMAL_RECIPE)
+    with pytest.raises(ValueError, match=message):
+        load_config(path, [override])
+
+
+def test_duplicate_yaml_keys_are_refused_naming_file_and_line(tmp_path):
+    from recsysllm.config import load_config
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(MINIMAL_RECIPE + "train:\n  learning_rate: 1.0e-3\n  learning_rate: 5.0e-3\n")
+    with pytest.raises(
+        ValueError, match=r"recipe\.yaml: line 6: field 'learning_rate': duplicate key"
+    ):
+        load_config(path)
+
+
+def test_prompt_file_with_a_duplicate_key_is_refused(tmp_path):
+    from recsysllm.prompts import PromptError, load_prompt_file
+
+    path = tmp_path / "rating.yaml"
+    path.write_text("family: rating\nfamily: rating\ntemplates: []\n")
+    with pytest.raises(PromptError, match=r"rating\.yaml: line 2: field 'family': duplicate key"):
+        load_prompt_file(path)
+
+
+def test_unknown_from_scratch_key_is_refused_with_the_nearest_one(tmp_path):
+    from recsysllm.config import load_config
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(MINIMAL_RECIPE.replace("hidden_size", "hiden_size"))
+    with pytest.raises(
+        KeyError,
+        match=r"recipe\.yaml: unknown config key 'model\.from_scratch\.hiden_size'; did you mean 'hidden_size'",
+    ):
+        load_config(path)
+
+
+def test_command_line_errors_are_one_line_and_debug_shows_the_traceback(
+    tmp_path, capsys, monkeypatch
+):
+    from recsysllm.cli import main
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(MINIMAL_RECIPE.replace("hidden_size", "hiden_size"))
+    monkeypatch.delenv("RECSYSLLM_DEBUG", raising=False)
+    assert main(["train", "--config", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("recsysllm train: error: ") and "hiden_size" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    with pytest.raises(KeyError, match="hiden_size"):
+        main(["train", "--config", str(path), "--debug"])
+    monkeypatch.setenv("RECSYSLLM_DEBUG", "1")
+    with pytest.raises(KeyError, match="hiden_size"):
+        main(["train", "--config", str(path)])
+
+
+def test_scripts_print_one_line_instead_of_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    path = tmp_path / "recipe.yaml"
+    path.write_text(MINIMAL_RECIPE + "train:\n  epochs: 1\n  epochs: 2\n")
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env.pop("RECSYSLLM_DEBUG", None)
+    result = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "train.py"), "--config", str(path)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "recsysllm train: error: " in result.stderr and "line 6: field 'epochs'" in result.stderr
