@@ -74,7 +74,9 @@ def test_atomic_directory_replaces_only_on_success(tmp_path, umask_022):
 
 def test_load_yaml_refuses_duplicate_keys_naming_file_and_line():
     text = "train:\n  learning_rate: 1.0e-3\n  epochs: 2\n  learning_rate: 5.0e-3\n"
-    with pytest.raises(DuplicateKeyError, match=r"cfg\.yaml: line 4: field 'learning_rate'.*line 2"):
+    with pytest.raises(
+        DuplicateKeyError, match=r"cfg\.yaml: line 4: field 'learning_rate'.*line 2"
+    ):
         load_yaml(text, "cfg.yaml")
     assert load_yaml("a: {b: 1}\nc: [1, 2]\n", "x") == {"a": {"b": 1}, "c": [1, 2]}
     with pytest.raises(ValueError, match=r"x: line 2: malformed YAML"):
@@ -90,7 +92,10 @@ def test_every_project_writer_leaves_normal_permissions(tmp_path, umask_022, tin
 
     config = Config(model=ModelArgs(base_model="x"), tokenizer=TokenizerArgs(path="y"))
     config.save_yaml(tmp_path / "config.yaml")
-    write_meta(tmp_path, CheckpointMeta(base_model=None, base_model_fingerprint="a", tokenizer_fingerprint="b"))
+    write_meta(
+        tmp_path,
+        CheckpointMeta(base_model=None, base_model_fingerprint="a", tokenizer_fingerprint="b"),
+    )
     load_prompts().save(tmp_path / "prompts")
     write_json_atomic(tmp_path / "catalog.json", {"a": 1})
     tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")

@@ -250,7 +250,8 @@ def test_direct_candidates_are_100_distinct_uninteracted_and_reproducible(tmp_pa
 def test_no_item_left_for_negatives_is_a_clear_error():
     rows = [(f"u{u}", f"x{j}", j) for u in range(3) for j in range(5)]
     with pytest.raises(
-        ValueError, match=r"user 'u0' interacted with 5 of the 5 items, leaving 0.*data.mixture.direct"
+        ValueError,
+        match=r"user 'u0' interacted with 5 of the 5 items, leaving 0.*data.mixture.direct",
     ):
         build_splits(make_tables(rows), k=1, num_negatives=99)
 
