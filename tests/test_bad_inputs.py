@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+from pathlib import Path
 
 import pytest
 from bad_input_corpus import amazon_2018_records, write_json_lines
@@ -302,3 +303,125 @@ def test_scripts_print_one_line_instead_of_a_traceback(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "recsysllm train: error: " in result.stderr and "line 6: field 'epochs'" in result.stderr
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _random_glm(seed):
+    import torch
+    from conftest import make_tiny_glm_config
+
+    from recsysllm.modeling import GLMForConditionalGeneration
+
+    torch.manual_seed(seed)
+    return GLMForConditionalGeneration(make_tiny_glm_config()).eval()
+
+
+def test_fingerprint_covers_every_layer():
+    """A base that differs only in its last block's FFN gets another fingerprint."""
+    import torch
+
+    from recsysllm.checkpoint_meta import model_fingerprint
+
+    model = _random_glm(0)
+    before = model_fingerprint(model)
+    with torch.no_grad():
+        model.glm.transformer.layers[-1].mlp.dense_h_to_4h.weight.mul_(1.5)
+    assert model_fingerprint(model) != before
+    with torch.no_grad():
+        model.glm.transformer.layers[-1].mlp.dense_h_to_4h.weight.div_(1.5)
+    assert model_fingerprint(model) == before
+
+
+@pytest.fixture
+def lora_checkpoint(tmp_path, tiny_tokenizer):
+    """A LoRA checkpoint laid out as training writes it, on a saved random base GLM."""
+    from peft import LoraConfig, get_peft_model
+
+    from recsysllm.checkpoint_meta import CheckpointMeta, model_fingerprint, write_meta
+    from recsysllm.config import Config, LoraArgs, ModelArgs, TokenizerArgs
+    from recsysllm.data.catalog import EntityCatalog
+    from recsysllm.prompts import load_prompts
+
+    base_dir, checkpoint = tmp_path / "base", tmp_path / "checkpoint"
+    base = _random_glm(0)
+    base.save_pretrained(base_dir)
+    fingerprint = model_fingerprint(base)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=2, lora_alpha=4, target_modules=["query_key_value", "dense"])
+    )
+    peft_model.save_pretrained(checkpoint)
+    catalog = EntityCatalog("toy", {"Toy Story (1995)": "1", "Heat (1995)": "2"}, {})
+    config = Config(
+        model=ModelArgs(base_model=str(base_dir)),
+        tokenizer=TokenizerArgs(path=str(checkpoint / "tokenizer")),
+        lora=LoraArgs(enabled=True, r=2),
+    )
+    config.save_yaml(checkpoint / "config.yaml")
+    tiny_tokenizer.save_pretrained(checkpoint / "tokenizer")
+    load_prompts().save(checkpoint / "prompts")
+    catalog.save(checkpoint / "catalog.json")
+    meta = CheckpointMeta(
+        base_model=str(base_dir),
+        base_model_fingerprint=fingerprint,
+        tokenizer_fingerprint=tiny_tokenizer.fingerprint,
+        catalog_hash=catalog.hash,
+        lora=True,
+    )
+    write_meta(checkpoint, meta)
+    return checkpoint
+
+
+def test_flipped_bytes_in_an_adapter_are_refused_at_load(lora_checkpoint):
+    from recsysllm.pipeline import load_checkpoint_for_inference
+
+    load_checkpoint_for_inference(lora_checkpoint)  # intact: loads
+    weights = lora_checkpoint / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    header = int.from_bytes(data[:8], "little")
+    data[-3] ^= 0x01  # the lowest bit of one value in the payload, after the 8 + header bytes
+    assert len(data) - 3 > 8 + header
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors: sha256 .* differs"):
+        load_checkpoint_for_inference(lora_checkpoint)
+
+
+def test_truncated_base_weights_name_the_file(tmp_path):
+    from recsysllm.modeling import load_glm_checkpoint
+
+    _random_glm(0).save_pretrained(tmp_path / "base")
+    weights = tmp_path / "base" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"base/model\.safetensors: cannot be read as safetensors"):
+        load_glm_checkpoint(tmp_path / "base")
+
+
+def test_half_written_output_tokenizer_is_refused_not_read_as_another_kind(
+    tmp_path, tiny_tokenizer
+):
+    """A sentencepiece.model without its config once loaded as the 50k-id Chinese tokenizer."""
+    from recsysllm.config import TokenizerArgs
+    from recsysllm.pipeline import build_tokenizer
+
+    tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    (tmp_path / "tokenizer" / "tokenizer_config.json").unlink()  # killed before the config
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json: missing or not written"):
+        build_tokenizer(TokenizerArgs(sentencepiece_vocab_size=300), None, tmp_path)
+
+
+def test_sentencepiece_training_writes_its_directory_atomically(tmp_path, monkeypatch):
+    """A crash while saving leaves no output_dir/tokenizer at all (nothing half-written)."""
+    from recsysllm import tokenization
+
+    def crash(self, directory):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "sentencepiece.model").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tokenization.GLMTokenizer, "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        tokenization.train_sentencepiece_tokenizer(
+            ["Toy Story", "Heat"] * 5, tmp_path / "tok", vocab_size=120
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
