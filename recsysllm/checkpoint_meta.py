@@ -145,7 +145,9 @@ def tensors_fingerprint(arch: dict[str, object], tensors: dict[str, torch.Tensor
                 "take the fingerprint before)"
             )
         count = min(_SAMPLES_PER_TENSOR, flat.numel())
-        index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).long()
+        # Integer arithmetic: float32 linspace rounds indices past 2**24 (out of bounds).
+        steps = torch.arange(count, dtype=torch.int64, device=flat.device)
+        index = steps * (flat.numel() - 1) // max(count - 1, 1)
         sample = flat[index].to(torch.bfloat16).view(torch.int16).cpu()
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()

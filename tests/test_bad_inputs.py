@@ -425,3 +425,15 @@ def test_sentencepiece_training_writes_its_directory_atomically(tmp_path, monkey
             ["Toy Story", "Heat"] * 5, tmp_path / "tok", vocab_size=120
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_fingerprint_samples_the_last_value_of_a_tensor_past_float32_precision():
+    """glm-10b's embedding has 206M values: indices past 2**24 must stay exact and in range."""
+    import torch
+
+    from recsysllm.checkpoint_meta import tensors_fingerprint
+
+    big = torch.zeros(2**24 + 7, dtype=torch.bfloat16)
+    before = tensors_fingerprint({}, {"w": big})
+    big[-1] = 1.0  # the last value is always sampled
+    assert tensors_fingerprint({}, {"w": big}) != before
