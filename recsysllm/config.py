@@ -191,7 +191,8 @@ class DataArgs:
     k_core: int = help_field("drop users and items with fewer interactions (iterated)", default=5)
     num_negatives: int = help_field(
         "negatives per stored direct candidate list (99: 1-of-100); on a catalog too small for "
-        "that, every list gets as many as all users can fill (recorded in the split notes)",
+        "that, every list gets as many as all users can fill (recorded in the split notes); "
+        "no lists are built when data.mixture.direct is 0",
         default=99,
     )
     exact_negatives: bool = help_field(

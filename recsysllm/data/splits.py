@@ -245,6 +245,9 @@ class RecSplits:
                     )
                 loaded[split][user] = tuple(keys)
         self.candidates = loaded
+        lengths = {len(keys) for lists in loaded.values() for keys in lists.values()}
+        if lengths:  # the lists' length decides, as when they were drawn
+            self.num_negatives = max(lengths) - 1
 
 
 def k_core_rows(users: Sequence[str], items: Sequence[str], k: int) -> list[int]:
