@@ -30,7 +30,15 @@ import yaml
 
 
 def _umask() -> int:
-    # os.umask can only be read by setting it; put the old value back at once.
+    """The process umask, read from /proc on Linux (no change, no race with other threads)."""
+    with (
+        contextlib.suppress(OSError, ValueError),
+        open("/proc/self/status", encoding="ascii") as status,
+    ):
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    # Elsewhere os.umask can only be read by setting it; put the old value back at once.
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -138,6 +146,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *base": explicit keys may override merged ones
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             try:

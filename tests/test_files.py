@@ -105,3 +105,8 @@ def test_every_project_writer_leaves_normal_permissions(tmp_path, umask_022, tin
         str(p.relative_to(tmp_path)): 0o644 for p in files
     }
     assert not [p for p in tmp_path.rglob(".*")], "temp files left behind"
+
+
+def test_load_yaml_keeps_merge_keys_working():
+    text = "base: &b {lr: 1, epochs: 2}\nrun:\n  <<: *b\n  lr: 3\n"
+    assert load_yaml(text, "x")["run"] == {"lr": 3, "epochs": 2}
