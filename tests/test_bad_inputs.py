@@ -437,3 +437,11 @@ def test_fingerprint_samples_the_last_value_of_a_tensor_past_float32_precision()
     before = tensors_fingerprint({}, {"w": big})
     big[-1] = 1.0  # the last value is always sampled
     assert tensors_fingerprint({}, {"w": big}) != before
+
+
+def test_empty_meta_file_is_an_error_not_a_silent_title_fallback(tmp_path):
+    reviews = write_json_lines(tmp_path / "Kitchen_5.json", _reviews())
+    meta = tmp_path / "meta_Kitchen.json.gz"
+    meta.write_bytes(gzip.compress(b"\n"))
+    with pytest.raises(ValueError, match=r"meta_Kitchen\.json\.gz: field '<rows>': no records"):
+        load_amazon_reviews(reviews, meta)

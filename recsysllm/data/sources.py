@@ -676,9 +676,11 @@ def load_amazon_reviews(
     skipped_meta = duplicate_meta = 0
     if meta_path is not None:
         meta_path = _require_file(Path(meta_path), "Amazon meta")
+        meta_lines = 0
         for line_number, line in _text_lines(meta_path):
             if not line.strip():
                 continue
+            meta_lines += 1
             # Meta files cover every item of a category (10-20x the 5-core items):
             # read the asin with a regex and parse only the lines that are needed.
             found = AMAZON_META_ASIN.search(line)
@@ -701,6 +703,8 @@ def load_amazon_reviews(
                 _amazon_categories(record),
                 "" if price is None else str(price).strip(),
             )
+        if not meta_lines:
+            raise _fail(str(meta_path), "<rows>", "no records: the file is empty")
 
     items = _item_writer(("brand", "categories", "price"))
     untitled = 0
