@@ -9,6 +9,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -303,6 +305,42 @@ def test_scripts_print_one_line_instead_of_a_traceback(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "recsysllm train: error: " in result.stderr and "line 6: field 'epochs'" in result.stderr
+
+
+# ----------------------------------------------------------------------------- written files
+
+
+def test_every_project_writer_leaves_normal_permissions(tmp_path, tiny_tokenizer):
+    """Config, meta, prompts, catalog and tokenizer files: 0644 (mkstemp alone gives 0600)."""
+
+    old_umask = os.umask(0o022)
+    try:
+        _write_everything(tmp_path, tiny_tokenizer)
+    finally:
+        os.umask(old_umask)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 6
+    assert {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in files} == {
+        str(p.relative_to(tmp_path)): 0o644 for p in files
+    }
+    assert not [p for p in tmp_path.rglob(".*")], "temp files left behind"
+
+
+def _write_everything(tmp_path, tiny_tokenizer):
+    from recsysllm.checkpoint_meta import CheckpointMeta, write_meta
+    from recsysllm.config import Config, ModelArgs, TokenizerArgs
+    from recsysllm.data.catalog import write_json_atomic
+    from recsysllm.prompts import load_prompts
+
+    config = Config(model=ModelArgs(base_model="x"), tokenizer=TokenizerArgs(path="y"))
+    config.save_yaml(tmp_path / "config.yaml")
+    write_meta(
+        tmp_path,
+        CheckpointMeta(base_model=None, base_model_fingerprint="a", tokenizer_fingerprint="b"),
+    )
+    load_prompts().save(tmp_path / "prompts")
+    write_json_atomic(tmp_path / "catalog.json", {"a": 1})
+    tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -83,30 +83,6 @@ def test_load_yaml_refuses_duplicate_keys_naming_file_and_line():
         load_yaml("a: 1\n b: [\n", "x")
 
 
-def test_every_project_writer_leaves_normal_permissions(tmp_path, umask_022, tiny_tokenizer):
-    """Config, meta, prompts, catalog, tokenizer and reports: 0644 files (mkstemp alone gives 0600)."""
-    from recsysllm.checkpoint_meta import CheckpointMeta, write_meta
-    from recsysllm.config import Config, ModelArgs, TokenizerArgs
-    from recsysllm.data.catalog import write_json_atomic
-    from recsysllm.prompts import load_prompts
-
-    config = Config(model=ModelArgs(base_model="x"), tokenizer=TokenizerArgs(path="y"))
-    config.save_yaml(tmp_path / "config.yaml")
-    write_meta(
-        tmp_path,
-        CheckpointMeta(base_model=None, base_model_fingerprint="a", tokenizer_fingerprint="b"),
-    )
-    load_prompts().save(tmp_path / "prompts")
-    write_json_atomic(tmp_path / "catalog.json", {"a": 1})
-    tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
-    files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) >= 6
-    assert {str(p.relative_to(tmp_path)): _mode(p) for p in files} == {
-        str(p.relative_to(tmp_path)): 0o644 for p in files
-    }
-    assert not [p for p in tmp_path.rglob(".*")], "temp files left behind"
-
-
 def test_load_yaml_keeps_merge_keys_working():
     text = "base: &b {lr: 1, epochs: 2}\nrun:\n  <<: *b\n  lr: 3\n"
     assert load_yaml(text, "x")["run"] == {"lr": 3, "epochs": 2}
