@@ -224,8 +224,15 @@ def read_meta(directory: str | os.PathLike[str]) -> CheckpointMeta:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     if raw.get("format_version") != FORMAT_VERSION:
+        hint = (
+            " (format 1 fingerprinted 4 tensors of the base model and recorded no weight "
+            "checksums; this checkpoint cannot be verified, train it again)"
+            if raw.get("format_version") == 1
+            else ""
+        )
         raise ValueError(
-            f"{path}: field format_version is {raw.get('format_version')!r}, this recsysllm reads {FORMAT_VERSION}"
+            f"{path}: field format_version is {raw.get('format_version')!r}, this recsysllm "
+            f"reads {FORMAT_VERSION}{hint}"
         )
     known = {f.name for f in dataclasses.fields(CheckpointMeta)}
     unknown = sorted(set(raw) - known)
