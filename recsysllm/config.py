@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from recsysllm.files import atomic_write, read_yaml
+from recsysllm.files import atomic_write, load_yaml, read_yaml
 from recsysllm.schema import PRETRAIN_TASK, TASK_FAMILIES
 
 DEFAULT_LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
@@ -672,7 +672,8 @@ def apply_overrides(
         if key not in valid_keys():
             raise _unknown_key_error(key, valid_keys(), where)
         section, name = key.split(".")
-        result.setdefault(section, {})[name] = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text, f"{where}: override {key}") if text.strip() else None
+        result.setdefault(section, {})[name] = value
     return result
 
 
