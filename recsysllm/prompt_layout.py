@@ -228,7 +228,11 @@ def plan_task_text(
     template_id = source.template_id if source is not None else ""
     if reserved + SPECIALS_FOR_ONE_SPAN > max_length:
         raise PromptTooLongError.of(
-            where, template_id, reserved + SPECIALS_FOR_ONE_SPAN, max_length, "the answer budget alone"
+            where,
+            template_id,
+            reserved + SPECIALS_FOR_ONE_SPAN,
+            max_length,
+            "the answer budget alone",
         )
     ids, units = example.input_ids, example.unit_ids
     n = len(ids)
@@ -249,7 +253,9 @@ def plan_task_text(
     # Kept ranges of the context (answer excluded), in text order.
     ranges = [(0, start), (end, n)]
     if excess <= 0:
-        return TaskText(list(range(start)), list(range(end, n)), answer, answer_units, mask_id, False)
+        return TaskText(
+            list(range(start)), list(range(end, n)), answer, answer_units, mask_id, False
+        )
 
     history = _history_item_starts(example)
     if history is not None:

@@ -187,7 +187,9 @@ def test_paper_example_through_the_collator(monkeypatch):
     monkeypatch.setattr(
         collator_module, "_sample_unit_spans", lambda rng, units, masking: [(0, 3), (4, 5)]
     )
-    collate = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=32, masking=MASK_ONLY, packing=False)
+    collate = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=32, masking=MASK_ONLY, packing=False
+    )
     document = TokenizedExample(PAPER_IDS, PAPER_UNITS, [0] * 7)
     batch = collate([document])
     a = [CLS, MASK, 14, MASK, 16, 17, EOS]
@@ -257,12 +259,16 @@ def test_task_examples_mask_exactly_the_answer(layout, data):
     start, end = example.answer_span
     assert spans == [(start + 1, end + 1)]
     assert item.part_a_ids[item.mask_positions[0]] == MASK
-    prompt = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=512).build_prompt(example)
+    prompt = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=512).build_prompt(
+        example
+    )
     assert prompt.input_ids == item.part_a_ids
 
 
 def _coverages(masking: MaskingConfig, documents: list[TokenizedExample]) -> list[float]:
-    collate = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=1024, masking=masking, seed=5)
+    collate = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=1024, masking=masking, seed=5
+    )
     return [sum(collate.encode(d).span_lengths) / len(d.input_ids) for d in documents]
 
 
@@ -282,7 +288,9 @@ def test_sentence_mode_covers_whole_sentences_at_the_configured_share():
         breaks = {i for i in range(len(layout)) if rng.random() < 0.2}
         documents.append(make_example(layout, sentence_breaks=breaks))
     assert abs(np.mean(_coverages(SENTENCE_ONLY, documents)) - 0.15) < 0.03
-    collate = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=1024, masking=SENTENCE_ONLY, seed=5)
+    collate = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=1024, masking=SENTENCE_ONLY, seed=5
+    )
     for document in documents[:50]:
         _, spans = decode(collate.encode(document))
         sentences = [-1, *document.sentence_ids, -1]
@@ -296,7 +304,9 @@ def test_document_mode_masks_a_long_suffix():
     coverages = _coverages(DOCUMENT_ONLY, documents)
     assert all(0.5 <= c <= 1.0 for c in coverages)
     assert 0.7 < np.mean(coverages) < 0.85  # uniform in [0.5, 1], nudged up by unit snapping
-    collate = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=1024, masking=DOCUMENT_ONLY)
+    collate = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=1024, masking=DOCUMENT_ONLY
+    )
     for document in documents[:30]:
         item = collate.encode(document)
         assert item.part_a_ids[-2:] == [GMASK, EOS]  # the suffix, before [eos]
@@ -304,7 +314,9 @@ def test_document_mode_masks_a_long_suffix():
 
 def test_modes_are_drawn_with_the_configured_probabilities():
     rng = np.random.default_rng(3)
-    collate = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=1024, seed=9)  # 0.5 / 0.25 / 0.25
+    collate = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=1024, seed=9
+    )  # 0.5 / 0.25 / 0.25
     counts = dict.fromkeys(MASK_IDS, 0)
     for _ in range(800):
         layout = random_layout(rng, 150)
@@ -331,8 +343,12 @@ def _mixed_examples(seed: int, count: int) -> list[TokenizedExample]:
 
 def test_packing_is_block_diagonal_and_equals_unpacked_rows():
     examples = _mixed_examples(seed=4, count=9)
-    packed = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=96, packing=True, seed=1)
-    single = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=96, packing=False, seed=1)
+    packed = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=96, packing=True, seed=1
+    )
+    single = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=96, packing=False, seed=1
+    )
     p, s = packed(examples), single(examples)
     assert p["input_ids"].shape[0] < len(examples) == s["input_ids"].shape[0]
     width = p["input_ids"].shape[1]
@@ -389,7 +405,9 @@ def test_first_fit_placement_and_non_pad_fraction():
 
 def test_attention_is_bidirectional_in_a_and_causal_in_b():
     example = make_example([(True, 3), (False, 4), (True, 2)], answer_unit=2)
-    batch = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=32, packing=False)([example])
+    batch = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=32, packing=False)(
+        [example]
+    )
     mask = batch["attention_mask"][0, 0]
     a = 3 + 4 + 1 + 2  # [CLS] + 7 text tokens + mask + [eos]
     assert mask[:a, :a].all()  # A sees all of A, in both directions
@@ -423,8 +441,12 @@ def _token_losses(model, batch) -> torch.Tensor:
 
 def test_packed_loss_equals_unpacked_loss(tiny_model):
     examples = _mixed_examples(seed=6, count=7)
-    packed = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=96, packing=True, seed=2)
-    single = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=96, packing=False, seed=2)
+    packed = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=96, packing=True, seed=2
+    )
+    single = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=96, packing=False, seed=2
+    )
     packed_losses, single_losses = (
         _token_losses(tiny_model, packed(examples)),
         _token_losses(tiny_model, single(examples)),
@@ -441,7 +463,9 @@ def test_packed_loss_equals_unpacked_loss(tiny_model):
 
 def test_part_b_tokens_do_not_change_part_a_outputs(tiny_model):
     example = make_example([(True, 3), (False, 4), (True, 2), (False, 2)], answer_unit=2)
-    batch = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=32, packing=False)([example])
+    batch = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=32, packing=False)(
+        [example]
+    )
     a = 2 + 11  # [CLS], 9 unmasked tokens, the mask, [eos]
     with torch.no_grad():
         base = tiny_model(**{k: v for k, v in batch.items() if k != "labels"}).logits
@@ -459,6 +483,10 @@ def test_part_b_tokens_do_not_change_part_a_outputs(tiny_model):
 
 
 # --------------------------------------------------------------- truncation
+
+
+def _cut(units: list[int], i: int) -> bool:
+    return i in (0, len(units)) or units[i] < 0 or units[i] != units[i - 1]
 
 
 def test_truncation_drops_whole_units_from_the_left_and_keeps_the_answer():
@@ -486,10 +514,9 @@ def test_truncation_drops_whole_units_from_the_left_and_keeps_the_answer():
         lo = context.index(kept[0])
         assert kept == context[lo : lo + len(kept)]  # one contiguous window of the context
         hi = lo + len(kept)
-        cut = lambda i: i in (0, len(context_units)) or context_units[i] < 0 or context_units[i] != context_units[i - 1]  # noqa: E731
-        assert cut(lo) and cut(hi)
+        assert _cut(context_units, lo) and _cut(context_units, hi)
         if hi == len(context) and lo > 0:
-            previous_cut = max(i for i in range(lo) if cut(i))
+            previous_cut = max(i for i in range(lo) if _cut(context_units, i))
             assert len(context) - previous_cut + 4 + reserved > max_length
 
 
@@ -532,7 +559,9 @@ def test_long_pretraining_document_keeps_a_suffix_on_a_unit_boundary():
     rng = np.random.default_rng(8)
     for seed in range(20):
         document = make_example(random_layout(rng, 300, entity_share=0.6))
-        item = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=64, seed=seed).encode(document)
+        item = BlankInfillingCollator(
+            SPECIAL, answer_budget=BUDGET, max_length=64, seed=seed
+        ).encode(document)
         original, _ = decode(item)
         assert item.length <= 64
         kept = original[1:-1]
@@ -615,7 +644,9 @@ class _WordpieceSpecials:
 def test_tokenizer_without_smask_and_gmask():
     with pytest.raises(ValueError, match="smask_prob=0"):
         BlankInfillingCollator(_WordpieceSpecials(), answer_budget=BUDGET, max_length=64)
-    collate = BlankInfillingCollator(_WordpieceSpecials(), answer_budget=BUDGET, max_length=64, masking=MASK_ONLY)
+    collate = BlankInfillingCollator(
+        _WordpieceSpecials(), answer_budget=BUDGET, max_length=64, masking=MASK_ONLY
+    )
     collate([make_example([(False, 20)])])
     with pytest.raises(ValueError, match="no \\[gMASK\\]"):
         collate([make_example([(False, 3), (False, 2)], answer_unit=1, answer_mask="gmask")])
@@ -634,7 +665,9 @@ def _documents(seed: int, count: int) -> list[TokenizedExample]:
 def test_same_seed_same_batches_different_seed_different_batches():
     documents = _documents(seed=10, count=12)
     first = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=256, seed=3)(documents)
-    second = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=256, seed=3)(documents)
+    second = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=256, seed=3)(
+        documents
+    )
     other = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=256, seed=4)(documents)
     for key in first:
         assert torch.equal(first[key], second[key])
@@ -661,7 +694,9 @@ def test_build_prompt_is_the_training_part_a():
     for max_length in (16, 40, 200):
         layout = random_layout(rng, 60)
         example = make_example(layout, answer_unit=len(layout) - 2)
-        collate = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=max_length, packing=False)
+        collate = BlankInfillingCollator(
+            SPECIAL, answer_budget=BUDGET, max_length=max_length, packing=False
+        )
         batch = collate([example])
         prompt = collate.build_prompt(example)
         a = len(prompt.input_ids)
@@ -719,7 +754,9 @@ def test_document_whose_spans_all_fall_in_the_truncated_prefix(monkeypatch):
         lambda rng, sentences, cuts, ratio: [(0, 1), (1, 2), (2, 3), (3, 4)],
     )
     document = make_example([(False, 1)] * 12 + [(True, 4)])  # 16 tokens
-    item = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=20, masking=SENTENCE_ONLY).encode(document)
+    item = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=20, masking=SENTENCE_ONLY
+    ).encode(document)
     original, spans = decode(item)
     assert original == [CLS, *document.input_ids, EOS]
     assert spans == [(13, 17)] and item.part_a_ids[item.mask_positions[0]] == MASK

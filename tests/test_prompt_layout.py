@@ -143,9 +143,10 @@ def test_history_goes_first_and_candidates_stay_whole(task_data, tiny_tokenizer)
         for candidate in example.candidates:
             assert candidate in shown  # every candidate is still listed
         assert example.history[-1] in shown
-        assert not _contains(cut.input_ids, oldest_ids) or example.history.count(
-            example.history[0]
-        ) > 1
+        assert (
+            not _contains(cut.input_ids, oldest_ids)
+            or example.history.count(example.history[0]) > 1
+        )
         assert example.history[0] in text
 
 
