@@ -38,7 +38,6 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from recsysllm.checkpoint_meta import CheckpointMeta, check_compatible, model_fingerprint, read_meta
-from recsysllm.collator import MaskingConfig
 from recsysllm.config import Config, DataArgs, LoraArgs, ModelArgs, TokenizerArgs, load_config
 from recsysllm.data.catalog import EntityCatalog
 from recsysllm.data.sampling import SamplingConfig
@@ -52,6 +51,7 @@ from recsysllm.modeling import (
     check_vocab_compatible,
     load_glm_checkpoint,
 )
+from recsysllm.prompt_layout import AnswerBudget
 from recsysllm.prompts import PromptSet, load_prompts
 from recsysllm.tokenization import GLMTokenizer, train_sentencepiece_tokenizer
 
@@ -101,13 +101,9 @@ def sampling_config(data_args: DataArgs) -> SamplingConfig:
     )
 
 
-def masking_config(data_args: DataArgs) -> MaskingConfig:
-    """The collator's masking fields of ``data_args`` as a :class:`MaskingConfig`."""
-    return MaskingConfig(
-        mask_prob=data_args.mask_prob,
-        smask_prob=data_args.smask_prob,
-        gmask_prob=data_args.gmask_prob,
-    )
+def answer_budget(data_args: DataArgs, catalog: EntityCatalog, tokenizer: Any) -> AnswerBudget:
+    """The answer tokens prompts reserve (``prompt_layout``): the same in training and inference."""
+    return AnswerBudget.for_catalog(catalog, tokenizer, text=data_args.answer_text_tokens)
 
 
 def task_mixture(data_args: DataArgs) -> TaskMixture:
@@ -137,7 +133,9 @@ def prepare_from_tables(
     tables: RecTables, data_args: DataArgs, seed: int, prompts: PromptSet | None = None
 ) -> PreparedData:
     """:func:`prepare_data` on tables already in memory (``data_args.source``/``path`` unused)."""
-    splits = build_splits(tables, k=data_args.k_core, seed=seed)
+    splits = build_splits(
+        tables, k=data_args.k_core, seed=seed, num_negatives=data_args.num_negatives
+    )
     catalog = EntityCatalog.from_tables(splits.tables)
     if prompts is None:
         prompts = load_prompts(data_args.prompts_dir)

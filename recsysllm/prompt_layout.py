@@ -207,12 +207,19 @@ def task_mask_id(example: TokenizedExample, special: SpecialTokenIds) -> int:
 
 
 def plan_task_text(
-    example: TokenizedExample, special: SpecialTokenIds, budget: AnswerBudget, max_length: int
+    example: TokenizedExample,
+    special: SpecialTokenIds,
+    budget: AnswerBudget,
+    max_length: int,
+    *,
+    check_answer: bool = True,
 ) -> TaskText:
     """Which tokens of a task example are kept, decided without looking at the answer.
 
     Only the answer's *position* (where its mask goes) and the context tokens are read;
-    the answer's tokens and length do not enter the decision.
+    the answer's tokens and length do not enter the decision. ``check_answer=False``
+    (inference, where the answer is a placeholder) skips the check that the answer
+    fits its budget.
 
     Raises:
         PromptTooLongError: a prompt with candidates that do not fit, or a context that
@@ -239,7 +246,7 @@ def plan_task_text(
     start, end = example.answer_span
     answer = list(ids[start:end])
     answer_units = list(units[start:end])
-    if len(answer) > reserved:
+    if check_answer and len(answer) > reserved:
         if answer_type == "text" or (answer_type is None and example.answer_mask == "gmask"):
             answer, answer_units = answer[:reserved], answer_units[:reserved]
         else:
@@ -295,7 +302,7 @@ def build_prompt(
         budget: the answer bound (the same as training's).
         max_length: the training sequence length.
     """
-    plan = plan_task_text(example, special, budget, max_length)
+    plan = plan_task_text(example, special, budget, max_length, check_answer=False)
     ids, units = example.input_ids, example.unit_ids
     part_a = [special.cls, *(ids[i] for i in plan.left), plan.mask_id]
     a_units = [-1, *(units[i] for i in plan.left), -1]
@@ -333,7 +340,7 @@ def check_prompts_fit(
     for example in examples:
         template_id = example.example.template_id if example.example is not None else ""
         try:
-            plan = plan_task_text(example, special, budget, max_length)
+            plan = plan_task_text(example, special, budget, max_length, check_answer=False)
         except PromptTooLongError as error:
             failures[template_id] = max(failures.get(template_id, 0), error.needed)
             continue

@@ -453,10 +453,14 @@ def test_half_precision_runs(model):
         ("rating: 5.", 5.0),
         ("great", None),
         ("", None),
-        ("0", None),
-        ("10/10", None),
         ("1", 1.0),
-        ("5.5", None),
+        # Out of scale or signed: parsed as what it is; the evaluator counts and scores it.
+        ("0", 0.0),
+        ("10/10", 10.0),
+        ("5.5", 5.5),
+        (" -3", -3.0),
+        ("-2 stars", -2.0),
+        ("+4", 4.0),
     ],
 )
 def test_parse_rating(text, rating):

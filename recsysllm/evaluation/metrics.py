@@ -11,8 +11,9 @@ Text metrics wrap sacrebleu and rouge-score; nothing here re-implements them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import sacrebleu
 from rouge_score import rouge_scorer
 
@@ -209,3 +210,85 @@ def _check_pairs(predictions: Sequence[object], targets: Sequence[object]) -> No
         raise ValueError(
             f"{len(predictions)} predictions but {len(targets)} targets: they must pair up"
         )
+
+
+# ------------------------------------------------------------------ uncertainty
+
+
+def mean_stderr(values: Sequence[float]) -> float | None:
+    """Standard error of the mean: sample std (ddof=1) / sqrt(n); None for n < 2.
+
+    Example:
+        >>> mean_stderr([0.0, 1.0, 0.0, 1.0])  # std 0.5774 / 2
+        0.28867513459481287
+    """
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return math.sqrt(variance / n)
+
+
+def rmse_stderr(errors: Sequence[float]) -> float | None:
+    """Standard error of RMSE by the delta method: SE(MSE) / (2 RMSE); None for n < 2.
+
+    MSE is the mean of squared errors, so SE(MSE) is its standard error of the mean;
+    RMSE = sqrt(MSE) gives d RMSE / d MSE = 1 / (2 RMSE). Zero when every error is 0.
+    """
+    squared = [e * e for e in errors]
+    se_mse = mean_stderr(squared)
+    if se_mse is None:
+        return None
+    root = math.sqrt(sum(squared) / len(squared))
+    return se_mse / (2 * root) if root > 0 else 0.0
+
+
+def bootstrap_stderr(
+    statistic: Callable[[Sequence[int]], float], n: int, seed: int, resamples: int = 200
+) -> float | None:
+    """Standard error of a corpus-level statistic by a seeded bootstrap over examples.
+
+    Args:
+        statistic: the metric computed on a list of example indices (with repeats).
+        n: number of examples.
+        seed: seeds the resampling (numpy PCG64), so the figure is reproducible.
+        resamples: bootstrap replicates.
+
+    Returns:
+        The standard deviation (ddof=1) of the replicates; None for n < 2.
+    """
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    values = [float(statistic(rng.integers(0, n, size=n).tolist())) for _ in range(resamples)]
+    return float(np.std(values, ddof=1))
+
+
+def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties 1/2.
+
+    The Mann-Whitney form (average ranks; ties share their mean rank), which is what
+    TALLRec reports for yes/no answers. None when one class is absent. Written out
+    (ten lines) rather than adding scikit-learn or scipy as a dependency for it.
+
+    Example:
+        >>> auc([0.9, 0.1, 0.4, 0.4], [True, False, True, False])  # 3.5 of 4 pairs
+        0.875
+    """
+    _check_pairs(scores, positive)
+    labels = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    values = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    # Average 1-based rank of each run of equal scores.
+    starts = np.flatnonzero(np.concatenate(([True], sorted_values[1:] != sorted_values[:-1])))
+    ends = np.append(starts[1:], len(values))
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        ranks[order[start:end]] = (start + 1 + end) / 2
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
