@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from recsysllm.modeling.modeling_glm import CACHE_FIELD
 from recsysllm.positions import IntraPositionTracker, TokenKind
 from recsysllm.prompt_layout import SpecialTokenIds
 from recsysllm.trie import EntityTrie
@@ -163,11 +164,11 @@ class _Decoder:
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=mask,
-            past_key_values=DynamicCache(),
+            cache=DynamicCache(),
             use_cache=True,
             logits_to_keep=1,
         )
-        self.cache, self.key_valid = output.past_key_values, key_valid
+        self.cache, self.key_valid = getattr(output, CACHE_FIELD), key_valid
         return output.logits[:, -1].float() if with_sop else None
 
     def select_rows(self, rows: torch.Tensor) -> None:
@@ -186,10 +187,10 @@ class _Decoder:
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=self.key_valid[:, None, None, :],  # [rows, 1, 1, K]
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
         )
-        self.cache = output.past_key_values
+        self.cache = getattr(output, CACHE_FIELD)
         return output.logits[:, -1].float()
 
 
@@ -447,8 +448,9 @@ def recommend_items(
         exclude: per prompt, item keys never to return (e.g. the user's history).
         length_normalize: rank by log-probability / number of tokens (incl. [eop])
             instead of the sum; the returned score is then the normalised one.
-        max_new_tokens: defaults to the longest item + 1 ([eop]); fewer may leave
-            items unfinished (then fewer than k are returned).
+        max_new_tokens: at most the longest item + 1 ([eop]), the default; a larger
+            value is clipped to it; fewer may leave items unfinished (then fewer than k
+            are returned).
         tokenizer: the ``GLMTokenizer`` (its sop and eop ids).
 
     Returns:
@@ -467,12 +469,15 @@ def recommend_items(
         for i in range(len(prompts))
     ]
     decoder = _Decoder(model, prompts, tokenizer.sop_token_id)
+    bound = item_trie.max_length + 1
     results = _beam_search(
         decoder,
         tokenizer.eop_token_id,
         num_beams=num_beams,
         num_return=k,
-        max_new_tokens=max_new_tokens or item_trie.max_length + 1,
+        # An item ends within its token count + [eop]: no free-text budget can stretch the
+        # search past the longest item (every beam has completed or died by then).
+        max_new_tokens=min(max_new_tokens or bound, bound),
         length_normalize=length_normalize,
         constraints=constraints,
         banned_ids=(),
@@ -569,7 +574,7 @@ def score_candidates(
             input_ids=input_ids,
             position_ids=torch.stack([inter, intra], 1),
             attention_mask=mask,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         logits = output.logits.float()  # [rows, T, V]

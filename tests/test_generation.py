@@ -473,3 +473,19 @@ def test_bad_inputs_are_named(model):
         generate_ids(model, [prompt], SPECIAL, max_new_tokens=2)
     with pytest.raises(ValueError, match="strategy 'top'"):
         generate_ids(model, [prompt], SPECIAL, max_new_tokens=2, strategy="top")
+
+
+def test_constrained_item_search_is_bounded_by_the_longest_item(model):
+    """However large a text budget is passed, the search takes at most longest item + 1
+    decoding steps (one model call each after the prompt pass)."""
+    rng = np.random.default_rng(11)
+    items = random_items(rng, 40)
+    trie = EntityTrie(items)
+    longest = max(len(ids) for ids in items.values())
+    recorder = Recorder(model)
+    ranked = recommend_items(
+        recorder, [make_prompt(rng, 8), make_prompt(rng, 6)], trie, 5, num_beams=8,
+        max_new_tokens=500, tokenizer=SPECIAL,
+    )  # fmt: skip
+    assert len(recorder.calls) - 1 <= longest + 1
+    assert all(len(r) == 5 for r in ranked)
