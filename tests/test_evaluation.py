@@ -19,7 +19,7 @@ PROTOCOL = EvalProtocol(ks=(1, 5, 10), exclude_history=True)
 
 def _hand_built_results() -> tuple[EvaluationResults, dict[str, EvaluationResults]]:
     def ranked(template, seen, rank, variant="all_items", family="sequential"):
-        return ExampleOutcome(family, template, seen, variant, "u", "x", rank=rank)
+        return ExampleOutcome(family, template, seen, variant, f"u{rank}", "x", rank=rank)
 
     model = EvaluationResults(
         system="model",

@@ -165,7 +165,7 @@ def test_evaluate_baselines_on_hand_built_case():
 
 def test_results_group_per_template_and_aggregate_seen_unseen():
     def outcome(template, seen, rank):
-        return ExampleOutcome("sequential", template, seen, "all_items", "u", "x", rank=rank)
+        return ExampleOutcome("sequential", template, seen, "all_items", f"u{rank}", "x", rank=rank)
 
     results = EvaluationResults(
         system="model",
@@ -229,6 +229,10 @@ def test_auc_and_standard_errors_against_hand_computed_values():
     assert auc([1.0, 2.0], [True, True]) is None
     assert auc([0.0, 1.0], [True, False]) == 0.0
     assert mean_stderr([1.0, 2.0, 3.0]) == pytest.approx(1.0 / math.sqrt(3))
+    # Clustered by user: (1, 1) and (0, 0) are two users, not four independent draws:
+    # cluster sums of deviations +1, -1 -> sqrt(2 / 1 * 2) / 4 = 0.5 (plain: 0.2887).
+    assert mean_stderr([1.0, 1.0, 0.0, 0.0], clusters=["a", "a", "b", "b"]) == pytest.approx(0.5)
+    assert mean_stderr([1.0, 0.0], clusters=["a", "a"]) is None
     # RMSE delta method: errors (1, 3): MSE 5, SE(MSE) = std(1, 9)/sqrt(2) = 4; SE = 4 / (2 sqrt 5).
     assert rmse_stderr([1.0, -3.0]) == pytest.approx(4 / (2 * math.sqrt(5)))
     # The bootstrap is seeded: same seed, same figure.

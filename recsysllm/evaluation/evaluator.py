@@ -25,9 +25,10 @@ Rules that decide numbers:
 - ratings: every example counts; an unparseable output or a number outside the
   rating scale is counted (``unparseable``, ``out_of_scale``) and scores as the
   worst rating on the scale (``metrics.UNPARSEABLE_RATING_RULE``).
-- every aggregate carries its standard error: of the mean for per-example metrics
-  (HR, NDCG, accuracy, MAE), by the delta method for RMSE, by a seeded bootstrap
-  for corpus BLEU, ROUGE and AUC.
+- every aggregate carries its standard error, with users as clusters (a user answers
+  several templates, so a row's examples are not independent): cluster-robust SE of
+  the mean for per-example metrics (HR, NDCG, accuracy, MAE), the delta method on it
+  for RMSE, a seeded bootstrap over users for corpus BLEU, ROUGE and AUC.
 
 Metrics are reported per (family, variant, template) and aggregated over the seen
 templates, the unseen templates and all templates of a (family, variant): aggregates
@@ -183,12 +184,14 @@ class EvaluationResults:
             raise ValueError(f"a metric group must hold one variant, got {sorted(variants)}")
         variant = variants.pop()
         seed = self.protocol.seed
+        # A user answers several templates: standard errors treat users as clusters.
+        users = [o.user for o in outcomes]
         if variant in RANKING_VARIANTS:
-            return _ranking_metrics([o.rank for o in outcomes], self.ks)
+            return _ranking_metrics([o.rank for o in outcomes], self.ks, users)
         if variant == "yesno":
             correct = [1.0 if o.correct else 0.0 for o in outcomes]
             values = {"accuracy": metrics.accuracy([bool(c) for c in correct])}
-            errors = {"accuracy": metrics.mean_stderr(correct)}
+            errors = {"accuracy": metrics.mean_stderr(correct, users)}
             scores = [o.yes_score if o.yes_score is not None else 0.0 for o in outcomes]
             labels = [bool(o.positive) for o in outcomes]
             if all(o.yes_score is not None for o in outcomes):
@@ -198,6 +201,7 @@ class EvaluationResults:
                     len(outcomes),
                     seed,
                     BOOTSTRAP_RESAMPLES,
+                    users,
                 )
             return values, errors
         if variant == "rating":
@@ -216,8 +220,8 @@ class EvaluationResults:
             return (
                 {"RMSE": scores["rmse"], "MAE": scores["mae"]},
                 {
-                    "RMSE": metrics.rmse_stderr(differences),
-                    "MAE": metrics.mean_stderr([abs(d) for d in differences]),
+                    "RMSE": metrics.rmse_stderr(differences, users),
+                    "MAE": metrics.mean_stderr([abs(d) for d in differences], users),
                 },
             )
         hypotheses = [o.text or "" for o in outcomes]
@@ -240,6 +244,7 @@ class EvaluationResults:
                 len(outcomes),
                 seed,
                 BOOTSTRAP_RESAMPLES,
+                users,
             )
             for name in values
         }
@@ -327,12 +332,14 @@ def _auc_or_half(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return 0.5 if value is None else value
 
 
-def _ranking_metrics(ranks: Sequence[int | None], ks: Iterable[int]) -> tuple[dict, dict]:
+def _ranking_metrics(
+    ranks: Sequence[int | None], ks: Iterable[int], users: Sequence[str]
+) -> tuple[dict, dict]:
     values, errors = {}, {}
     for k in ks:
         hits = [1.0 if rank is not None and rank <= k else 0.0 for rank in ranks]
         values[f"HR@{k}"] = metrics.hit_rate_at_k(ranks, k)
-        errors[f"HR@{k}"] = metrics.mean_stderr(hits)
+        errors[f"HR@{k}"] = metrics.mean_stderr(hits, users)
     # NDCG@1 equals HR@1 with one relevant item, so it is not reported twice.
     for k in ks:
         if k > 1:
@@ -341,7 +348,7 @@ def _ranking_metrics(ranks: Sequence[int | None], ks: Iterable[int]) -> tuple[di
                 for rank in ranks
             ]
             values[f"NDCG@{k}"] = metrics.ndcg_at_k(ranks, k)
-            errors[f"NDCG@{k}"] = metrics.mean_stderr(gains)
+            errors[f"NDCG@{k}"] = metrics.mean_stderr(gains, users)
     return values, errors
 
 

@@ -215,29 +215,47 @@ def _check_pairs(predictions: Sequence[object], targets: Sequence[object]) -> No
 # ------------------------------------------------------------------ uncertainty
 
 
-def mean_stderr(values: Sequence[float]) -> float | None:
-    """Standard error of the mean: sample std (ddof=1) / sqrt(n); None for n < 2.
+def mean_stderr(values: Sequence[float], clusters: Sequence[object] | None = None) -> float | None:
+    """Standard error of the mean; None when it is undefined (< 2 values or clusters).
+
+    Without ``clusters``: sample std (ddof=1) / sqrt(n). With ``clusters`` (e.g. the
+    user of each example: one user answers several templates, so their examples are
+    not independent), the cluster-robust form
+    ``sqrt(G / (G - 1) * sum_g (sum_{i in g} (x_i - mean))^2) / n`` over G clusters,
+    which equals the plain form when every cluster holds one value.
 
     Example:
         >>> mean_stderr([0.0, 1.0, 0.0, 1.0])  # std 0.5774 / 2
+        0.28867513459481287
+        >>> mean_stderr([0.0, 1.0, 0.0, 1.0], clusters=["a", "b", "c", "d"])
         0.28867513459481287
     """
     n = len(values)
     if n < 2:
         return None
     mean = sum(values) / n
-    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return math.sqrt(variance / n)
+    if clusters is None:
+        variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+        return math.sqrt(variance / n)
+    _check_pairs(values, clusters)
+    sums: dict[object, float] = {}
+    for value, cluster in zip(values, clusters, strict=True):
+        sums[cluster] = sums.get(cluster, 0.0) + (value - mean)
+    groups = len(sums)
+    if groups < 2:
+        return None
+    return math.sqrt(groups / (groups - 1) * sum(d * d for d in sums.values())) / n
 
 
-def rmse_stderr(errors: Sequence[float]) -> float | None:
-    """Standard error of RMSE by the delta method: SE(MSE) / (2 RMSE); None for n < 2.
+def rmse_stderr(errors: Sequence[float], clusters: Sequence[object] | None = None) -> float | None:
+    """Standard error of RMSE by the delta method: SE(MSE) / (2 RMSE); None if undefined.
 
-    MSE is the mean of squared errors, so SE(MSE) is its standard error of the mean;
-    RMSE = sqrt(MSE) gives d RMSE / d MSE = 1 / (2 RMSE). Zero when every error is 0.
+    MSE is the mean of squared errors, so SE(MSE) is its standard error of the mean
+    (cluster-robust with ``clusters``); RMSE = sqrt(MSE) gives d RMSE / d MSE =
+    1 / (2 RMSE). Zero when every error is 0.
     """
     squared = [e * e for e in errors]
-    se_mse = mean_stderr(squared)
+    se_mse = mean_stderr(squared, clusters)
     if se_mse is None:
         return None
     root = math.sqrt(sum(squared) / len(squared))
@@ -245,23 +263,41 @@ def rmse_stderr(errors: Sequence[float]) -> float | None:
 
 
 def bootstrap_stderr(
-    statistic: Callable[[Sequence[int]], float], n: int, seed: int, resamples: int = 200
+    statistic: Callable[[Sequence[int]], float],
+    n: int,
+    seed: int,
+    resamples: int = 200,
+    clusters: Sequence[object] | None = None,
 ) -> float | None:
-    """Standard error of a corpus-level statistic by a seeded bootstrap over examples.
+    """Standard error of a corpus-level statistic by a seeded bootstrap.
 
     Args:
         statistic: the metric computed on a list of example indices (with repeats).
         n: number of examples.
         seed: seeds the resampling (numpy PCG64), so the figure is reproducible.
         resamples: bootstrap replicates.
+        clusters: per example, its cluster (user); whole clusters are resampled.
 
     Returns:
-        The standard deviation (ddof=1) of the replicates; None for n < 2.
+        The standard deviation (ddof=1) of the replicates; None with < 2 examples or
+        clusters.
     """
     if n < 2:
         return None
     rng = np.random.default_rng(seed)
-    values = [float(statistic(rng.integers(0, n, size=n).tolist())) for _ in range(resamples)]
+    if clusters is None:
+        groups = [[i] for i in range(n)]
+    else:
+        members: dict[object, list[int]] = {}
+        for index, cluster in enumerate(clusters):
+            members.setdefault(cluster, []).append(index)
+        groups = list(members.values())
+    if len(groups) < 2:
+        return None
+    values = []
+    for _ in range(resamples):
+        picks = rng.integers(0, len(groups), size=len(groups)).tolist()
+        values.append(float(statistic([i for g in picks for i in groups[g]])))
     return float(np.std(values, ddof=1))
 
 

@@ -57,9 +57,10 @@ def results_document(
             "exclusion": protocol.exclusion_label,
             "rating_scale": list(protocol.rating_scale),
             "unparseable_rating_rule": UNPARSEABLE_RATING_RULE,
-            "standard_errors": "per-example means (HR, NDCG, accuracy, MAE): sample std / "
-            "sqrt(n); RMSE: delta method; BLEU-4, ROUGE, AUC: seeded bootstrap "
-            f"({200} resamples, seed {protocol.seed})",
+            "standard_errors": "users are clusters (one user answers several templates): "
+            "per-example means (HR, NDCG, accuracy, MAE): cluster-robust SE of the mean; "
+            "RMSE: delta method; BLEU-4, ROUGE, AUC: seeded bootstrap over users "
+            f"(200 resamples, seed {protocol.seed})",
             "ties": "a candidate scoring as high as the target ranks before it; a yes/no tie is wrong",
             "aggregation": "seen/unseen/all rows pool the examples of their templates "
             "(micro-average); BLEU-4 is corpus BLEU over the pooled examples",
