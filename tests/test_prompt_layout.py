@@ -166,3 +166,25 @@ def test_candidates_that_cannot_fit_are_refused_naming_the_template(task_data, t
     assert "direct-3" in message and "max_length is 40" in message and "needs" in message
     counts = check_prompts_fit(direct, special, budget, max_length=4096)
     assert set(counts.values()) == {0}
+
+
+def test_only_training_imports_the_collator():
+    """Inference, generation, evaluation and the API lay prompts out with prompt_layout;
+    the training collator stays a training module."""
+    import ast
+    from pathlib import Path
+
+    import recsysllm
+
+    package = Path(recsysllm.__file__).parent
+    importers = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if "recsysllm.collator" in names:
+                importers.add(path.relative_to(package).as_posix())
+    assert importers == {"training.py"}
