@@ -236,6 +236,11 @@ class DataArgs:
     history_budget: int = help_field(
         "most history items one prompt shows (N of the 60/30/10 sampling)", default=20
     )
+    answer_text_tokens: int = help_field(
+        "answer tokens prompts reserve for free-text answers (longer gold texts are cut in "
+        "training); item answers reserve the longest item, ratings and yes/no 8",
+        default=64,
+    )
     mask_prob: float = help_field(
         "collator: probability of entity-level [MASK] spans for pretrain documents", default=0.5
     )
@@ -270,6 +275,7 @@ class DataArgs:
             f"must be >= 1, got {self.history_budget}",
         )
         _check(self.max_length >= 16, "data", "max_length", f"must be >= 16, got {self.max_length}")
+        _check(self.answer_text_tokens >= 1, "data", "answer_text_tokens", "must be >= 1")
         known = (*TASK_FAMILIES, PRETRAIN_TASK)
         for name, weight in self.mixture.items():
             _check(
@@ -457,13 +463,17 @@ class EvalArgs:
     prompts: str = help_field("templates: " + "|".join(PROMPT_SETS), default="all")
     split: str = help_field("valid | test", default="test")
     limit: int | None = help_field(
-        "evaluate at most N examples per family and template (null: all)", default=None
+        "evaluate a seeded random sample of N users (seed data.seed), the same users for "
+        "every family, template and system (null: all users)",
+        default=None,
     )
     batch_size: int = help_field("prompts per generation batch", default=16)
     num_beams: int = help_field("beams for constrained item generation", default=20)
     top_k: list[int] = help_field("cut-offs for HR@k / NDCG@k", default_factory=lambda: [1, 5, 10])
     exclude_history: bool = help_field(
-        "also report sequential metrics with the user's history items excluded", default=False
+        "all-item rankings of every table row exclude the user's whole training history "
+        "(false: nothing excluded)",
+        default=True,
     )
 
     def __post_init__(self) -> None:

@@ -44,7 +44,6 @@ from recsysllm.checkpoint_meta import (
     read_meta,
     verify_weights,
 )
-from recsysllm.collator import MaskingConfig
 from recsysllm.config import Config, DataArgs, LoraArgs, ModelArgs, TokenizerArgs, load_config
 from recsysllm.data.catalog import EntityCatalog
 from recsysllm.data.sampling import SamplingConfig
@@ -58,6 +57,7 @@ from recsysllm.modeling import (
     check_vocab_compatible,
     load_glm_checkpoint,
 )
+from recsysllm.prompt_layout import AnswerBudget
 from recsysllm.prompts import PromptSet, load_prompts
 from recsysllm.tokenization import (
     GLMTokenizer,
@@ -111,13 +111,9 @@ def sampling_config(data_args: DataArgs) -> SamplingConfig:
     )
 
 
-def masking_config(data_args: DataArgs) -> MaskingConfig:
-    """The collator's masking fields of ``data_args`` as a :class:`MaskingConfig`."""
-    return MaskingConfig(
-        mask_prob=data_args.mask_prob,
-        smask_prob=data_args.smask_prob,
-        gmask_prob=data_args.gmask_prob,
-    )
+def answer_budget(data_args: DataArgs, catalog: EntityCatalog, tokenizer: Any) -> AnswerBudget:
+    """The answer tokens prompts reserve (``prompt_layout``): the same in training and inference."""
+    return AnswerBudget.for_catalog(catalog, tokenizer, text=data_args.answer_text_tokens)
 
 
 def task_mixture(data_args: DataArgs) -> TaskMixture:

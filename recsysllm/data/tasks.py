@@ -276,6 +276,7 @@ def render_example(
         ... # doctest: +SKIP
     """
     segments = _SegmentList()
+    history_segments = None
     answer, gold = _answer_segment(template, catalog, target)
     for literal, name in template.parts:
         segments.text(_plain(literal))
@@ -290,7 +291,9 @@ def render_example(
             segments.mixed(profile_segments(catalog, user_features, feature_templates))
         elif name == "history":
             if history:
+                first = len(segments.segments)
                 segments.add(_item_list(catalog, history))
+                history_segments = (first, len(segments.segments))
             else:
                 segments.text(EMPTY_HISTORY_TEXT)
         elif name == "candidates":
@@ -322,6 +325,7 @@ def render_example(
         candidates=tuple(candidates) if "candidates" in placeholders else (),
         history=tuple(history) if "history" in placeholders else (),
         timestamp=timestamp,
+        history_segments=history_segments,
     )
 
 
