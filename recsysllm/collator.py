@@ -425,6 +425,49 @@ class BlankInfillingCollator:
             raise ValueError("BlankInfillingCollator called with no examples")
         encoded = [self.encode(example) for example in examples]
         placement, row_lengths = self._place([e.length for e in encoded])
+        return self._layout(encoded, placement, row_lengths)
+
+    def collate_rows(
+        self, rows: Sequence[Sequence[TokenizedExample]], row_length: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Rows planned elsewhere (``packing.PackedDataset``): each row's examples side by
+        side in the given order, one output row per input row, whatever ``packing`` says.
+
+        Args:
+            rows: the examples of each row.
+            row_length: most tokens a row may hold (default ``max_length``, which still
+                bounds each example).
+
+        ``last_placement`` lists the examples row by row.
+        """
+        row_length = self.max_length if row_length is None else row_length
+        if not rows or not all(rows):
+            raise ValueError("collate_rows needs at least one row and no empty row")
+        encoded: list[BlankInfilling] = []
+        placement: list[tuple[int, int, int]] = []
+        row_lengths: list[int] = []
+        for row, examples in enumerate(rows):
+            offset = 0
+            for example in examples:
+                item = self.encode(example)
+                encoded.append(item)
+                placement.append((row, offset, item.length))
+                offset += item.length
+            if offset > row_length:
+                raise ValueError(
+                    f"row {row}: its examples take {offset} tokens, more than the row "
+                    f"length {row_length}"
+                )
+            row_lengths.append(offset)
+        return self._layout(encoded, placement, row_lengths)
+
+    def _layout(
+        self,
+        encoded: list[BlankInfilling],
+        placement: list[tuple[int, int, int]],
+        row_lengths: list[int],
+    ) -> dict[str, torch.Tensor]:
+        """The batch tensors for examples placed at (row, offset, length)."""
         width = max(row_lengths)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of

@@ -163,6 +163,17 @@ class DataArgs:
         "per_device_batch_size then counts examples, not rows",
         default=True,
     )
+    packing_window: int = help_field(
+        "with packing: examples planned together into full rows before batching "
+        "(recsysllm.packing; per_device_batch_size then counts rows of max_length tokens); "
+        "0: pack within each batch of per_device_batch_size examples",
+        default=2000,
+    )
+    packing_row_length: int | None = help_field(
+        "with packing_window > 0: tokens per packed row (several examples of at most "
+        "max_length each); null: max_length",
+        default=None,
+    )
     mixture: dict[str, float] = help_field(
         "sampling weight of each task family and of 'pretrain' (plain behaviour documents)",
         default_factory=lambda: dict.fromkeys((*TASK_FAMILIES, PRETRAIN_TASK), 1.0),
@@ -220,6 +231,18 @@ class DataArgs:
             f"must be >= 1, got {self.history_budget}",
         )
         _check(self.max_length >= 16, "data", "max_length", f"must be >= 16, got {self.max_length}")
+        _check(
+            self.packing_window >= 0,
+            "data",
+            "packing_window",
+            f"must be >= 0, got {self.packing_window}",
+        )
+        _check(
+            self.packing_row_length is None or self.packing_row_length >= self.max_length,
+            "data",
+            "packing_row_length",
+            f"must be null or >= max_length ({self.max_length}), got {self.packing_row_length}",
+        )
         known = (*TASK_FAMILIES, PRETRAIN_TASK)
         for name, weight in self.mixture.items():
             _check(
@@ -266,7 +289,9 @@ class TrainArgs:
     )
     max_steps: int = help_field("optimizer steps; > 0 overrides epochs", default=-1)
     per_device_batch_size: int = help_field(
-        "examples per device and micro-step (with packing they share fewer rows)", default=8
+        "examples per device and micro-step (with packing they share fewer rows); "
+        "rows of data.max_length tokens when data.packing_window > 0",
+        default=8,
     )
     gradient_accumulation_steps: int = help_field("micro-steps per optimizer step", default=1)
     max_grad_norm: float = help_field("gradient clipping norm (0 disables)", default=1.0)

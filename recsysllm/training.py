@@ -15,9 +15,14 @@ expects and are well tested; this module adds only what RecSysLLM needs on top:
   Trainer epoch. The data order is thus a function of (data seed, epoch) only, and a
   resumed run skips exactly the batches already consumed. Under several ranks, batch
   ``i`` goes to rank ``i % world_size`` (accelerate's sharding): ranks see different data.
-- Batches: ``train.per_device_batch_size`` counts *examples* per device and micro-step.
-  With packing, the collator merges them into fewer rows of ``data.max_length`` tokens
-  (block-diagonal attention), so the tensor batch dimension is the number of rows.
+- Batches: with packing across batches (``data.packing`` and ``data.packing_window`` >
+  0, the default) the Trainer reads a :class:`packing.PackedDataset` whose items are rows
+  of ``data.packing_row_length`` (default ``data.max_length``) tokens, planned over
+  windows of examples (nearly every row full), and ``train.per_device_batch_size``
+  counts those *rows*. Otherwise it counts
+  *examples* per device and micro-step, and with ``data.packing`` the collator merges
+  each batch's examples into fewer rows (block-diagonal attention). Either way the
+  row plan is a function of (seeds, epoch), so resume stays exact.
 - Loss: the model is called without labels and the loss is summed cross-entropy over the
   micro-batch's labelled tokens divided by ``num_items_in_batch``, the labelled tokens of
   the whole optimizer step (all micro-steps and all ranks, counted by the Trainer). The
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import logging
 import os
 import shutil
@@ -57,6 +63,7 @@ from recsysllm.collator import IGNORE_INDEX, BlankInfillingCollator
 from recsysllm.config import Config, load_config, write_text_atomic
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
 from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE
+from recsysllm.packing import PackedDataset
 from recsysllm.pipeline import (
     CANDIDATES_FILENAME,
     CATALOG_FILENAME,
@@ -141,18 +148,34 @@ class MixtureDataset(torch.utils.data.Dataset):
 class TrainingCollator:
     """Wraps :class:`BlankInfillingCollator` for the Trainer.
 
-    Sets the collator's epoch from the batch (so pretraining masks are a function of the
-    example and its epoch, not of how many batches a worker has seen: resume-safe) and
-    adds the batch's example identities under ``BATCH_IDENTITY_KEY`` for error messages.
+    Takes examples (``TrainingItem`` or ``TokenizedExample``: packed within the batch as
+    the collator is configured) or rows planned by :class:`PackedDataset` (tuples of
+    ``TrainingItem``: one output row each). Sets the collator's epoch from the batch (so
+    pretraining masks are a function of the example and its epoch, not of how many
+    batches a worker has seen: resume-safe) and adds the batch's example identities under
+    ``BATCH_IDENTITY_KEY`` for error messages.
     """
 
-    def __init__(self, collator: BlankInfillingCollator) -> None:
+    def __init__(self, collator: BlankInfillingCollator, row_length: int | None = None) -> None:
         self.collator = collator
+        self.row_length = row_length
 
-    def __call__(self, items: Sequence[TrainingItem | TokenizedExample]) -> dict[str, Any]:
-        items = [it if isinstance(it, TrainingItem) else TrainingItem(-1, 0, it) for it in items]
-        self.collator.set_epoch(items[0].epoch)
-        batch: dict[str, Any] = self.collator([it.tokenized for it in items])
+    def __call__(
+        self, items: Sequence[TrainingItem | TokenizedExample | tuple[TrainingItem, ...]]
+    ) -> dict[str, Any]:
+        if isinstance(items[0], tuple) and not isinstance(items[0], TrainingItem):
+            rows = [list(row) for row in items]
+            items = [it for row in rows for it in row]
+            self.collator.set_epoch(items[0].epoch)
+            batch: dict[str, Any] = self.collator.collate_rows(
+                [[it.tokenized for it in row] for row in rows], row_length=self.row_length
+            )
+        else:
+            items = [
+                it if isinstance(it, TrainingItem) else TrainingItem(-1, 0, it) for it in items
+            ]
+            self.collator.set_epoch(items[0].epoch)
+            batch = self.collator([it.tokenized for it in items])
         batch[BATCH_IDENTITY_KEY] = [
             f"item {it.index} (epoch {it.epoch}) {it.tokenized.describe()}" for it in items
         ]
@@ -472,6 +495,51 @@ def resolve_resume(config: Config) -> str | None:
     return resume
 
 
+def row_length(config: Config) -> int:
+    """Tokens per row planned by the packing sampler (``data.packing_row_length``)."""
+    return config.data.packing_row_length or config.data.max_length
+
+
+def training_data(
+    config: Config, data: PreparedData, tokenizer: Any, mixture: TaskMixture
+) -> tuple[torch.utils.data.Dataset, TrainingCollator]:
+    """The training dataset as the Trainer reads it, and the Trainer's data collator.
+
+    With ``data.packing`` and ``data.packing_window`` > 0: a :class:`PackedDataset` of
+    rows over the :class:`MixtureDataset` (every example is tokenized and encoded once
+    up front to plan the rows). Otherwise the :class:`MixtureDataset` itself.
+    """
+    collator = BlankInfillingCollator(
+        tokenizer,
+        max_length=config.data.max_length,
+        masking=masking_config(config.data),
+        packing=config.data.packing,
+        seed=config.train.seed,
+        # Few distinct batch shapes: cuDNN attention plans once per shape (modeling_glm).
+        pad_to_multiple_of=TRAINING_PAD_MULTIPLE,
+    )
+    examples = MixtureDataset(
+        data.tasks, tokenizer, mixture, seed=config.data.seed, epochs=config.train.epochs
+    )
+    if not (config.data.packing and config.data.packing_window > 0):
+        return examples, TrainingCollator(collator)
+    planner = copy.copy(collator)  # its own epoch: the plan must not move the collator's
+
+    def encoded_length(item: TrainingItem) -> int:
+        planner.set_epoch(item.epoch)
+        return planner.encode(item.tokenized).length
+
+    packed = PackedDataset(
+        examples,
+        examples.offsets,
+        encoded_length,
+        max_length=row_length(config),
+        window=config.data.packing_window,
+        seed=config.data.seed,
+    )
+    return packed, TrainingCollator(collator, row_length=row_length(config))
+
+
 def build_trainer(
     config: Config, data: PreparedData | None = None
 ) -> tuple[RecTrainer, str | None]:
@@ -506,9 +574,7 @@ def build_trainer(
             catalog_hash=data.catalog.hash,
             where=resume,
         )
-    train_dataset = MixtureDataset(
-        data.tasks, tokenizer, mixture, seed=config.data.seed, epochs=config.train.epochs
-    )
+    train_dataset, data_collator = training_data(config, data, tokenizer, mixture)
     eval_dataset = None
     if config.train.eval_steps:
         families = [f for f in config.eval.families if mixture.weights.get(f, 0) > 0]
@@ -516,21 +582,12 @@ def build_trainer(
             "valid", families, prompts="seen", seed=config.data.seed
         )
         eval_dataset = [tokenizer.tokenize_example(e) for e in eval_examples]
-    collator = BlankInfillingCollator(
-        tokenizer,
-        max_length=config.data.max_length,
-        masking=masking_config(config.data),
-        packing=config.data.packing,
-        seed=config.train.seed,
-        # Few distinct batch shapes: cuDNN attention plans once per shape (modeling_glm).
-        pad_to_multiple_of=TRAINING_PAD_MULTIPLE,
-    )
     trainer = RecTrainer(
         model=built.model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=TrainingCollator(collator),
+        data_collator=data_collator,
         compute_loss_func=token_mean_loss,
         checkpoint_extras=extras,
     )
@@ -546,11 +603,12 @@ def train(config: Config, data: PreparedData | None = None) -> Path:
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     logger.info(
-        "training %s of %s parameters (%.2f%%), %d examples",
+        "training %s of %s parameters (%.2f%%), %d dataset items (%s)",
         f"{trainable:,}",
         f"{total:,}",
         100 * trainable / total,
         len(trainer.train_dataset),
+        "packed rows" if isinstance(trainer.train_dataset, PackedDataset) else "examples",
     )
     trainer.train(resume_from_checkpoint=resume)
     return trainer.save_final()

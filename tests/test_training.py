@@ -32,6 +32,7 @@ from transformers import TrainerCallback  # noqa: E402
 from recsysllm.checkpoint_meta import CheckpointMismatchError, read_meta  # noqa: E402
 from recsysllm.config import Config, apply_overrides, config_from_dict  # noqa: E402
 from recsysllm.data.tables import RecTables  # noqa: E402
+from recsysllm.packing import PackedDataset  # noqa: E402
 from recsysllm.pipeline import load_checkpoint_for_inference, prepare_from_tables  # noqa: E402
 from recsysllm.tokenization import GLMTokenizer  # noqa: E402
 from recsysllm.training import (  # noqa: E402
@@ -277,6 +278,86 @@ def test_resume_reaches_the_same_losses_as_an_uninterrupted_run(tmp_path, tiny_d
     assert sorted(resumed.losses) == [4, 5, 6]
     for step in (4, 5, 6):
         assert resumed.losses[step] == pytest.approx(uninterrupted.losses[step], abs=1e-3), step
+
+
+def _record_batches(trainer) -> list[list[str]]:
+    """Example identities of every micro-batch the trainer computes a loss on, in order."""
+    seen: list[list[str]] = []
+    compute_loss = trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        seen.append(list(inputs["batch_examples"]))
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = recording
+    return seen
+
+
+def test_packed_rows_resume_mid_epoch_with_the_identical_remaining_rows(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    # 32 examples over two epochs, 2 rows per step: 3 steps end mid-way through epoch 0.
+    overrides = [
+        "data.examples_per_epoch=16",
+        "train.epochs=2",
+        "train.per_device_batch_size=2",
+        "data.packing_window=6",
+        "max_steps=6",
+    ]
+    trainer, _ = build_trainer(tiny_config(tmp_path / "a", tokenizer_dir, overrides), tiny_data)
+    assert isinstance(trainer.train_dataset, PackedDataset)
+    rows = trainer.train_dataset.rows
+    assert sorted(i for row in rows for i in row) == list(range(32))
+    assert any(len(row) > 1 for row in rows)
+    uninterrupted = _record_batches(trainer)
+    trainer.train()
+    assert len(uninterrupted) == 6
+
+    config = tiny_config(tmp_path / "b", tokenizer_dir, overrides)
+    trainer, _ = build_trainer(config, tiny_data)
+    trainer.add_callback(CrashAfterSave(3))
+    first = _record_batches(trainer)
+    with pytest.raises(Interrupt):
+        trainer.train()
+    assert first == uninterrupted[:3]
+    trainer, resume = build_trainer(
+        tiny_config(tmp_path / "b", tokenizer_dir, [*overrides, "train.resume=latest"]), tiny_data
+    )
+    assert resume.endswith("checkpoint-3")
+    resumed = _record_batches(trainer)
+    trainer.train(resume_from_checkpoint=resume)
+    assert resumed == uninterrupted[3:]
+
+
+def test_packed_rows_keep_every_examples_loss(tmp_path, tiny_data, tokenizer_dir):
+    """Per-example summed cross-entropy: packed rows of the training path == each example alone."""
+    trainer, _ = build_trainer(tiny_config(tmp_path / "run", tokenizer_dir), tiny_data)
+    dataset = trainer.train_dataset
+    rows = [dataset[i] for i in range(len(dataset)) if len(dataset.rows[i]) > 1][:3]
+    rows.append(dataset[0])
+    assert len(rows) >= 2 and len(rows[0]) > 1  # rows of several examples, and one more
+    batch = trainer.data_collator(rows)
+    placement = list(trainer.data_collator.collator.last_placement)
+    items = [item for row in rows for item in row]
+    del batch["batch_examples"]
+    model = trainer.model.eval()
+
+    def token_losses(inputs: dict) -> torch.Tensor:
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        return torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), inputs["labels"], ignore_index=-100, reduction="none"
+        )
+
+    with torch.no_grad():
+        packed = token_losses(batch)
+        for item, (row, start, length) in zip(items, placement, strict=True):
+            alone = trainer.data_collator([item])
+            del alone["batch_examples"]
+            assert alone["input_ids"].shape[0] == 1
+            expected = token_losses(alone)[0, :length].sum()
+            got = packed[row, start : start + length].sum()
+            assert expected > 0
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_data, tokenizer_dir):
