@@ -23,9 +23,10 @@ expects and are well tested; this module adds only what RecSysLLM needs on top:
   *examples* per device and micro-step, and with ``data.packing`` the collator merges
   each batch's examples into fewer rows (block-diagonal attention). Either way the
   row plan is a function of (seeds, epoch), so resume stays exact.
-- Loss: the model is called without labels and the loss is summed cross-entropy over the
-  micro-batch's labelled tokens divided by ``num_items_in_batch``, the labelled tokens of
-  the whole optimizer step (all micro-steps and all ranks, counted by the Trainer). The
+- Loss: the model computes it (``return_logits=False``: the head runs on the labelled
+  positions only) as summed cross-entropy over the micro-batch's labelled tokens divided
+  by ``num_items_in_batch``, the labelled tokens of the whole optimizer step (all
+  micro-steps and all ranks, counted by the Trainer and passed to the model). The
   optimizer step therefore follows the gradient of the mean over the step's labelled
   tokens whatever the accumulation, the packing or the per-micro-batch token counts.
 - Guard rail: a non-finite loss stops the run naming the step and the examples
@@ -54,12 +55,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
 from recsysllm.checkpoint_meta import CheckpointMeta, check_compatible, read_meta, write_meta
-from recsysllm.collator import IGNORE_INDEX, BlankInfillingCollator
+from recsysllm.collator import BlankInfillingCollator
 from recsysllm.config import Config, load_config, write_text_atomic
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
 from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE
@@ -182,33 +182,6 @@ class TrainingCollator:
         return batch
 
 
-def token_mean_loss(
-    outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None
-) -> torch.Tensor:
-    """Summed cross-entropy of the labelled tokens / the labelled tokens of the optimizer step.
-
-    Labels are aligned with the inputs (not shifted). Without ``num_items_in_batch`` it is
-    the mean over this micro-batch's labelled tokens (what the model itself returns).
-    """
-    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]  # [rows, L, vocab]
-    summed = F.cross_entropy(
-        logits.flatten(0, 1).float(),
-        labels.flatten().to(logits.device),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    if num_items_in_batch is None:
-        num_items_in_batch = (labels != IGNORE_INDEX).sum()
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(summed.device)
-    # clamp: a step without labelled tokens gives 0, not NaN.
-    return summed / (
-        num_items_in_batch.clamp(min=1)
-        if torch.is_tensor(num_items_in_batch)
-        else max(num_items_in_batch, 1)
-    )
-
-
 # --------------------------------------------------------------------------- trainer
 
 
@@ -228,6 +201,8 @@ class RecTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
         identity = inputs.pop(BATCH_IDENTITY_KEY, None)
+        # Loss only: the model runs its head on the labelled (Part B) positions alone.
+        inputs = {**inputs, "return_logits": False}
         result = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
@@ -588,7 +563,6 @@ def build_trainer(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=data_collator,
-        compute_loss_func=token_mean_loss,
         checkpoint_extras=extras,
     )
     if trainer.args.should_save:

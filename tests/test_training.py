@@ -360,6 +360,28 @@ def test_packed_rows_keep_every_examples_loss(tmp_path, tiny_data, tokenizer_dir
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_training_runs_the_head_on_labelled_positions_only(tmp_path, tiny_data, tokenizer_dir):
+    trainer, _ = build_trainer(
+        tiny_config(tmp_path / "run", tokenizer_dir, ["max_steps=2"]), tiny_data
+    )
+    labelled: list[int] = []
+    compute_loss = trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        labelled.append(int((inputs["labels"] != -100).sum()))
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = recording
+    head_rows: list[int] = []
+    trainer.model.lm_head.register_forward_hook(
+        lambda module, args, out: head_rows.append(args[0].shape[0])
+    )
+    trainer.train()
+    assert len(labelled) == 2
+    # Forward + the backward's recomputation, labelled rows only (one chunk each here).
+    assert head_rows == [labelled[0], labelled[0], labelled[1], labelled[1]]
+
+
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_data, tokenizer_dir):
     config = tiny_config(tmp_path / "run", tokenizer_dir)
     trainer, _ = build_trainer(config, tiny_data)

@@ -24,12 +24,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
@@ -39,12 +41,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from recsysllm.modeling.configuration_glm import GLMConfig
 
 # Keyword arguments that HF Trainer / PEFT may pass and that carry nothing for us.
-# `num_items_in_batch` is ignored on purpose: `accepts_loss_kwargs = False` below tells
-# Trainer that our loss is the per-batch mean, so Trainer itself scales for
-# gradient accumulation.
-_IGNORED_KWARGS = frozenset(
-    {"num_items_in_batch", "return_dict", "output_attentions", "output_hidden_states"}
-)
+_IGNORED_KWARGS = frozenset({"return_dict", "output_attentions", "output_hidden_states"})
+
+# Labelled rows per chunk of the CPU loss path: a chunk's logits are [chunk, vocab] fp32
+# (200 MB at vocab 50304), recomputed in backward instead of kept.
+LOSS_CHUNK_TOKENS = 1024
 
 # Added to masked scores. Finite, not -inf: a fully masked (padding) row must give a
 # finite output, not NaN. Half of fp16's minimum, whatever the model dtype: it stays
@@ -206,9 +207,10 @@ class GLMPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["GLMBlock"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
-    # Our loss is the mean over the batch's labelled tokens; Trainer then scales it for
-    # gradient accumulation itself instead of passing num_items_in_batch.
-    accepts_loss_kwargs = False
+    # Trainer passes num_items_in_batch (the labelled tokens of the whole optimizer step,
+    # all micro-batches and ranks): the loss is then summed cross-entropy / that count,
+    # so accumulation and packing never reweight tokens.
+    accepts_loss_kwargs = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -316,6 +318,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         past_key_values: Cache | None = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        return_logits: bool = True,
         **kwargs: object,
     ) -> CausalLMOutputWithPast:
         """Logits and, given labels, the loss.
@@ -331,12 +335,18 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             logits_to_keep: 0 = logits for every position; n > 0 = only for the last n
                 (the transformers convention; a prompt pass needs just the last column,
                 and [batch, seq, vocab] logits dominate its cost). Not with labels.
+            num_items_in_batch: divide the summed loss by this instead of this batch's
+                labelled tokens (Trainer's count over the whole optimizer step).
+            return_logits: False (with labels): no logits; the head and the loss run on
+                the labelled positions only, chunked on CPU and fused (Liger-Kernel,
+                when installed) on CUDA, never holding [tokens, vocab] logits at once.
             **kwargs: keyword arguments Trainer/PEFT pass that carry nothing here
-                (num_items_in_batch, return_dict, ...). Any other tensor is an error.
+                (return_dict, ...). Any other tensor is an error.
 
         Returns:
-            CausalLMOutputWithPast(loss, logits [batch, seq, vocab], past_key_values).
-            loss is the mean cross-entropy over labelled tokens (0 if there are none).
+            CausalLMOutputWithPast(loss, logits [batch, seq, vocab] or None,
+            past_key_values). loss is the summed cross-entropy over labelled tokens
+            divided by ``num_items_in_batch`` or by their count (0 if there are none).
         """
         _check_extra_kwargs(kwargs)
         outputs = self.glm(
@@ -351,22 +361,99 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             if labels is not None:
                 raise ValueError("logits_to_keep cannot be combined with labels")
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)  # [batch, seq or logits_to_keep, vocab]
-        loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(
-                    f"labels has shape {tuple(labels.shape)}, expected input_ids' shape "
-                    f"{tuple(input_ids.shape)} (labels are aligned with inputs, not shifted)"
-                )
-            summed = F.cross_entropy(
-                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(
+                f"labels has shape {tuple(labels.shape)}, expected input_ids' shape "
+                f"{tuple(input_ids.shape)} (labels are aligned with inputs, not shifted)"
             )
-            # clamp: a batch without labelled tokens gives 0, not NaN.
-            loss = summed / (labels != -100).sum().clamp(min=1)
+        if not return_logits and labels is None:
+            raise ValueError("return_logits=False needs labels (the loss is all it returns)")
+        logits = loss = None
+        if return_logits:
+            logits = self.lm_head(hidden)  # [batch, seq or logits_to_keep, vocab]
+        if labels is not None:
+            if logits is not None:
+                summed = F.cross_entropy(
+                    logits.flatten(0, 1).float(),
+                    labels.flatten(),
+                    ignore_index=-100,
+                    reduction="sum",
+                )
+            else:
+                summed = labelled_cross_entropy(hidden, self.lm_head, labels)
+            if num_items_in_batch is None:
+                num_items_in_batch = (labels != -100).sum()
+            if torch.is_tensor(num_items_in_batch):
+                # clamp: a batch without labelled tokens gives 0, not NaN.
+                count = num_items_in_batch.to(summed.device).clamp(min=1)
+            else:
+                count = max(num_items_in_batch, 1)
+            loss = summed / count
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values
         )
+
+
+def labelled_cross_entropy(
+    hidden: torch.Tensor,
+    lm_head: nn.Linear,
+    labels: torch.Tensor,
+    chunk_tokens: int | None = None,
+) -> torch.Tensor:
+    """Summed fp32 cross-entropy of ``lm_head(hidden)`` at the labelled positions only.
+
+    In blank infilling only Part B carries labels: the head (hidden x vocab per token,
+    the largest matmul of a small model) runs on those rows alone. On CUDA with
+    Liger-Kernel installed, its fused linear cross-entropy computes loss and gradients
+    chunk by chunk without materialising the logits. Otherwise the rows go through the
+    head ``chunk_tokens`` at a time under activation checkpointing: backward recomputes
+    each chunk's logits instead of keeping all of them.
+
+    Args:
+        hidden: final hidden states. [batch, seq, hidden]
+        lm_head: the output layer (tied to the word embeddings).
+        labels: aligned targets, -100 = ignored. [batch, seq]
+        chunk_tokens: rows per chunk on the CPU path (default ``LOSS_CHUNK_TOKENS``).
+
+    Returns:
+        A 0-dim fp32 tensor (0 with a gradient path when nothing is labelled).
+    """
+    selected = labels != -100
+    hidden = hidden[selected]  # [labelled, hidden]
+    targets = labels[selected]  # [labelled]
+    fused = _liger_fused_linear_cross_entropy()
+    # A ZeRO-3 partitioned weight (ds_numel) is gathered only inside lm_head's own
+    # forward, which the fused kernel bypasses: it takes the chunked path.
+    if fused is not None and hidden.is_cuda and not hasattr(lm_head.weight, "ds_numel"):
+        return fused(lm_head.weight, hidden, targets).float()
+    chunk_tokens = chunk_tokens or LOSS_CHUNK_TOKENS
+    total = hidden.sum().float() * 0.0
+    for start in range(0, len(targets), chunk_tokens):
+        total = total + checkpoint(
+            _summed_cross_entropy,
+            lm_head,
+            hidden[start : start + chunk_tokens],
+            targets[start : start + chunk_tokens],
+            use_reentrant=False,
+        )
+    return total
+
+
+def _summed_cross_entropy(
+    lm_head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+
+
+@functools.cache
+def _liger_fused_linear_cross_entropy() -> nn.Module | None:
+    """Liger-Kernel's fused linear cross-entropy (summed), or None when not installed."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    # fp32 accumulation of the weight gradient (a trained, tied head) across chunks.
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum", accum_dtype=torch.float32)
 
 
 def _attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
