@@ -74,6 +74,7 @@ from recsysllm.positions import part_a_intra_positions, span_intra_positions
 from recsysllm.schema import TokenizedExample
 
 IGNORE_INDEX = -100
+ATTENTION_LAYOUTS = ("mask", "intervals")
 # Tokens every sequence adds around a text with one span: [CLS], mask, [eos], [sop].
 _SPECIALS_FOR_ONE_SPAN = 4
 
@@ -371,6 +372,7 @@ class BlankInfillingCollator:
         packing: bool = True,
         seed: int = 0,
         pad_to_multiple_of: int | None = None,
+        attention_layout: str = "mask",
     ) -> None:
         """
         Args:
@@ -381,7 +383,17 @@ class BlankInfillingCollator:
             packing: pack several examples per row (block-diagonal attention).
             seed: seed of the pretraining masks.
             pad_to_multiple_of: round the padded length up to a multiple of this.
+            attention_layout: "mask" returns ``attention_mask`` [rows, 1, L, L] bool;
+                "intervals" returns ``attention_intervals`` [rows, 2, L] long instead,
+                the [start, end) of the keys each query sees (0, 0 for padding): the
+                same mask in O(L) (the model's FlexAttention path builds its block
+                mask from it).
         """
+        if attention_layout not in ATTENTION_LAYOUTS:
+            raise ValueError(
+                f"attention_layout must be one of {ATTENTION_LAYOUTS}, got {attention_layout!r}"
+            )
+        self.attention_layout = attention_layout
         self.special = SpecialTokenIds.from_tokenizer(tokenizer)
         self.masking = masking if masking is not None else MaskingConfig()
         if max_length < _SPECIALS_FOR_ONE_SPAN + 1:
@@ -479,7 +491,11 @@ class BlankInfillingCollator:
         # Filled block by block at memset speed; per-token broadcast comparisons were
         # 2.5x slower at L=512. Each query row's visible keys form one interval of its
         # own example: [start, end of A) for Part A, [start, itself] for Part B.
-        attention = np.zeros((rows, 1, width, width), dtype=bool)
+        dense = self.attention_layout == "mask"
+        if dense:
+            attention = np.zeros((rows, 1, width, width), dtype=bool)
+        else:
+            intervals = np.zeros((rows, 2, width), dtype=np.int64)  # [start, end) per query
         for item, (row, start, length) in zip(encoded, placement, strict=True):
             a = item.part_a_length
             a_end, end = start + a, start + length
@@ -490,8 +506,13 @@ class BlankInfillingCollator:
             position_ids[row, 1, start:a_end] = item.part_a_intra
             position_ids[row, 1, a_end:end] = item.part_b_intra
             labels[row, a_end:end] = item.part_b_targets
-            attention[row, 0, start:end, start:a_end] = True
-            attention[row, 0, a_end:end, a_end:end] = self._causal[: length - a, : length - a]
+            if dense:
+                attention[row, 0, start:end, start:a_end] = True
+                attention[row, 0, a_end:end, a_end:end] = self._causal[: length - a, : length - a]
+            else:
+                intervals[row, 0, start:end] = start
+                intervals[row, 1, start:a_end] = a_end
+                intervals[row, 1, a_end:end] = np.arange(a_end + 1, end + 1)
 
         tokens = sum(row_lengths)
         self._last_fraction = tokens / (rows * width)
@@ -501,7 +522,11 @@ class BlankInfillingCollator:
         return {
             "input_ids": torch.from_numpy(input_ids),
             "position_ids": torch.from_numpy(position_ids),
-            "attention_mask": torch.from_numpy(attention),
+            **(
+                {"attention_mask": torch.from_numpy(attention)}
+                if dense
+                else {"attention_intervals": torch.from_numpy(intervals)}
+            ),
             "labels": torch.from_numpy(labels),
         }
 

@@ -35,6 +35,7 @@ from recsysllm.schema import PRETRAIN_TASK, TASK_FAMILIES
 
 DEFAULT_LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "flex")  # GLMConfig.attention_implementation
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 PROMPT_SETS = ("seen", "unseen", "all")
@@ -67,6 +68,11 @@ class ModelArgs:
     torch_dtype: str = help_field(
         "dtype the weights are loaded in: " + "|".join(TORCH_DTYPES), default="float32"
     )
+    attention_implementation: str = help_field(
+        "training attention kernel: sdpa | flex (FlexAttention with a block mask of the "
+        "packed rows; CUDA only, no attention dropout)",
+        default="sdpa",
+    )
 
     def __post_init__(self) -> None:
         _check(
@@ -80,6 +86,12 @@ class ModelArgs:
             "model",
             "torch_dtype",
             f"{self.torch_dtype!r} not in {TORCH_DTYPES}",
+        )
+        _check(
+            self.attention_implementation in ATTENTION_IMPLEMENTATIONS,
+            "model",
+            "attention_implementation",
+            f"{self.attention_implementation!r} not in {ATTENTION_IMPLEMENTATIONS}",
         )
 
 
@@ -458,6 +470,13 @@ class Config:
             "tokenizer",
             "path",
             "a from-scratch model needs tokenizer.path or tokenizer.sentencepiece_vocab_size",
+        )
+        _check(
+            self.model.attention_implementation != "flex" or not self.train.use_cpu,
+            "model",
+            "attention_implementation",
+            "'flex' trains on CUDA only (torch's FlexAttention has no CPU backward): "
+            "use sdpa with train.use_cpu",
         )
         _check(
             self.model.from_scratch is None or not self.lora.enabled,

@@ -492,6 +492,8 @@ def training_data(
         seed=config.train.seed,
         # Few distinct batch shapes: cuDNN attention plans once per shape (modeling_glm).
         pad_to_multiple_of=TRAINING_PAD_MULTIPLE,
+        # FlexAttention builds its block mask from per-token key intervals.
+        attention_layout="intervals" if config.model.attention_implementation == "flex" else "mask",
     )
     examples = MixtureDataset(
         data.tasks, tokenizer, mixture, seed=config.data.seed, epochs=config.train.epochs

@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_collator import SPECIAL, _mixed_examples
+from torch.nn.attention.flex_attention import create_block_mask, create_mask
 
 from recsysllm.collator import BlankInfillingCollator
 from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration, modeling_glm
@@ -105,3 +107,104 @@ def test_return_logits_false_needs_labels():
     del batch["labels"]
     with pytest.raises(ValueError, match="return_logits=False needs labels"):
         model(**batch, return_logits=False)
+
+
+# ----------------------------------------------------------- FlexAttention block mask
+
+
+def interval_batch(seed: int = 5, count: int = 9, max_length: int = 96, pad: int | None = None):
+    """The same packed rows laid out with a dense mask and with key intervals."""
+    examples = _mixed_examples(seed=seed, count=count)
+    dense = BlankInfillingCollator(SPECIAL, max_length=max_length, seed=1, pad_to_multiple_of=pad)
+    intervals = BlankInfillingCollator(
+        SPECIAL, max_length=max_length, seed=1, pad_to_multiple_of=pad, attention_layout="intervals"
+    )
+    lengths = [dense.encode(e).length for e in examples]
+    rows = [[examples[i] for i in row] for row in pack_rows(lengths, max_length)]
+    return dense.collate_rows(rows), intervals.collate_rows(rows)
+
+
+def test_collator_intervals_describe_exactly_the_dense_mask():
+    dense, intervals = interval_batch(pad=64)
+    assert "attention_mask" not in intervals and "attention_intervals" not in dense
+    for key in ("input_ids", "position_ids", "labels"):
+        assert torch.equal(dense[key], intervals[key])
+    mask = modeling_glm.intervals_to_mask(intervals["attention_intervals"])
+    assert torch.equal(mask, dense["attention_mask"])
+    with pytest.raises(ValueError, match="attention_layout"):
+        BlankInfillingCollator(SPECIAL, max_length=32, attention_layout="dense")
+
+
+@pytest.mark.parametrize("block_size", [16, 128])
+def test_interval_block_mask_equals_torch_block_mask_of_the_dense_mask(block_size):
+    # Rows of 200 wide: several examples per row, padding, a partial last tile at 16.
+    dense, intervals = interval_batch(count=14, max_length=200)
+    mask = dense["attention_mask"][:, 0]  # [rows, L, L]
+    rows, length, _ = mask.shape
+    ours = modeling_glm.interval_block_mask(intervals["attention_intervals"], block_size)
+    reference = create_block_mask(
+        lambda b, h, q, k: mask[b, q, k], rows, None, length, length, "cpu", block_size
+    )
+    for name in ("kv_num_blocks", "full_kv_num_blocks"):
+        assert torch.equal(getattr(ours, name), getattr(reference, name)), name
+    for number, ours_idx, ref_idx in (
+        (ours.kv_num_blocks, ours.kv_indices, reference.kv_indices),
+        (ours.full_kv_num_blocks, ours.full_kv_indices, reference.full_kv_indices),
+    ):
+        for index in np.ndindex(*number.shape):
+            n = int(number[index])
+            assert sorted(ours_idx[index][:n].tolist()) == sorted(ref_idx[index][:n].tolist())
+    # Cell by cell, through the partial tiles' mask function, it is the dense mask.
+    assert torch.equal(create_mask(ours.mask_mod, rows, 1, length, length, "cpu")[:, 0], mask)
+    # Fully masked tiles exist (across examples, padding): FlexAttention skips them.
+    tiles = -(-length // block_size)
+    visited = ours.kv_num_blocks + ours.full_kv_num_blocks
+    assert int(visited.sum()) < rows * tiles * tiles
+
+
+def test_flex_attention_forward_equals_sdpa_on_packed_prefix_lm_rows(monkeypatch):
+    dense, intervals = interval_batch(count=14, max_length=200, pad=64)
+    vocab = int(dense["input_ids"].max()) + 1
+    sdpa = glm(vocab).eval()
+    flex = glm(vocab, attention_implementation="flex").eval()
+    flex.load_state_dict(sdpa.state_dict())
+    real = intervals["attention_intervals"][:, 1] > 0  # non-padding positions
+    with torch.no_grad():
+        expected = sdpa(**dense)
+        # The flex path never builds the dense mask or the additive bias.
+        for name in ("intervals_to_mask", "_attention_bias"):
+            monkeypatch.setattr(modeling_glm, name, _forbidden)
+        got = flex(**intervals)
+    torch.testing.assert_close(got.logits[real], expected.logits[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-6, atol=1e-6)
+
+
+def _forbidden(*args, **kwargs):
+    raise AssertionError("the dense mask was built on the flex path")
+
+
+def test_sdpa_model_accepts_intervals_as_a_dense_mask():
+    dense, intervals = interval_batch()
+    model = glm(int(dense["input_ids"].max()) + 1).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**intervals).logits, model(**dense).logits)
+
+
+def test_flex_attention_has_no_cpu_backward_in_torch():
+    """Why flex gradients are checked on GPU only (tests/test_gpu.py): torch's
+    FlexAttention refuses backward on CPU."""
+    dense, intervals = interval_batch()
+    model = glm(int(dense["input_ids"].max()) + 1, attention_implementation="flex")
+    with pytest.raises(NotImplementedError, match="does not support backward on CPU"):
+        model(**intervals)
+
+
+def test_intervals_are_checked():
+    dense, intervals = interval_batch()
+    model = glm(int(dense["input_ids"].max()) + 1).eval()
+    both = {**intervals, "attention_mask": dense["attention_mask"]}
+    with pytest.raises(ValueError, match="not both"):
+        model(**both)
+    bad = {**intervals, "attention_intervals": intervals["attention_intervals"][:, :1]}
+    with pytest.raises(ValueError, match=r"attention_intervals must be a long tensor"):
+        model(**bad)

@@ -33,13 +33,19 @@ from recsysllm.checkpoint_meta import CheckpointMismatchError, read_meta  # noqa
 from recsysllm.config import Config, apply_overrides, config_from_dict  # noqa: E402
 from recsysllm.data.tables import RecTables  # noqa: E402
 from recsysllm.packing import PackedDataset  # noqa: E402
-from recsysllm.pipeline import load_checkpoint_for_inference, prepare_from_tables  # noqa: E402
+from recsysllm.pipeline import (  # noqa: E402
+    build_model,
+    load_checkpoint_for_inference,
+    prepare_from_tables,
+    task_mixture,
+)
 from recsysllm.tokenization import GLMTokenizer  # noqa: E402
 from recsysllm.training import (  # noqa: E402
     STAGING_DIRNAME,
     NonFiniteLossError,
     build_trainer,
     training_arguments,
+    training_data,
 )
 
 NUM_ITEMS = 130  # direct candidates need 99 negatives the user never saw
@@ -380,6 +386,19 @@ def test_training_runs_the_head_on_labelled_positions_only(tmp_path, tiny_data, 
     assert len(labelled) == 2
     # Forward + the backward's recomputation, labelled rows only (one chunk each here).
     assert head_rows == [labelled[0], labelled[0], labelled[1], labelled[1]]
+
+
+def test_flex_attention_config_feeds_intervals_to_a_flex_model(tmp_path, tiny_data, tokenizer_dir):
+    overrides = ["model.attention_implementation=flex", "train.use_cpu=false"]
+    config = tiny_config(tmp_path / "run", tokenizer_dir, overrides)
+    tokenizer = GLMTokenizer.from_pretrained(tokenizer_dir)
+    dataset, collate = training_data(config, tiny_data, tokenizer, task_mixture(config.data))
+    batch = collate([dataset[0], dataset[1]])
+    assert "attention_mask" not in batch and batch["attention_intervals"].shape[1] == 2
+    built = build_model(config.model, config.lora, tokenizer)
+    assert built.model.config.attention_implementation == "flex"
+    with pytest.raises(ValueError, match="'flex' trains on CUDA only"):
+        tiny_config(tmp_path / "cpu", tokenizer_dir, ["model.attention_implementation=flex"])
 
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_data, tokenizer_dir):

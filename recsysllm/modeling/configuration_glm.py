@@ -19,6 +19,7 @@ from transformers import PretrainedConfig
 logger = logging.getLogger(__name__)
 
 GELU_APPROXIMATIONS = ("none", "tanh")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "flex")
 
 # THUDM config.json fields: required ones and ones with a documented default.
 _THUDM_REQUIRED_INT_FIELDS = (
@@ -82,6 +83,10 @@ class GLMConfig(PretrainedConfig):
         layernorm_epsilon: LayerNorm epsilon (not a THUDM field; 1e-5 in all checkpoints).
         gelu_approximate: "none" (exact erf, as the HF remote code) or "tanh" (as the
             original Megatron code and GPT-2).
+        attention_implementation: "sdpa" (default) or "flex": with "flex", inputs given
+            as ``attention_intervals`` (no KV cache) run FlexAttention with a block mask
+            that skips fully masked blocks (CUDA for training: torch has no CPU backward
+            of FlexAttention; no attention dropout). Dense masks always use SDPA.
 
     Example:
         >>> config = GLMConfig(vocab_size=320, hidden_size=32, num_layers=2,
@@ -109,6 +114,7 @@ class GLMConfig(PretrainedConfig):
     initializer_range: float = 0.02
     layernorm_epsilon: float = 1e-5
     gelu_approximate: str = "none"
+    attention_implementation: str = "sdpa"
     use_cache: bool = True
     tie_word_embeddings: bool = True
 
@@ -138,6 +144,11 @@ class GLMConfig(PretrainedConfig):
             raise ValueError(
                 f"GLMConfig.gelu_approximate must be one of {GELU_APPROXIMATIONS}, "
                 f"got {self.gelu_approximate!r}"
+            )
+        if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"GLMConfig.attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                f"got {self.attention_implementation!r}"
             )
         if not self.tie_word_embeddings:
             raise ValueError(
