@@ -315,6 +315,11 @@ class TrainArgs:
     gradient_checkpointing: bool = help_field(
         "recompute activations in the backward pass", default=False
     )
+    gradient_checkpointing_every: int = help_field(
+        "with gradient_checkpointing: checkpoint blocks 0, k, 2k, ... only (1: every block); "
+        "larger k recomputes less and keeps more activations",
+        default=1,
+    )
     save_steps: int = help_field(
         "save a checkpoint every N optimizer steps (and at the end)", default=500
     )
@@ -364,6 +369,12 @@ class TrainArgs:
             "train",
             "precision",
             f"{self.precision!r} not in {PRECISIONS}",
+        )
+        _check(
+            self.gradient_checkpointing_every >= 1,
+            "train",
+            "gradient_checkpointing_every",
+            f"must be >= 1, got {self.gradient_checkpointing_every}",
         )
         _check(self.save_steps >= 1, "train", "save_steps", "must be >= 1")
         _check(

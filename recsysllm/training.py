@@ -425,8 +425,11 @@ def training_arguments(config: Config) -> TrainingArguments:
         fp16=train.precision == "fp16",
         activation_checkpointing=train.gradient_checkpointing,
         # Non-reentrant checkpointing back-propagates into LoRA weights even though the
-        # frozen embeddings' output needs no grad.
-        activation_checkpointing_kwargs={"use_reentrant": False}
+        # frozen embeddings' output needs no grad. every_n_layers: selective checkpointing.
+        activation_checkpointing_kwargs={
+            "use_reentrant": False,
+            "every_n_layers": train.gradient_checkpointing_every,
+        }
         if train.gradient_checkpointing
         else None,
         save_strategy="steps",

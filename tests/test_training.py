@@ -401,6 +401,41 @@ def test_flex_attention_config_feeds_intervals_to_a_flex_model(tmp_path, tiny_da
         tiny_config(tmp_path / "cpu", tokenizer_dir, ["model.attention_implementation=flex"])
 
 
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_selective_checkpointing_recomputes_every_kth_block_with_equal_gradients(
+    tmp_path, tiny_data, tokenizer_dir, every
+):
+    overrides = ["max_steps=1", "train.max_grad_norm=0.0"]
+    glm = {**GLM, "num_layers": 4}
+
+    def run(name: str, extra: list[str]) -> tuple[list[int], dict[str, torch.Tensor]]:
+        config = tiny_config(tmp_path / name, tokenizer_dir, [*overrides, *extra])
+        config.model.from_scratch = dict(glm)
+        trainer, _ = build_trainer(config, tiny_data)
+        calls = [0] * 4
+        for index, block in enumerate(trainer.model.glm.transformer.layers):
+            # A submodule: the block's own hooks stay outside transformers' checkpoint.
+            block.attention.register_forward_hook(
+                lambda module, args, out, index=index: calls.__setitem__(index, calls[index] + 1)
+            )
+        capture = GradientCapture()
+        trainer.add_callback(capture)
+        trainer.train()
+        return calls, capture.grads
+
+    plain_calls, plain = run("plain", [])
+    calls, checkpointed = run(
+        "selective",
+        ["train.gradient_checkpointing=true", f"train.gradient_checkpointing_every={every}"],
+    )
+    assert plain_calls == [1, 1, 1, 1]
+    # Blocks 0, k, 2k, ... run again in backward; the others keep their activations.
+    assert calls == [2 if index % every == 0 else 1 for index in range(4)]
+    assert set(checkpointed) == set(plain)
+    for name, grad in checkpointed.items():
+        torch.testing.assert_close(grad, plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_data, tokenizer_dir):
     config = tiny_config(tmp_path / "run", tokenizer_dir)
     trainer, _ = build_trainer(config, tiny_data)
