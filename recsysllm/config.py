@@ -320,6 +320,10 @@ class TrainArgs:
         "larger k recomputes less and keeps more activations",
         default=1,
     )
+    compile_blocks: bool = help_field(
+        "torch.compile each transformer block (benchmarks/RESULTS.md says where it pays)",
+        default=False,
+    )
     save_steps: int = help_field(
         "save a checkpoint every N optimizer steps (and at the end)", default=500
     )

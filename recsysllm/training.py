@@ -62,7 +62,7 @@ from recsysllm.checkpoint_meta import CheckpointMeta, check_compatible, read_met
 from recsysllm.collator import BlankInfillingCollator
 from recsysllm.config import Config, load_config, write_text_atomic
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
-from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE
+from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE, GLMBlock
 from recsysllm.packing import PackedDataset
 from recsysllm.pipeline import (
     CANDIDATES_FILENAME,
@@ -543,6 +543,12 @@ def build_trainer(
             seed=config.data.seed,
         )
     built = build_model(config.model, config.lora, tokenizer, seed=config.train.seed)
+    if config.train.compile_blocks:
+        # Each block on its own (compiled lazily, on its first call): activation
+        # checkpointing, LoRA and the loss stay outside the compiled graphs.
+        for module in built.model.modules():
+            if isinstance(module, GLMBlock):
+                module.compile()
     extras = CheckpointExtras(config, data, tokenizer, built.base_model_fingerprint)
     resume = resolve_resume(config)
     if resume is not None:

@@ -436,6 +436,16 @@ def test_selective_checkpointing_recomputes_every_kth_block_with_equal_gradients
         torch.testing.assert_close(grad, plain[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_compile_blocks_compiles_every_transformer_block(tmp_path, tiny_data, tokenizer_dir):
+    config = tiny_config(tmp_path / "run", tokenizer_dir, ["train.compile_blocks=true"])
+    trainer, _ = build_trainer(config, tiny_data)
+    blocks = list(trainer.model.glm.transformer.layers)
+    assert len(blocks) == GLM["num_layers"]
+    assert all(block._compiled_call_impl is not None for block in blocks)
+    plain, _ = build_trainer(tiny_config(tmp_path / "plain", tokenizer_dir), tiny_data)
+    assert all(block._compiled_call_impl is None for block in plain.model.glm.transformer.layers)
+
+
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_data, tokenizer_dir):
     config = tiny_config(tmp_path / "run", tokenizer_dir)
     trainer, _ = build_trainer(config, tiny_data)
