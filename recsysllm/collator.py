@@ -440,13 +440,17 @@ class BlankInfillingCollator:
         return self._layout(encoded, placement, row_lengths)
 
     def collate_rows(
-        self, rows: Sequence[Sequence[TokenizedExample]], row_length: int | None = None
+        self,
+        rows: Sequence[Sequence[TokenizedExample | BlankInfilling]],
+        row_length: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Rows planned elsewhere (``packing.PackedDataset``): each row's examples side by
         side in the given order, one output row per input row, whatever ``packing`` says.
 
         Args:
-            rows: the examples of each row.
+            rows: the examples of each row: TokenizedExamples (encoded here, with this
+                collator's epoch) or BlankInfillings the caller encoded (e.g. each with
+                its own epoch).
             row_length: most tokens a row may hold (default ``max_length``, which still
                 bounds each example).
 
@@ -461,7 +465,7 @@ class BlankInfillingCollator:
         for row, examples in enumerate(rows):
             offset = 0
             for example in examples:
-                item = self.encode(example)
+                item = example if isinstance(example, BlankInfilling) else self.encode(example)
                 encoded.append(item)
                 placement.append((row, offset, item.length))
                 offset += item.length

@@ -166,10 +166,15 @@ class TrainingCollator:
         if isinstance(items[0], tuple) and not isinstance(items[0], TrainingItem):
             rows = [list(row) for row in items]
             items = [it for row in rows for it in row]
-            self.collator.set_epoch(items[0].epoch)
-            batch: dict[str, Any] = self.collator.collate_rows(
-                [[it.tokenized for it in row] for row in rows], row_length=self.row_length
-            )
+            # Each example with its own epoch's masks, as the rows were planned: a batch
+            # may span the end of an epoch.
+            encoded = []
+            for row in rows:
+                encoded.append([])
+                for it in row:
+                    self.collator.set_epoch(it.epoch)
+                    encoded[-1].append(self.collator.encode(it.tokenized))
+            batch: dict[str, Any] = self.collator.collate_rows(encoded, row_length=self.row_length)
         else:
             items = [
                 it if isinstance(it, TrainingItem) else TrainingItem(-1, 0, it) for it in items

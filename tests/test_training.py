@@ -7,6 +7,7 @@ run this file as a script: ``python tests/test_training.py CONFIG_JSON``.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -333,6 +334,39 @@ def test_packed_rows_resume_mid_epoch_with_the_identical_remaining_rows(
     resumed = _record_batches(trainer)
     trainer.train(resume_from_checkpoint=resume)
     assert resumed == uninterrupted[3:]
+
+
+def test_a_batch_of_rows_across_an_epoch_end_keeps_each_examples_own_masks(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    overrides = ["data.examples_per_epoch=16", "train.epochs=2", "data.packing_window=16"]
+    config = tiny_config(tmp_path / "run", tokenizer_dir, overrides)
+    tokenizer = GLMTokenizer.from_pretrained(tokenizer_dir)
+    dataset, collate = training_data(config, tiny_data, tokenizer, task_mixture(config.data))
+    epochs = [{item.epoch for item in dataset[i]} for i in range(len(dataset))]
+    assert all(len(e) == 1 for e in epochs)
+    alone = copy.copy(collate.collator)
+
+    def encoded(item, epoch: int):
+        alone.set_epoch(epoch)
+        return alone.encode(item.tokenized)
+
+    # The last row of epoch 0, then a row of epoch 1 holding a document whose masks
+    # differ between the epochs (as the Trainer's last batch of epoch 0 may do).
+    first = max(i for i in range(len(dataset)) if epochs[i] == {0})
+    second = next(
+        i
+        for i in range(len(dataset))
+        if epochs[i] == {1}
+        and any(encoded(it, 1).part_a_ids != encoded(it, 0).part_a_ids for it in dataset[i])
+    )
+    batch = collate([dataset[first], dataset[second]])
+    items = [*dataset[first], *dataset[second]]
+    for item, (row, start, length) in zip(items, collate.collator.last_placement, strict=True):
+        expected = encoded(item, item.epoch)
+        assert length == expected.length
+        got = batch["input_ids"][row, start : start + expected.part_a_length].tolist()
+        assert got == expected.part_a_ids
 
 
 def test_packed_rows_keep_every_examples_loss(tmp_path, tiny_data, tokenizer_dir):

@@ -462,7 +462,11 @@ def labelled_cross_entropy(
     # A ZeRO-3 partitioned weight (ds_numel) is gathered only inside lm_head's own
     # forward, which the fused kernel bypasses: it takes the chunked path.
     if fused is not None and hidden.is_cuda and not hasattr(lm_head.weight, "ds_numel"):
-        return fused(lm_head.weight, hidden, targets).float()
+        weight = lm_head.weight
+        # The kernel wants one dtype: under autocast (fp32 weights, bf16 activations)
+        # it runs in the weight's dtype, outside autocast.
+        with torch.autocast(device_type="cuda", enabled=False):
+            return fused(weight, hidden.to(weight.dtype), targets).float()
     chunk_tokens = chunk_tokens or LOSS_CHUNK_TOKENS
     total = hidden.sum().float() * 0.0
     for start in range(0, len(targets), chunk_tokens):
