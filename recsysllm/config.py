@@ -177,7 +177,8 @@ class DataArgs:
     )
     packing_window: int = help_field(
         "with packing: examples planned together into full rows before batching "
-        "(recsysllm.packing; per_device_batch_size then counts rows of max_length tokens); "
+        "(recsysllm.packing; per_device_batch_size then counts rows of max_length tokens; "
+        "every example is tokenized once more up front to plan); "
         "0: pack within each batch of per_device_batch_size examples",
         default=2000,
     )
