@@ -8,7 +8,9 @@
 # On the device machine (device tool): carry .whl and run `bash benchmarks/gpu_check.sh`;
 # the wheels go into /tmp/site (transformers >= 5.23 and peft for the model and LoRA,
 # liger-kernel for the fused loss). Results: $OUT/training.jsonl (one JSON line per run),
-# $OUT/table.md (the table), $OUT/pytest_gpu.txt (the CUDA equality tests), $OUT/log.txt.
+# $OUT/table.md (the table) and $OUT/log.txt (every step's output, the CUDA equality
+# tests' included). With the device tool: after `fetch` here,
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
 #
 # Runs, in priority order (later ones are skipped, and say so, when the 8-minute budget
 # would be exceeded; each run has its own time limit):
@@ -104,7 +106,6 @@ step "4 $LARGE levers" 210 "${BENCH[@]}" --shapes $LARGE "${LARGE_STEPS[@]}" --p
     --loss labelled --attention flex --checkpoint-every 1 2 0
 if [[ $SMOKE == 0 ]]; then
     step "5 pytest -m gpu" 120 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
-    cp "$LOG" "$OUT/pytest_gpu.txt"
 fi
 step "6 $SMALL levers + compiled blocks" 150 "${BENCH[@]}" --shapes $SMALL --packing window \
     --loss labelled --attention flex --checkpoint-every 0 --compile-blocks
