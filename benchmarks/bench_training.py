@@ -2,6 +2,24 @@
 
     python benchmarks/bench_training.py                    # CPU: tiny demo model, packed vs unpacked
     python benchmarks/bench_training.py --device cuda      # GPU: LoRA on glm-large / glm-2b shapes
+    python benchmarks/bench_training.py --device cuda --shapes glm-2b --packing window \
+        --loss labelled --attention flex --out runs.jsonl  # one configuration of the levers
+    python benchmarks/bench_training.py --table runs.jsonl # the results as a Markdown table
+
+Levers (issue 13), each a flag; with none of them given, the run is today's path:
+
+- ``--packing window``: rows planned across batches (``recsysllm.packing``, all the
+  step's examples as one window; ``--rows`` rows per step) instead of packing within
+  each batch of ``--batch`` examples (``batch``) or not at all (``off``).
+- ``--loss labelled``: the head and loss on labelled positions only
+  (``return_logits=False``; Liger-Kernel's fused linear cross-entropy on CUDA when
+  installed) instead of full logits.
+- ``--attention flex``: FlexAttention with a block mask from the collator's key
+  intervals instead of SDPA on the dense mask. On CPU (no FlexAttention backward in
+  torch) a flex run times forward passes only and says so (``forward_only``).
+- ``--checkpoint-every k``: activation checkpointing of blocks 0, k, 2k, ... (1: all);
+  ``--checkpointing`` is ``--checkpoint-every 1``.
+- ``--compile-blocks``: ``torch.compile`` each transformer block.
 
 A plain torch loop (AdamW, one optimizer step per batch) over synthetic TokenizedExamples
 collated by the real :class:`BlankInfillingCollator`: only torch, transformers and peft are
@@ -19,7 +37,10 @@ Figures:
     gradients) + 6 N_lora T for the adapters;
   * attention scores and weighted values: 4 L^2 h per layer and row forward, twice that
     backward (12 L^2 h per layer and row in all), over the padded width L because the
-    explicit mask makes SDPA compute every cell.
+    explicit mask makes SDPA compute every cell (``mfu``, the convention of the figures
+    in RESULTS.md). ``mfu_visible`` counts 12 h per layer only for the cells a query may
+    attend to (what FlexAttention computes, up to its tiles), so it is the stricter of
+    the two whenever rows hold several examples.
   Activation-checkpointing recomputation is NOT counted (the usual MFU convention), so
   checkpointing lowers MFU by the time it costs.
 - peak memory: ``torch.cuda.max_memory_allocated`` over the timed steps.
@@ -29,6 +50,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -40,6 +63,7 @@ import torch
 from recsysllm.collator import BlankInfillingCollator
 from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
 from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE
+from recsysllm.packing import pack_rows
 from recsysllm.schema import Example, Segment, TokenizedExample
 from recsysllm.tokenization import GPT2_SPECIAL_IDS
 
@@ -94,14 +118,20 @@ class Result:
     shape: str
     device: str
     lora: bool
-    packing: bool
-    checkpointing: bool
-    batch_examples: int
+    packing: str
+    loss: str
+    attention: str
+    checkpoint_every: int
+    compile_blocks: bool
+    forward_only: bool
+    examples_per_step: float
     max_length: int
     tokens_per_s: float
+    tokens_per_cpu_s: float  # process CPU time: the robust figure on a shared CPU machine
     rows_per_batch: float
     non_pad_fraction: float
     mfu: float | None
+    mfu_visible: float | None
     peak_memory_gib: float | None
 
 
@@ -116,9 +146,36 @@ def linear_params(model: torch.nn.Module) -> tuple[int, int]:
     return base, lora
 
 
-def run(
-    args: argparse.Namespace, shape: str, packing: bool, checkpointing: bool, lora: bool
-) -> Result:
+def step_batches(
+    args: argparse.Namespace, collator: BlankInfillingCollator, vocab: int, packing: str
+) -> list[list[list[TokenizedExample]]]:
+    """Per step, its rows of examples (``window``) or one list of its examples (else)."""
+    steps = args.warmup + args.steps
+    if packing != "window":
+        examples = synthetic_examples(args.batch * steps, args.min_len, args.max_len, vocab, seed=1)
+        return [[examples[i * args.batch : (i + 1) * args.batch]] for i in range(steps)]
+    # Enough examples for the rows (the first rows are the fullest: keep them all).
+    mean = (args.min_len + args.max_len) / 2 + 6
+    count = int(1.3 * args.rows * steps * args.max_length / mean) + args.rows
+    examples = synthetic_examples(count, args.min_len, args.max_len, vocab, seed=1)
+    rows = pack_rows([collator.encode(e).length for e in examples], args.max_length)
+    if len(rows) < args.rows * steps:
+        raise RuntimeError(f"{len(rows)} rows planned, {args.rows * steps} needed")
+    order = np.random.default_rng(0).permutation(len(rows))[: args.rows * steps]
+    planned = [[examples[i] for i in rows[r]] for r in order.tolist()]
+    return [planned[i * args.rows : (i + 1) * args.rows] for i in range(steps)]
+
+
+def visible_cells(batch: dict[str, torch.Tensor]) -> int:
+    """Query-key pairs that may attend, over the batch (dense mask or key intervals)."""
+    if "attention_intervals" in batch:
+        intervals = batch["attention_intervals"]
+        return int((intervals[:, 1] - intervals[:, 0]).clamp(min=0).sum())
+    return int(batch["attention_mask"].sum())
+
+
+def run(args: argparse.Namespace, shape: str, lora: bool) -> Result:
+    packing, checkpoint_every = args.packing, args.checkpoint_every
     layers, hidden, heads, vocab = SHAPES[shape]
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -131,7 +188,9 @@ def run(
         embedding_dropout_prob=0.0,
         attention_dropout_prob=0.0,
         output_dropout_prob=0.0,
+        attention_implementation=args.attention,
     )
+    forward_only = args.attention == "flex" and device.type == "cpu"
     torch.manual_seed(0)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # build in the training dtype: no fp32 copy of 10B weights
@@ -149,8 +208,16 @@ def run(
         # included. peft keeps adapters in fp32 otherwise, and then casts every LoRA
         # input activation to fp32 and back (a quarter of the GPU time at glm-large width).
         model.to(dtype)
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if checkpoint_every:
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False},
+            every_n_layers=checkpoint_every,
+        )
+    if args.compile_blocks:
+        for block in (
+            model.get_base_model().glm.transformer.layers if lora else model.glm.transformer.layers
+        ):
+            block.compile(dynamic=False)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     specials = (
@@ -161,15 +228,14 @@ def run(
     collator = BlankInfillingCollator(
         specials,
         max_length=args.max_length,
-        packing=packing,
+        packing=packing == "batch",
         seed=0,
         pad_to_multiple_of=args.max_length if args.pad_to_max_length else TRAINING_PAD_MULTIPLE,
+        attention_layout="intervals" if args.attention == "flex" else "mask",
     )
-    examples = synthetic_examples(
-        args.batch * (args.steps + args.warmup), args.min_len, args.max_len, vocab, seed=1
-    )
+    batches = step_batches(args, collator, vocab, packing)
     base_params, lora_params = linear_params(model)
-    flops = tokens = rows = 0
+    flops = visible_flops = tokens = rows = examples = 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     profiler = None
@@ -180,42 +246,89 @@ def run(
             if args.profile:
                 profiler = torch.profiler.profile()
                 profiler.__enter__()
-            start = time.perf_counter()
-            flops = tokens = rows = 0
-        batch = collator(examples[step * args.batch : (step + 1) * args.batch])
+            start, cpu_start = time.perf_counter(), time.process_time()
+            flops = visible_flops = tokens = rows = examples = 0
+        parts = batches[step]
+        batch = collator.collate_rows(parts) if packing == "window" else collator(parts[0])
+        cells = visible_cells(batch)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if forward_only:
+            with torch.no_grad():
+                model(**batch, return_logits=args.loss == "full")
+        else:
+            loss = model(**batch, return_logits=args.loss == "full").loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         n_rows, width = batch["input_ids"].shape
         real = int(sum(length for _, _, length in collator.last_placement))
         tokens += real
         rows += n_rows
+        examples += len(collator.last_placement)
         per_token = (4 * base_params + 6 * lora_params) if lora else 6 * base_params
         flops += per_token * real + 12 * layers * hidden * width * width * n_rows
+        visible_flops += per_token * real + 12 * layers * hidden * cells
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    cpu_elapsed = time.process_time() - cpu_start
     if profiler is not None:
         profiler.__exit__(None, None, None)
         sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
         print(profiler.key_averages().table(sort_by=sort_by, row_limit=25), flush=True)
     on_gpu = device.type == "cuda"
+    peak = args.peak_tflops * 1e12
     return Result(
         shape=shape,
         device=str(device),
         lora=lora,
         packing=packing,
-        checkpointing=checkpointing,
-        batch_examples=args.batch,
+        loss=args.loss,
+        attention=args.attention,
+        checkpoint_every=checkpoint_every,
+        compile_blocks=args.compile_blocks,
+        forward_only=forward_only,
+        examples_per_step=examples / args.steps,
         max_length=args.max_length,
         tokens_per_s=tokens / elapsed,
+        tokens_per_cpu_s=tokens / cpu_elapsed,
         rows_per_batch=rows / args.steps,
         non_pad_fraction=collator.non_pad_fraction.cumulative,
-        mfu=flops / elapsed / (args.peak_tflops * 1e12) if on_gpu else None,
+        mfu=flops / elapsed / peak if on_gpu else None,
+        mfu_visible=visible_flops / elapsed / peak if on_gpu else None,
         peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
     )
+
+
+def table(path: str) -> str:
+    """The JSON lines of ``--out`` runs as one Markdown table."""
+    lines = [
+        "| shape | packing | loss | attention | ckpt every | compile | rows | examples "
+        "| non-pad | tokens/s | tokens/CPU s | MFU | MFU (visible cells) | peak GiB |",
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    with open(path) as handle:
+        for line in handle:
+            r = json.loads(line)
+            if "error" in r:
+                lines.append(
+                    f"| {r['shape']} | {r['packing']} | {r['loss']} | {r['attention']} "
+                    f"| {r['checkpoint_every'] or 'off'} | | | | | {r['error']} | | | | |"
+                )
+                continue
+            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+            visible = f"{r['mfu_visible']:.1%}" if r["mfu_visible"] is not None else "-"
+            memory = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"
+            attention = r["attention"] + (" (forward only)" if r["forward_only"] else "")
+            lines.append(
+                f"| {r['shape']} | {r['packing']} | {r['loss']} | {attention} "
+                f"| {r['checkpoint_every'] or 'off'} | {'on' if r['compile_blocks'] else 'off'} "
+                f"| {r['rows_per_batch']:.2f} | {r['examples_per_step']:.1f} "
+                f"| {r['non_pad_fraction']:.1%} | {r['tokens_per_s']:,.0f} "
+                f"| {r['tokens_per_cpu_s']:,.0f} | {mfu} | {visible} "
+                f"| {memory} |"
+            )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -243,7 +356,9 @@ def main() -> None:
     parser.add_argument(
         "--peak-tflops", type=float, default=989.0, help="accelerator peak dense bf16 TFLOP/s"
     )
-    parser.add_argument("--out", default=None, help="also write the results as JSON lines here")
+    parser.add_argument(
+        "--out", default=None, help="also append the results as JSON lines to this file"
+    )
     parser.add_argument(
         "--pad-to-max-length",
         action="store_true",
@@ -254,38 +369,85 @@ def main() -> None:
         action="store_true",
         help="print torch.profiler's top operators of the timed steps",
     )
+    parser.add_argument(
+        "--packing",
+        nargs="*",
+        choices=["off", "batch", "window"],
+        default=None,
+        help="one run per value (default: off batch on CPU, batch on GPU)",
+    )
+    parser.add_argument(
+        "--rows", type=int, default=8, help="rows per step with --packing window (default 8)"
+    )
+    parser.add_argument(
+        "--loss",
+        nargs="*",
+        choices=["full", "labelled"],
+        default=["full"],
+        help="one run per value",
+    )
+    parser.add_argument(
+        "--attention",
+        nargs="*",
+        choices=["sdpa", "flex"],
+        default=["sdpa"],
+        help="one run per value",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        nargs="*",
+        default=None,
+        help="one run per value; 0 = no activation checkpointing (default: 0 on CPU, 0 1 on GPU)",
+    )
+    parser.add_argument(
+        "--checkpointing", action="store_true", help="the same as --checkpoint-every 1"
+    )
+    parser.add_argument("--compile-blocks", action="store_true", help="torch.compile each block")
+    parser.add_argument(
+        "--lora",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="LoRA r=8 (default: on GPU) or all parameters (default: on CPU)",
+    )
+    parser.add_argument("--table", default=None, help="print the JSON lines of FILE as a table")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gpu = args.device.startswith("cuda")
     args.batch = args.batch or (32 if gpu else 16)
     args.max_length = args.max_length or (1024 if gpu else 256)
     args.max_len = args.max_len or args.max_length // 2
     args.steps = args.steps or (20 if gpu else 10)
-    if gpu:
-        configs = [
-            (shape, True, checkpointing, True)
-            for shape in (args.shapes or ["glm-large", "glm-2b"])
-            for checkpointing in (False, True)
-        ]
-    else:
-        configs = [
-            (shape, packing, False, False)
-            for shape in (args.shapes or ["tiny"])
-            for packing in (False, True)
-        ]
-    results = []
-    for shape, packing, checkpointing, lora in configs:
+    packings = args.packing or (["batch"] if gpu else ["off", "batch"])
+    every = [1] if args.checkpointing else args.checkpoint_every
+    every = every if every is not None else ([0, 1] if gpu else [0])
+    shapes = args.shapes or (["glm-large", "glm-2b"] if gpu else ["tiny"])
+    lora = gpu if args.lora is None else args.lora
+    losses, attentions = args.loss, args.attention
+    for shape, packing, loss, attention, checkpoint_every in itertools.product(
+        shapes, packings, losses, attentions, every
+    ):
+        args.packing, args.loss, args.attention = packing, loss, attention
+        args.checkpoint_every = checkpoint_every
         try:
-            result = run(args, shape, packing, checkpointing, lora)
+            record = dataclasses.asdict(run(args, shape, lora))
         except torch.OutOfMemoryError:
-            print(f"{shape} packing={packing} checkpointing={checkpointing}: out of memory")
+            record = {"shape": shape, "error": "out of memory"}
+            record |= {k: getattr(args, k) for k in ("packing", "loss", "attention")}
+            record |= {"checkpoint_every": checkpoint_every}
+        # The next run builds its model afresh: free this one's memory first.
+        gc.collect()
+        if gpu:
             torch.cuda.empty_cache()
-            continue
-        results.append(result)
-        print(json.dumps(dataclasses.asdict(result)), flush=True)
-    if args.out:
-        with open(args.out, "w") as handle:
-            for result in results:
-                handle.write(json.dumps(dataclasses.asdict(result)) + "\n")
+        print(json.dumps(record), flush=True)
+        if args.out:
+            with open(args.out, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
+ATTENTION_LAYOUTS = ("mask", "intervals")
 # Tokens every sequence adds around a text with one span: [CLS], mask, [eos], [sop].
 _SPECIALS_FOR_ONE_SPAN = SPECIALS_FOR_ONE_SPAN
 
@@ -339,6 +340,7 @@ class BlankInfillingCollator:
         seed: int = 0,
         pad_to_multiple_of: int | None = None,
         answer_budget: AnswerBudget | None = None,
+        attention_layout: str = "mask",
     ) -> None:
         """
         Args:
@@ -352,7 +354,17 @@ class BlankInfillingCollator:
             answer_budget: answer tokens reserved by task examples' truncation
                 (``AnswerBudget.for_catalog`` in training and inference; see
                 :mod:`recsysllm.prompt_layout`).
+            attention_layout: "mask" returns ``attention_mask`` [rows, 1, L, L] bool;
+                "intervals" returns ``attention_intervals`` [rows, 2, L] long instead,
+                the [start, end) of the keys each query sees (0, 0 for padding): the
+                same mask in O(L) (the model's FlexAttention path builds its block
+                mask from it).
         """
+        if attention_layout not in ATTENTION_LAYOUTS:
+            raise ValueError(
+                f"attention_layout must be one of {ATTENTION_LAYOUTS}, got {attention_layout!r}"
+            )
+        self.attention_layout = attention_layout
         self.special = SpecialTokenIds.from_tokenizer(tokenizer)
         self.masking = masking if masking is not None else MaskingConfig()
         self.answer_budget = answer_budget if answer_budget is not None else AnswerBudget()
@@ -397,6 +409,53 @@ class BlankInfillingCollator:
             raise ValueError("BlankInfillingCollator called with no examples")
         encoded = [self.encode(example) for example in examples]
         placement, row_lengths = self._place([e.length for e in encoded])
+        return self._layout(encoded, placement, row_lengths)
+
+    def collate_rows(
+        self,
+        rows: Sequence[Sequence[TokenizedExample | BlankInfilling]],
+        row_length: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Rows planned elsewhere (``packing.PackedDataset``): each row's examples side by
+        side in the given order, one output row per input row, whatever ``packing`` says.
+
+        Args:
+            rows: the examples of each row: TokenizedExamples (encoded here, with this
+                collator's epoch) or BlankInfillings the caller encoded (e.g. each with
+                its own epoch).
+            row_length: most tokens a row may hold (default ``max_length``, which still
+                bounds each example).
+
+        ``last_placement`` lists the examples row by row.
+        """
+        row_length = self.max_length if row_length is None else row_length
+        if not rows or not all(rows):
+            raise ValueError("collate_rows needs at least one row and no empty row")
+        encoded: list[BlankInfilling] = []
+        placement: list[tuple[int, int, int]] = []
+        row_lengths: list[int] = []
+        for row, examples in enumerate(rows):
+            offset = 0
+            for example in examples:
+                item = example if isinstance(example, BlankInfilling) else self.encode(example)
+                encoded.append(item)
+                placement.append((row, offset, item.length))
+                offset += item.length
+            if offset > row_length:
+                raise ValueError(
+                    f"row {row}: its examples take {offset} tokens, more than the row "
+                    f"length {row_length}"
+                )
+            row_lengths.append(offset)
+        return self._layout(encoded, placement, row_lengths)
+
+    def _layout(
+        self,
+        encoded: list[BlankInfilling],
+        placement: list[tuple[int, int, int]],
+        row_lengths: list[int],
+    ) -> dict[str, torch.Tensor]:
+        """The batch tensors for examples placed at (row, offset, length)."""
         width = max(row_lengths)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -408,7 +467,11 @@ class BlankInfillingCollator:
         # Filled block by block at memset speed; per-token broadcast comparisons were
         # 2.5x slower at L=512. Each query row's visible keys form one interval of its
         # own example: [start, end of A) for Part A, [start, itself] for Part B.
-        attention = np.zeros((rows, 1, width, width), dtype=bool)
+        dense = self.attention_layout == "mask"
+        if dense:
+            attention = np.zeros((rows, 1, width, width), dtype=bool)
+        else:
+            intervals = np.zeros((rows, 2, width), dtype=np.int64)  # [start, end) per query
         for item, (row, start, length) in zip(encoded, placement, strict=True):
             a = item.part_a_length
             a_end, end = start + a, start + length
@@ -419,8 +482,13 @@ class BlankInfillingCollator:
             position_ids[row, 1, start:a_end] = item.part_a_intra
             position_ids[row, 1, a_end:end] = item.part_b_intra
             labels[row, a_end:end] = item.part_b_targets
-            attention[row, 0, start:end, start:a_end] = True
-            attention[row, 0, a_end:end, a_end:end] = self._causal[: length - a, : length - a]
+            if dense:
+                attention[row, 0, start:end, start:a_end] = True
+                attention[row, 0, a_end:end, a_end:end] = self._causal[: length - a, : length - a]
+            else:
+                intervals[row, 0, start:end] = start
+                intervals[row, 1, start:a_end] = a_end
+                intervals[row, 1, a_end:end] = np.arange(a_end + 1, end + 1)
 
         tokens = sum(row_lengths)
         self._last_fraction = tokens / (rows * width)
@@ -430,7 +498,11 @@ class BlankInfillingCollator:
         return {
             "input_ids": torch.from_numpy(input_ids),
             "position_ids": torch.from_numpy(position_ids),
-            "attention_mask": torch.from_numpy(attention),
+            **(
+                {"attention_mask": torch.from_numpy(attention)}
+                if dense
+                else {"attention_intervals": torch.from_numpy(intervals)}
+            ),
             "labels": torch.from_numpy(labels),
         }
 

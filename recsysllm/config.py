@@ -36,6 +36,7 @@ from recsysllm.schema import PRETRAIN_TASK, TASK_FAMILIES
 
 DEFAULT_LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "flex")  # GLMConfig.attention_implementation
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 PROMPT_SETS = ("seen", "unseen", "all")
@@ -88,6 +89,11 @@ class ModelArgs:
     torch_dtype: str = help_field(
         "dtype the weights are loaded in: " + "|".join(TORCH_DTYPES), default="float32"
     )
+    attention_implementation: str = help_field(
+        "training attention kernel: sdpa | flex (FlexAttention with a block mask of the "
+        "packed rows; CUDA only, no attention dropout)",
+        default="sdpa",
+    )
 
     def __post_init__(self) -> None:
         _check_finite(self, "model")
@@ -112,6 +118,12 @@ class ModelArgs:
             "model",
             "torch_dtype",
             f"{self.torch_dtype!r} not in {TORCH_DTYPES}",
+        )
+        _check(
+            self.attention_implementation in ATTENTION_IMPLEMENTATIONS,
+            "model",
+            "attention_implementation",
+            f"{self.attention_implementation!r} not in {ATTENTION_IMPLEMENTATIONS}",
         )
 
 
@@ -206,6 +218,18 @@ class DataArgs:
         "per_device_batch_size then counts examples, not rows",
         default=True,
     )
+    packing_window: int = help_field(
+        "with packing: examples planned together into full rows before batching "
+        "(recsysllm.packing; per_device_batch_size then counts rows of max_length tokens; "
+        "every example is tokenized once more up front to plan); "
+        "0: pack within each batch of per_device_batch_size examples",
+        default=2000,
+    )
+    packing_row_length: int | None = help_field(
+        "with packing_window > 0: tokens per packed row (several examples of at most "
+        "max_length each); null: max_length",
+        default=None,
+    )
     mixture: dict[str, float] = help_field(
         "sampling weight of each task family and of 'pretrain' (plain behaviour documents)",
         default_factory=lambda: dict.fromkeys((*TASK_FAMILIES, PRETRAIN_TASK), 1.0),
@@ -276,6 +300,18 @@ class DataArgs:
         )
         _check(self.max_length >= 16, "data", "max_length", f"must be >= 16, got {self.max_length}")
         _check(self.answer_text_tokens >= 1, "data", "answer_text_tokens", "must be >= 1")
+        _check(
+            self.packing_window >= 0,
+            "data",
+            "packing_window",
+            f"must be >= 0, got {self.packing_window}",
+        )
+        _check(
+            self.packing_row_length is None or self.packing_row_length >= self.max_length,
+            "data",
+            "packing_row_length",
+            f"must be null or >= max_length ({self.max_length}), got {self.packing_row_length}",
+        )
         known = (*TASK_FAMILIES, PRETRAIN_TASK)
         for name, weight in self.mixture.items():
             _check(
@@ -346,7 +382,9 @@ class TrainArgs:
     )
     max_steps: int = help_field("optimizer steps; > 0 overrides epochs", default=-1)
     per_device_batch_size: int = help_field(
-        "examples per device and micro-step (with packing they share fewer rows)", default=8
+        "examples per device and micro-step (with packing they share fewer rows); "
+        "rows of data.max_length tokens when data.packing_window > 0",
+        default=8,
     )
     gradient_accumulation_steps: int = help_field("micro-steps per optimizer step", default=1)
     max_grad_norm: float = help_field("gradient clipping norm (0 disables)", default=1.0)
@@ -357,6 +395,15 @@ class TrainArgs:
     precision: str = help_field("mixed precision: " + "|".join(PRECISIONS), default="fp32")
     gradient_checkpointing: bool = help_field(
         "recompute activations in the backward pass", default=False
+    )
+    gradient_checkpointing_every: int = help_field(
+        "with gradient_checkpointing: checkpoint blocks 0, k, 2k, ... only (1: every block); "
+        "larger k recomputes less and keeps more activations",
+        default=1,
+    )
+    compile_blocks: bool = help_field(
+        "torch.compile each transformer block (benchmarks/RESULTS.md says where it pays)",
+        default=False,
     )
     save_steps: int = help_field(
         "save a checkpoint every N optimizer steps (and at the end)", default=500
@@ -419,6 +466,12 @@ class TrainArgs:
             "train",
             "eval_steps",
             "must be >= 1 (null: never)",
+        )
+        _check(
+            self.gradient_checkpointing_every >= 1,
+            "train",
+            "gradient_checkpointing_every",
+            f"must be >= 1, got {self.gradient_checkpointing_every}",
         )
         _check(self.save_steps >= 1, "train", "save_steps", "must be >= 1")
         _check(
@@ -531,6 +584,13 @@ class Config:
             "tokenizer",
             "path",
             "a from-scratch model needs tokenizer.path or tokenizer.sentencepiece_vocab_size",
+        )
+        _check(
+            self.model.attention_implementation != "flex" or not self.train.use_cpu,
+            "model",
+            "attention_implementation",
+            "'flex' trains on CUDA only (torch's FlexAttention has no CPU backward): "
+            "use sdpa with train.use_cpu",
         )
         _check(
             self.model.from_scratch is None or not self.lora.enabled,

@@ -246,6 +246,8 @@ def build_model(
         model = GLMForConditionalGeneration(config).to(dtype)
         where = "model.from_scratch"
     check_vocab_compatible(model.config.vocab_size, tokenizer.vocab_size, where=where)
+    # A runtime choice, not architecture: the fingerprint does not depend on it.
+    model.config.attention_implementation = model_args.attention_implementation
     fingerprint = model_fingerprint(model)
     if lora_args.enabled:
         model = apply_lora(model, lora_args, fingerprint)

@@ -15,12 +15,18 @@ expects and are well tested; this module adds only what RecSysLLM needs on top:
   Trainer epoch. The data order is thus a function of (data seed, epoch) only, and a
   resumed run skips exactly the batches already consumed. Under several ranks, batch
   ``i`` goes to rank ``i % world_size`` (accelerate's sharding): ranks see different data.
-- Batches: ``train.per_device_batch_size`` counts *examples* per device and micro-step.
-  With packing, the collator merges them into fewer rows of ``data.max_length`` tokens
-  (block-diagonal attention), so the tensor batch dimension is the number of rows.
-- Loss: the model is called without labels and the loss is summed cross-entropy over the
-  micro-batch's labelled tokens divided by ``num_items_in_batch``, the labelled tokens of
-  the whole optimizer step (all micro-steps and all ranks, counted by the Trainer). The
+- Batches: with packing across batches (``data.packing`` and ``data.packing_window`` >
+  0, the default) the Trainer reads a :class:`packing.PackedDataset` whose items are rows
+  of ``data.packing_row_length`` (default ``data.max_length``) tokens, planned over
+  windows of examples (nearly every row full), and ``train.per_device_batch_size``
+  counts those *rows*. Otherwise it counts
+  *examples* per device and micro-step, and with ``data.packing`` the collator merges
+  each batch's examples into fewer rows (block-diagonal attention). Either way the
+  row plan is a function of (seeds, epoch), so resume stays exact.
+- Loss: the model computes it (``return_logits=False``: the head runs on the labelled
+  positions only) as summed cross-entropy over the micro-batch's labelled tokens divided
+  by ``num_items_in_batch``, the labelled tokens of the whole optimizer step (all
+  micro-steps and all ranks, counted by the Trainer and passed to the model). The
   optimizer step therefore follows the gradient of the mean over the step's labelled
   tokens whatever the accumulation, the packing or the per-micro-batch token counts.
 - Guard rail: a non-finite loss stops the run naming the step and the examples
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import logging
 import os
 import shutil
@@ -48,7 +55,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
@@ -59,11 +65,12 @@ from recsysllm.checkpoint_meta import (
     verify_weights,
     write_meta,
 )
-from recsysllm.collator import IGNORE_INDEX, BlankInfillingCollator, MaskingConfig
+from recsysllm.collator import BlankInfillingCollator, MaskingConfig
 from recsysllm.config import Config, DataArgs, load_config
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
 from recsysllm.files import atomic_write
-from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE
+from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE, GLMBlock
+from recsysllm.packing import PackedDataset
 from recsysllm.pipeline import (
     CANDIDATES_FILENAME,
     CATALOG_FILENAME,
@@ -149,49 +156,43 @@ class MixtureDataset(torch.utils.data.Dataset):
 class TrainingCollator:
     """Wraps :class:`BlankInfillingCollator` for the Trainer.
 
-    Sets the collator's epoch from the batch (so pretraining masks are a function of the
-    example and its epoch, not of how many batches a worker has seen: resume-safe) and
-    adds the batch's example identities under ``BATCH_IDENTITY_KEY`` for error messages.
+    Takes examples (``TrainingItem`` or ``TokenizedExample``: packed within the batch as
+    the collator is configured) or rows planned by :class:`PackedDataset` (tuples of
+    ``TrainingItem``: one output row each). Sets the collator's epoch from the batch (so
+    pretraining masks are a function of the example and its epoch, not of how many
+    batches a worker has seen: resume-safe) and adds the batch's example identities under
+    ``BATCH_IDENTITY_KEY`` for error messages.
     """
 
-    def __init__(self, collator: BlankInfillingCollator) -> None:
+    def __init__(self, collator: BlankInfillingCollator, row_length: int | None = None) -> None:
         self.collator = collator
+        self.row_length = row_length
 
-    def __call__(self, items: Sequence[TrainingItem | TokenizedExample]) -> dict[str, Any]:
-        items = [it if isinstance(it, TrainingItem) else TrainingItem(-1, 0, it) for it in items]
-        self.collator.set_epoch(items[0].epoch)
-        batch: dict[str, Any] = self.collator([it.tokenized for it in items])
+    def __call__(
+        self, items: Sequence[TrainingItem | TokenizedExample | tuple[TrainingItem, ...]]
+    ) -> dict[str, Any]:
+        if isinstance(items[0], tuple) and not isinstance(items[0], TrainingItem):
+            rows = [list(row) for row in items]
+            items = [it for row in rows for it in row]
+            # Each example with its own epoch's masks, as the rows were planned: a batch
+            # may span the end of an epoch.
+            encoded = []
+            for row in rows:
+                encoded.append([])
+                for it in row:
+                    self.collator.set_epoch(it.epoch)
+                    encoded[-1].append(self.collator.encode(it.tokenized))
+            batch: dict[str, Any] = self.collator.collate_rows(encoded, row_length=self.row_length)
+        else:
+            items = [
+                it if isinstance(it, TrainingItem) else TrainingItem(-1, 0, it) for it in items
+            ]
+            self.collator.set_epoch(items[0].epoch)
+            batch = self.collator([it.tokenized for it in items])
         batch[BATCH_IDENTITY_KEY] = [
             f"item {it.index} (epoch {it.epoch}) {it.tokenized.describe()}" for it in items
         ]
         return batch
-
-
-def token_mean_loss(
-    outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None
-) -> torch.Tensor:
-    """Summed cross-entropy of the labelled tokens / the labelled tokens of the optimizer step.
-
-    Labels are aligned with the inputs (not shifted). Without ``num_items_in_batch`` it is
-    the mean over this micro-batch's labelled tokens (what the model itself returns).
-    """
-    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]  # [rows, L, vocab]
-    summed = F.cross_entropy(
-        logits.flatten(0, 1).float(),
-        labels.flatten().to(logits.device),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    if num_items_in_batch is None:
-        num_items_in_batch = (labels != IGNORE_INDEX).sum()
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(summed.device)
-    # clamp: a step without labelled tokens gives 0, not NaN.
-    return summed / (
-        num_items_in_batch.clamp(min=1)
-        if torch.is_tensor(num_items_in_batch)
-        else max(num_items_in_batch, 1)
-    )
 
 
 # --------------------------------------------------------------------------- trainer
@@ -213,6 +214,8 @@ class RecTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
         identity = inputs.pop(BATCH_IDENTITY_KEY, None)
+        # Loss only: the model runs its head on the labelled (Part B) positions alone.
+        inputs = {**inputs, "return_logits": False}
         result = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
@@ -435,8 +438,11 @@ def training_arguments(config: Config) -> TrainingArguments:
         fp16=train.precision == "fp16",
         activation_checkpointing=train.gradient_checkpointing,
         # Non-reentrant checkpointing back-propagates into LoRA weights even though the
-        # frozen embeddings' output needs no grad.
-        activation_checkpointing_kwargs={"use_reentrant": False}
+        # frozen embeddings' output needs no grad. every_n_layers: selective checkpointing.
+        activation_checkpointing_kwargs={
+            "use_reentrant": False,
+            "every_n_layers": train.gradient_checkpointing_every,
+        }
         if train.gradient_checkpointing
         else None,
         save_strategy="steps",
@@ -509,6 +515,52 @@ def check_candidate_prompts_fit(config: Config, data: PreparedData, tokenizer: A
         config.data.max_length,
         where="training data (data.max_length)",
     )
+def row_length(config: Config) -> int:
+    """Tokens per row planned by the packing sampler (``data.packing_row_length``)."""
+    return config.data.packing_row_length or config.data.max_length
+
+
+def training_data(
+    config: Config, data: PreparedData, tokenizer: Any, mixture: TaskMixture
+) -> tuple[torch.utils.data.Dataset, TrainingCollator]:
+    """The training dataset as the Trainer reads it, and the Trainer's data collator.
+
+    With ``data.packing`` and ``data.packing_window`` > 0: a :class:`PackedDataset` of
+    rows over the :class:`MixtureDataset` (every example is tokenized and encoded once
+    up front to plan the rows). Otherwise the :class:`MixtureDataset` itself.
+    """
+    collator = BlankInfillingCollator(
+        tokenizer,
+        max_length=config.data.max_length,
+        answer_budget=answer_budget(config.data, data.catalog, tokenizer),
+        masking=masking_config(config.data),
+        packing=config.data.packing,
+        seed=config.train.seed,
+        # Few distinct batch shapes: cuDNN attention plans once per shape (modeling_glm).
+        pad_to_multiple_of=TRAINING_PAD_MULTIPLE,
+        # FlexAttention builds its block mask from per-token key intervals.
+        attention_layout="intervals" if config.model.attention_implementation == "flex" else "mask",
+    )
+    examples = MixtureDataset(
+        data.tasks, tokenizer, mixture, seed=config.data.seed, epochs=config.train.epochs
+    )
+    if not (config.data.packing and config.data.packing_window > 0):
+        return examples, TrainingCollator(collator)
+    planner = copy.copy(collator)  # its own epoch: the plan must not move the collator's
+
+    def encoded_length(item: TrainingItem) -> int:
+        planner.set_epoch(item.epoch)
+        return planner.encode(item.tokenized).length
+
+    packed = PackedDataset(
+        examples,
+        examples.offsets,
+        encoded_length,
+        max_length=row_length(config),
+        window=config.data.packing_window,
+        seed=config.data.seed,
+    )
+    return packed, TrainingCollator(collator, row_length=row_length(config))
 
 
 def build_trainer(
@@ -534,6 +586,12 @@ def build_trainer(
             seed=config.data.seed,
         )
     built = build_model(config.model, config.lora, tokenizer, seed=config.train.seed)
+    if config.train.compile_blocks:
+        # Each block on its own (compiled lazily, on its first call): activation
+        # checkpointing, LoRA and the loss stay outside the compiled graphs.
+        for module in built.model.modules():
+            if isinstance(module, GLMBlock):
+                module.compile()
     extras = CheckpointExtras(config, data, tokenizer, built.base_model_fingerprint)
     resume = resolve_resume(config)
     if resume is not None:
@@ -547,9 +605,8 @@ def build_trainer(
             catalog_hash=data.catalog.hash,
             where=resume,
         )
-    train_dataset = MixtureDataset(
-        data.tasks, tokenizer, mixture, seed=config.data.seed, epochs=config.train.epochs
-    )
+    check_candidate_prompts_fit(config, data, tokenizer)
+    train_dataset, data_collator = training_data(config, data, tokenizer, mixture)
     eval_dataset = None
     if config.train.eval_steps:
         families = [f for f in config.eval.families if mixture.weights.get(f, 0) > 0]
@@ -557,25 +614,12 @@ def build_trainer(
             "valid", families, prompts="seen", seed=config.data.seed
         )
         eval_dataset = [tokenizer.tokenize_example(e) for e in eval_examples]
-    budget = answer_budget(config.data, data.catalog, tokenizer)
-    check_candidate_prompts_fit(config, data, tokenizer)
-    collator = BlankInfillingCollator(
-        tokenizer,
-        max_length=config.data.max_length,
-        answer_budget=budget,
-        masking=masking_config(config.data),
-        packing=config.data.packing,
-        seed=config.train.seed,
-        # Few distinct batch shapes: cuDNN attention plans once per shape (modeling_glm).
-        pad_to_multiple_of=TRAINING_PAD_MULTIPLE,
-    )
     trainer = RecTrainer(
         model=built.model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=TrainingCollator(collator),
-        compute_loss_func=token_mean_loss,
+        data_collator=data_collator,
         checkpoint_extras=extras,
     )
     if trainer.args.should_save:
@@ -590,11 +634,12 @@ def train(config: Config, data: PreparedData | None = None) -> Path:
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     logger.info(
-        "training %s of %s parameters (%.2f%%), %d examples",
+        "training %s of %s parameters (%.2f%%), %d dataset items (%s)",
         f"{trainable:,}",
         f"{total:,}",
         100 * trainable / total,
         len(trainer.train_dataset),
+        "packed rows" if isinstance(trainer.train_dataset, PackedDataset) else "examples",
     )
     trainer.train(resume_from_checkpoint=resume)
     return trainer.save_final()

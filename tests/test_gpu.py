@@ -14,7 +14,7 @@ pytestmark = [
 ]
 
 
-def _model(dtype: torch.dtype) -> GLMForConditionalGeneration:
+def _model(dtype: torch.dtype, **overrides) -> GLMForConditionalGeneration:
     config = GLMConfig(
         vocab_size=512,
         hidden_size=256,
@@ -24,6 +24,7 @@ def _model(dtype: torch.dtype) -> GLMForConditionalGeneration:
         embedding_dropout_prob=0.0,
         attention_dropout_prob=0.0,
         output_dropout_prob=0.0,
+        **overrides,
     )
     torch.manual_seed(0)
     return GLMForConditionalGeneration(config).to("cuda", dtype)
@@ -82,3 +83,56 @@ def test_kv_cache_matches_full_forward_on_cuda():
             )
             steps.append(step.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full[:, 30:], atol=1e-4, rtol=1e-4)
+
+
+def _packed_rows():
+    """Real packed prefix-LM rows, dense and as key intervals, on the GPU."""
+    from test_speed_levers import interval_batch
+
+    dense, intervals = interval_batch(count=40, max_length=512, pad=TRAINING_PAD_MULTIPLE)
+    return (
+        {k: v.cuda() for k, v in dense.items()},
+        {k: v.cuda() for k, v in intervals.items()},
+    )
+
+
+def test_flex_attention_outputs_and_gradients_equal_sdpa():
+    """FlexAttention (compiled, block mask from intervals) vs SDPA on the dense mask, fp32."""
+    dense, intervals = _packed_rows()
+    sdpa = _model(torch.float32).train()
+    flex = _model(torch.float32, attention_implementation="flex").train()
+    assert all(torch.equal(a, b) for a, b in zip(sdpa.parameters(), flex.parameters(), strict=True))
+    dense["input_ids"] %= 512
+    intervals["input_ids"] %= 512
+    dense["labels"] = torch.where(dense["labels"] >= 0, dense["labels"] % 512, -100)
+    intervals["labels"] = dense["labels"]
+    expected = sdpa(**dense)
+    expected.loss.backward()
+    got = flex(**intervals)
+    got.loss.backward()
+    real = intervals["attention_intervals"][:, 1] > 0
+    torch.testing.assert_close(got.logits[real], expected.logits[real], rtol=2e-4, atol=2e-4)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-5)
+    flex_grads = dict(flex.named_parameters())
+    for name, parameter in sdpa.named_parameters():
+        torch.testing.assert_close(
+            flex_grads[name].grad, parameter.grad, rtol=1e-3, atol=1e-5, msg=name
+        )
+
+
+def test_liger_fused_loss_and_gradients_equal_the_full_logits_path():
+    pytest.importorskip("liger_kernel")
+    dense, _ = _packed_rows()
+    dense["input_ids"] %= 512
+    dense["labels"] = torch.where(dense["labels"] >= 0, dense["labels"] % 512, -100)
+    model = _model(torch.float32).train()
+    expected = model(**dense)
+    expected.loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    got = model(**dense, return_logits=False)
+    got.loss.backward()
+    assert got.logits is None
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-5)
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, reference[name], rtol=1e-3, atol=1e-5, msg=name)

@@ -7,6 +7,7 @@ run this file as a script: ``python tests/test_training.py CONFIG_JSON``.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -32,13 +33,20 @@ from transformers import TrainerCallback  # noqa: E402
 from recsysllm.checkpoint_meta import CheckpointMismatchError, read_meta  # noqa: E402
 from recsysllm.config import Config, apply_overrides, config_from_dict  # noqa: E402
 from recsysllm.data.tables import RecTables  # noqa: E402
-from recsysllm.pipeline import load_checkpoint_for_inference, prepare_from_tables  # noqa: E402
+from recsysllm.packing import PackedDataset  # noqa: E402
+from recsysllm.pipeline import (  # noqa: E402
+    build_model,
+    load_checkpoint_for_inference,
+    prepare_from_tables,
+    task_mixture,
+)
 from recsysllm.tokenization import GLMTokenizer  # noqa: E402
 from recsysllm.training import (  # noqa: E402
     STAGING_DIRNAME,
     NonFiniteLossError,
     build_trainer,
     training_arguments,
+    training_data,
 )
 
 NUM_ITEMS = 130  # direct candidates need 99 negatives the user never saw
@@ -279,6 +287,201 @@ def test_resume_reaches_the_same_losses_as_an_uninterrupted_run(tmp_path, tiny_d
     assert sorted(resumed.losses) == [4, 5, 6]
     for step in (4, 5, 6):
         assert resumed.losses[step] == pytest.approx(uninterrupted.losses[step], abs=1e-3), step
+
+
+def _record_batches(trainer) -> list[list[str]]:
+    """Example identities of every micro-batch the trainer computes a loss on, in order."""
+    seen: list[list[str]] = []
+    compute_loss = trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        seen.append(list(inputs["batch_examples"]))
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = recording
+    return seen
+
+
+def test_packed_rows_resume_mid_epoch_with_the_identical_remaining_rows(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    # 32 examples over two epochs, 2 rows per step: 3 steps end mid-way through epoch 0.
+    overrides = [
+        "data.examples_per_epoch=16",
+        "train.epochs=2",
+        "train.per_device_batch_size=2",
+        "data.packing_window=6",
+        "max_steps=6",
+    ]
+    trainer, _ = build_trainer(tiny_config(tmp_path / "a", tokenizer_dir, overrides), tiny_data)
+    assert isinstance(trainer.train_dataset, PackedDataset)
+    rows = trainer.train_dataset.rows
+    assert sorted(i for row in rows for i in row) == list(range(32))
+    assert any(len(row) > 1 for row in rows)
+    uninterrupted = _record_batches(trainer)
+    trainer.train()
+    assert len(uninterrupted) == 6
+
+    config = tiny_config(tmp_path / "b", tokenizer_dir, overrides)
+    trainer, _ = build_trainer(config, tiny_data)
+    trainer.add_callback(CrashAfterSave(3))
+    first = _record_batches(trainer)
+    with pytest.raises(Interrupt):
+        trainer.train()
+    assert first == uninterrupted[:3]
+    trainer, resume = build_trainer(
+        tiny_config(tmp_path / "b", tokenizer_dir, [*overrides, "train.resume=latest"]), tiny_data
+    )
+    assert resume.endswith("checkpoint-3")
+    resumed = _record_batches(trainer)
+    trainer.train(resume_from_checkpoint=resume)
+    assert resumed == uninterrupted[3:]
+
+
+def test_a_batch_of_rows_across_an_epoch_end_keeps_each_examples_own_masks(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    overrides = ["data.examples_per_epoch=16", "train.epochs=2", "data.packing_window=16"]
+    config = tiny_config(tmp_path / "run", tokenizer_dir, overrides)
+    tokenizer = GLMTokenizer.from_pretrained(tokenizer_dir)
+    dataset, collate = training_data(config, tiny_data, tokenizer, task_mixture(config.data))
+    epochs = [{item.epoch for item in dataset[i]} for i in range(len(dataset))]
+    assert all(len(e) == 1 for e in epochs)
+    alone = copy.copy(collate.collator)
+
+    def encoded(item, epoch: int):
+        alone.set_epoch(epoch)
+        return alone.encode(item.tokenized)
+
+    # The last row of epoch 0, then a row of epoch 1 holding a document whose masks
+    # differ between the epochs (as the Trainer's last batch of epoch 0 may do).
+    first = max(i for i in range(len(dataset)) if epochs[i] == {0})
+    second = next(
+        i
+        for i in range(len(dataset))
+        if epochs[i] == {1}
+        and any(encoded(it, 1).part_a_ids != encoded(it, 0).part_a_ids for it in dataset[i])
+    )
+    batch = collate([dataset[first], dataset[second]])
+    items = [*dataset[first], *dataset[second]]
+    for item, (row, start, length) in zip(items, collate.collator.last_placement, strict=True):
+        expected = encoded(item, item.epoch)
+        assert length == expected.length
+        got = batch["input_ids"][row, start : start + expected.part_a_length].tolist()
+        assert got == expected.part_a_ids
+
+
+def test_packed_rows_keep_every_examples_loss(tmp_path, tiny_data, tokenizer_dir):
+    """Per-example summed cross-entropy: packed rows of the training path == each example alone."""
+    # Rows of 256 for examples of at most 128: several examples share a row.
+    config = tiny_config(tmp_path / "run", tokenizer_dir, ["data.packing_row_length=256"])
+    trainer, _ = build_trainer(config, tiny_data)
+    dataset = trainer.train_dataset
+    rows = [dataset[i] for i in range(len(dataset)) if len(dataset.rows[i]) > 1][:3]
+    rows.append(dataset[0])
+    assert len(rows) >= 2 and len(rows[0]) > 1  # rows of several examples, and one more
+    batch = trainer.data_collator(rows)
+    placement = list(trainer.data_collator.collator.last_placement)
+    items = [item for row in rows for item in row]
+    del batch["batch_examples"]
+    model = trainer.model.eval()
+
+    def token_losses(inputs: dict) -> torch.Tensor:
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        return torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), inputs["labels"], ignore_index=-100, reduction="none"
+        )
+
+    with torch.no_grad():
+        packed = token_losses(batch)
+        for item, (row, start, length) in zip(items, placement, strict=True):
+            alone = trainer.data_collator([item])
+            del alone["batch_examples"]
+            assert alone["input_ids"].shape[0] == 1
+            expected = token_losses(alone)[0, :length].sum()
+            got = packed[row, start : start + length].sum()
+            assert expected > 0
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_runs_the_head_on_labelled_positions_only(tmp_path, tiny_data, tokenizer_dir):
+    trainer, _ = build_trainer(
+        tiny_config(tmp_path / "run", tokenizer_dir, ["max_steps=2"]), tiny_data
+    )
+    labelled: list[int] = []
+    compute_loss = trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        labelled.append(int((inputs["labels"] != -100).sum()))
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = recording
+    head_rows: list[int] = []
+    trainer.model.lm_head.register_forward_hook(
+        lambda module, args, out: head_rows.append(args[0].shape[0])
+    )
+    trainer.train()
+    assert len(labelled) == 2
+    # Forward + the backward's recomputation, labelled rows only (one chunk each here).
+    assert head_rows == [labelled[0], labelled[0], labelled[1], labelled[1]]
+
+
+def test_flex_attention_config_feeds_intervals_to_a_flex_model(tmp_path, tiny_data, tokenizer_dir):
+    overrides = ["model.attention_implementation=flex", "train.use_cpu=false"]
+    config = tiny_config(tmp_path / "run", tokenizer_dir, overrides)
+    tokenizer = GLMTokenizer.from_pretrained(tokenizer_dir)
+    dataset, collate = training_data(config, tiny_data, tokenizer, task_mixture(config.data))
+    batch = collate([dataset[0], dataset[1]])
+    assert "attention_mask" not in batch and batch["attention_intervals"].shape[1] == 2
+    built = build_model(config.model, config.lora, tokenizer)
+    assert built.model.config.attention_implementation == "flex"
+    with pytest.raises(ValueError, match="'flex' trains on CUDA only"):
+        tiny_config(tmp_path / "cpu", tokenizer_dir, ["model.attention_implementation=flex"])
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_selective_checkpointing_recomputes_every_kth_block_with_equal_gradients(
+    tmp_path, tiny_data, tokenizer_dir, every
+):
+    overrides = ["max_steps=1", "train.max_grad_norm=0.0"]
+    glm = {**GLM, "num_layers": 4}
+
+    def run(name: str, extra: list[str]) -> tuple[list[int], dict[str, torch.Tensor]]:
+        config = tiny_config(tmp_path / name, tokenizer_dir, [*overrides, *extra])
+        config.model.from_scratch = dict(glm)
+        trainer, _ = build_trainer(config, tiny_data)
+        calls = [0] * 4
+        for index, block in enumerate(trainer.model.glm.transformer.layers):
+            # A submodule: the block's own hooks stay outside transformers' checkpoint.
+            block.attention.register_forward_hook(
+                lambda module, args, out, index=index: calls.__setitem__(index, calls[index] + 1)
+            )
+        capture = GradientCapture()
+        trainer.add_callback(capture)
+        trainer.train()
+        return calls, capture.grads
+
+    plain_calls, plain = run("plain", [])
+    calls, checkpointed = run(
+        "selective",
+        ["train.gradient_checkpointing=true", f"train.gradient_checkpointing_every={every}"],
+    )
+    assert plain_calls == [1, 1, 1, 1]
+    # Blocks 0, k, 2k, ... run again in backward; the others keep their activations.
+    assert calls == [2 if index % every == 0 else 1 for index in range(4)]
+    assert set(checkpointed) == set(plain)
+    for name, grad in checkpointed.items():
+        torch.testing.assert_close(grad, plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_compile_blocks_compiles_every_transformer_block(tmp_path, tiny_data, tokenizer_dir):
+    config = tiny_config(tmp_path / "run", tokenizer_dir, ["train.compile_blocks=true"])
+    trainer, _ = build_trainer(config, tiny_data)
+    blocks = list(trainer.model.glm.transformer.layers)
+    assert len(blocks) == GLM["num_layers"]
+    assert all(block._compiled_call_impl is not None for block in blocks)
+    plain, _ = build_trainer(tiny_config(tmp_path / "plain", tokenizer_dir), tiny_data)
+    assert all(block._compiled_call_impl is None for block in plain.model.glm.transformer.layers)
 
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_data, tokenizer_dir):

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 GELU_APPROXIMATIONS = ("none", "tanh")
 # What THUDM checkpoints compute (GLM's own gelu_impl), for configs without the field.
 THUDM_GELU_APPROXIMATE = "tanh"
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "flex")
 
 # THUDM config.json fields: required ones and ones with a documented default.
 _THUDM_REQUIRED_INT_FIELDS = (
@@ -85,6 +86,10 @@ class GLMConfig(PretrainedConfig):
         gelu_approximate: "none" (exact erf) or "tanh" (GLM's own ``gelu_impl``, the
             Megatron code and GPT-2). ``from_thudm_json`` defaults to "tanh" for a
             THUDM config.json without the field.
+        attention_implementation: "sdpa" (default) or "flex": with "flex", inputs given
+            as ``attention_intervals`` (no KV cache) run FlexAttention with a block mask
+            that skips fully masked blocks (CUDA for training: torch has no CPU backward
+            of FlexAttention; no attention dropout). Dense masks always use SDPA.
 
     Example:
         >>> config = GLMConfig(vocab_size=320, hidden_size=32, num_layers=2,
@@ -112,6 +117,7 @@ class GLMConfig(PretrainedConfig):
     initializer_range: float = 0.02
     layernorm_epsilon: float = 1e-5
     gelu_approximate: str = "none"
+    attention_implementation: str = "sdpa"
     use_cache: bool = True
     tie_word_embeddings: bool = True
 
@@ -141,6 +147,11 @@ class GLMConfig(PretrainedConfig):
             raise ValueError(
                 f"GLMConfig.gelu_approximate must be one of {GELU_APPROXIMATIONS}, "
                 f"got {self.gelu_approximate!r}"
+            )
+        if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"GLMConfig.attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                f"got {self.attention_implementation!r}"
             )
         if not self.tie_word_embeddings:
             raise ValueError(

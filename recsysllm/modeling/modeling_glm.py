@@ -6,7 +6,12 @@ State-dict names match THUDM's checkpoints (see GLM_REFERENCE.md) under the
 - ``attention_mask``: 4-D bool ``[batch, 1, query, key]``, True = may attend, where
   ``key`` = cached tokens + new tokens. Required: there is no implicit causal or
   bidirectional default (the reference code's three-way overloading of this
-  argument is a known bug source).
+  argument is a known bug source). Without a cache, ``attention_intervals``
+  ``[batch, 2, seq]`` may stand in for it: query ``i`` sees keys ``[start_i, end_i)``
+  (the collator's packed prefix-LM rows are exactly that). With
+  ``config.attention_implementation == "flex"`` those run FlexAttention on a block mask
+  built from the intervals (fully masked blocks skipped, no dense mask anywhere);
+  otherwise the dense mask is built from them on the device.
 - ``position_ids``: ``[batch, 2, seq]``, row 0 the position (RecSysLLM's inter
   position), row 1 the block position (intra position).
 - ``labels``: aligned with the inputs, not shifted; -100 is ignored.
@@ -24,12 +29,15 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
@@ -48,12 +56,11 @@ CACHE_FIELD = (
 )
 
 # Keyword arguments that HF Trainer / PEFT may pass and that carry nothing for us.
-# `num_items_in_batch` is ignored on purpose: `accepts_loss_kwargs = False` below tells
-# Trainer that our loss is the per-batch mean, so Trainer itself scales for
-# gradient accumulation.
-_IGNORED_KWARGS = frozenset(
-    {"num_items_in_batch", "return_dict", "output_attentions", "output_hidden_states"}
-)
+_IGNORED_KWARGS = frozenset({"return_dict", "output_attentions", "output_hidden_states"})
+
+# Labelled rows per chunk of the CPU loss path: a chunk's logits are [chunk, vocab] fp32
+# (200 MB at vocab 50304), recomputed in backward instead of kept.
+LOSS_CHUNK_TOKENS = 1024
 
 # Added to masked scores. Finite, not -inf: a fully masked (padding) row must give a
 # finite output, not NaN. Half of fp16's minimum, whatever the model dtype: it stays
@@ -69,6 +76,9 @@ class GLMOutputProjection(nn.Linear):
     defined outside its package.
     """
 
+
+# FlexAttention's sparse block (query and key tiles of the block mask).
+FLEX_BLOCK_SIZE = 128
 
 # SDPA backends, chosen in the scope of each attention call (so gradient-checkpoint
 # recomputation sees the same choice). cuDNN attention builds an execution plan per new
@@ -109,10 +119,13 @@ class GLMAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_bias: torch.Tensor,
+        attention_bias: torch.Tensor | BlockMask,
         past_key_values: Cache | None = None,
     ) -> torch.Tensor:
-        """[batch, seq, hidden] -> [batch, seq, hidden]; attention_bias is [batch, 1, seq, key]."""
+        """[batch, seq, hidden] -> [batch, seq, hidden].
+
+        attention_bias: additive [batch, 1, seq, key] (SDPA) or a BlockMask (FlexAttention).
+        """
         batch, seq, hidden = hidden_states.shape
         # [batch, seq, 3 * hidden] -> three contiguous blocks, each [batch, heads, seq, head_dim]
         query, key, value = (
@@ -121,6 +134,18 @@ class GLMAttention(nn.Module):
         )
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
+        if isinstance(attention_bias, BlockMask):
+            if self.training and self.attention_dropout_prob > 0:
+                raise ValueError(
+                    "attention_implementation 'flex' has no attention dropout: set "
+                    "attention_dropout_prob=0 or use 'sdpa'"
+                )
+            attend = _compiled_flex_attention() if query.is_cuda else flex_attention
+            context = attend(
+                query, key, value, block_mask=attention_bias, scale=1.0 / math.sqrt(self.head_dim)
+            )
+            context = context.transpose(1, 2).reshape(batch, seq, hidden)
+            return self.output_dropout(self.dense(context))
         with sdpa_kernel(_SDPA_BACKENDS_TRAINING if self.training else _SDPA_BACKENDS_INFERENCE):
             context = F.scaled_dot_product_attention(
                 query,
@@ -164,7 +189,7 @@ class GLMBlock(GradientCheckpointingLayer):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_bias: torch.Tensor,
+        attention_bias: torch.Tensor | BlockMask,
         cache: Cache | None = None,
     ) -> torch.Tensor:
         # `cache`: the name GradientCheckpointingLayer drops under checkpointing (5.24).
@@ -192,7 +217,7 @@ class GLMTransformer(nn.Module):
         self,
         word_embeddings: torch.Tensor,
         position_ids: torch.Tensor,
-        attention_bias: torch.Tensor,
+        attention_bias: torch.Tensor | BlockMask,
         past_key_values: Cache | None,
     ) -> torch.Tensor:
         hidden_states = (
@@ -216,9 +241,10 @@ class GLMPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["GLMBlock"]
     _skip_keys_device_placement = [CACHE_FIELD]
     _supports_sdpa = True
-    # Our loss is the mean over the batch's labelled tokens; Trainer then scales it for
-    # gradient accumulation itself instead of passing num_items_in_batch.
-    accepts_loss_kwargs = False
+    # Trainer passes num_items_in_batch (the labelled tokens of the whole optimizer step,
+    # all micro-batches and ranks): the loss is then summed cross-entropy / that count,
+    # so accumulation and packing never reweight tokens.
+    accepts_loss_kwargs = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -261,6 +287,7 @@ class GLMModel(GLMPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool = False,
+        attention_intervals: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPast:
         """Runs the backbone.
 
@@ -271,6 +298,8 @@ class GLMModel(GLMPreTrainedModel):
             cache: a DynamicCache from an earlier call (updated in place); the old name
                 ``past_key_values`` is accepted too (deprecated by transformers 5.24).
             use_cache: return the cache (a new DynamicCache if none was given).
+            attention_intervals: [batch, 2, seq] long, instead of attention_mask when
+                nothing is cached: query i sees keys [start_i, end_i) (0, 0: none).
 
         Returns:
             BaseModelOutputWithPast with last_hidden_state [batch, seq, hidden].
@@ -279,10 +308,15 @@ class GLMModel(GLMPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        _check_inputs(input_ids, position_ids, attention_mask, past_length)
+        _check_inputs(input_ids, position_ids, attention_mask, past_length, attention_intervals)
 
         word_embeddings = self.word_embeddings(input_ids)  # [batch, seq, hidden]
-        attention_bias = _attention_bias(attention_mask, word_embeddings.dtype)
+        if attention_intervals is not None and self.config.attention_implementation == "flex":
+            attention_bias = interval_block_mask(attention_intervals)
+        else:
+            if attention_intervals is not None:
+                attention_mask = intervals_to_mask(attention_intervals)
+            attention_bias = _attention_bias(attention_mask, word_embeddings.dtype)
         hidden_states = self.transformer(
             word_embeddings, position_ids, attention_bias, past_key_values
         )
@@ -330,6 +364,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         cache: Cache | None = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        attention_intervals: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        return_logits: bool = True,
         **kwargs: object,
     ) -> CausalLMOutputWithPast:
         """Logits and, given labels, the loss.
@@ -346,39 +383,196 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             logits_to_keep: 0 = logits for every position; n > 0 = only for the last n
                 (the transformers convention; a prompt pass needs just the last column,
                 and [batch, seq, vocab] logits dominate its cost). Not with labels.
+            attention_intervals: [batch, 2, seq] long, instead of attention_mask when
+                nothing is cached: query i sees keys [start_i, end_i) (0, 0: none);
+                FlexAttention when ``config.attention_implementation == "flex"``.
+            num_items_in_batch: divide the summed loss by this instead of this batch's
+                labelled tokens (Trainer's count over the whole optimizer step).
+            return_logits: False (with labels): no logits; the head and the loss run on
+                the labelled positions only, chunked on CPU and fused (Liger-Kernel,
+                when installed) on CUDA, never holding [tokens, vocab] logits at once.
             **kwargs: keyword arguments Trainer/PEFT pass that carry nothing here
-                (num_items_in_batch, return_dict, ...). Any other tensor is an error.
+                (return_dict, ...). Any other tensor is an error.
 
         Returns:
-            CausalLMOutputWithPast(loss, logits [batch, seq, vocab], cache) (the cache
-            field is ``past_key_values`` under transformers 5.23).
-            loss is the mean cross-entropy over labelled tokens (0 if there are none).
+            CausalLMOutputWithPast(loss, logits [batch, seq, vocab] or None, cache) (the
+            cache field is ``past_key_values`` under transformers 5.23). loss is the
+            summed cross-entropy over labelled tokens divided by ``num_items_in_batch``
+            or by their count (0 if there are none).
         """
         _check_extra_kwargs(kwargs)
         outputs = self.glm(
-            input_ids, position_ids, attention_mask, cache=cache, use_cache=use_cache
+            input_ids,
+            position_ids,
+            attention_mask,
+            cache=cache,
+            use_cache=use_cache,
+            attention_intervals=attention_intervals,
         )
         hidden = outputs.last_hidden_state  # [batch, seq, hidden]
         if logits_to_keep:
             if labels is not None:
                 raise ValueError("logits_to_keep cannot be combined with labels")
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)  # [batch, seq or logits_to_keep, vocab]
-        loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(
-                    f"labels has shape {tuple(labels.shape)}, expected input_ids' shape "
-                    f"{tuple(input_ids.shape)} (labels are aligned with inputs, not shifted)"
-                )
-            summed = F.cross_entropy(
-                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(
+                f"labels has shape {tuple(labels.shape)}, expected input_ids' shape "
+                f"{tuple(input_ids.shape)} (labels are aligned with inputs, not shifted)"
             )
-            # clamp: a batch without labelled tokens gives 0, not NaN.
-            loss = summed / (labels != -100).sum().clamp(min=1)
+        if not return_logits and labels is None:
+            raise ValueError("return_logits=False needs labels (the loss is all it returns)")
+        logits = loss = None
+        if return_logits:
+            logits = self.lm_head(hidden)  # [batch, seq or logits_to_keep, vocab]
+        if labels is not None:
+            if logits is not None:
+                summed = F.cross_entropy(
+                    logits.flatten(0, 1).float(),
+                    labels.flatten(),
+                    ignore_index=-100,
+                    reduction="sum",
+                )
+            else:
+                summed = labelled_cross_entropy(hidden, self.lm_head, labels)
+            if num_items_in_batch is None:
+                num_items_in_batch = (labels != -100).sum()
+            if torch.is_tensor(num_items_in_batch):
+                # clamp: a batch without labelled tokens gives 0, not NaN.
+                count = num_items_in_batch.to(summed.device).clamp(min=1)
+            else:
+                count = max(num_items_in_batch, 1)
+            loss = summed / count
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
         )
+
+
+def labelled_cross_entropy(
+    hidden: torch.Tensor,
+    lm_head: nn.Linear,
+    labels: torch.Tensor,
+    chunk_tokens: int | None = None,
+) -> torch.Tensor:
+    """Summed fp32 cross-entropy of ``lm_head(hidden)`` at the labelled positions only.
+
+    In blank infilling only Part B carries labels: the head (hidden x vocab per token,
+    the largest matmul of a small model) runs on those rows alone. On CUDA with
+    Liger-Kernel installed, its fused linear cross-entropy computes loss and gradients
+    chunk by chunk without materialising the logits. Otherwise the rows go through the
+    head ``chunk_tokens`` at a time under activation checkpointing: backward recomputes
+    each chunk's logits instead of keeping all of them.
+
+    Args:
+        hidden: final hidden states. [batch, seq, hidden]
+        lm_head: the output layer (tied to the word embeddings).
+        labels: aligned targets, -100 = ignored. [batch, seq]
+        chunk_tokens: rows per chunk on the CPU path (default ``LOSS_CHUNK_TOKENS``).
+
+    Returns:
+        A 0-dim fp32 tensor (0 with a gradient path when nothing is labelled).
+    """
+    selected = labels != -100
+    hidden = hidden[selected]  # [labelled, hidden]
+    targets = labels[selected]  # [labelled]
+    fused = _liger_fused_linear_cross_entropy()
+    # A ZeRO-3 partitioned weight (ds_numel) is gathered only inside lm_head's own
+    # forward, which the fused kernel bypasses: it takes the chunked path.
+    if fused is not None and hidden.is_cuda and not hasattr(lm_head.weight, "ds_numel"):
+        weight = lm_head.weight
+        # The kernel wants one dtype: under autocast (fp32 weights, bf16 activations)
+        # it runs in the weight's dtype, outside autocast.
+        with torch.autocast(device_type="cuda", enabled=False):
+            return fused(weight, hidden.to(weight.dtype), targets).float()
+    chunk_tokens = chunk_tokens or LOSS_CHUNK_TOKENS
+    total = hidden.sum().float() * 0.0
+    for start in range(0, len(targets), chunk_tokens):
+        total = total + checkpoint(
+            _summed_cross_entropy,
+            lm_head,
+            hidden[start : start + chunk_tokens],
+            targets[start : start + chunk_tokens],
+            use_reentrant=False,
+        )
+    return total
+
+
+def _summed_cross_entropy(
+    lm_head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+
+
+@functools.cache
+def _liger_fused_linear_cross_entropy() -> nn.Module | None:
+    """Liger-Kernel's fused linear cross-entropy (summed), or None when not installed."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    # fp32 accumulation of the weight gradient (a trained, tied head) across chunks.
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum", accum_dtype=torch.float32)
+
+
+def intervals_to_mask(intervals: torch.Tensor) -> torch.Tensor:
+    """[batch, 2, seq] key intervals -> the dense bool mask [batch, 1, seq, seq]."""
+    keys = torch.arange(intervals.shape[-1], device=intervals.device)
+    start, end = intervals[:, 0, :, None], intervals[:, 1, :, None]  # [batch, seq, 1]
+    return ((keys >= start) & (keys < end))[:, None]
+
+
+def interval_block_mask(intervals: torch.Tensor, block_size: int = FLEX_BLOCK_SIZE) -> BlockMask:
+    """FlexAttention BlockMask of "query i sees keys [start_i, end_i)", exactly.
+
+    Each (query tile, key tile) is classified from the visible-cell count of the tile,
+    summed over its queries as interval overlaps: O(seq x tiles) memory, never the
+    dense [batch, seq, seq] mask. Tiles with no visible cell are skipped by the
+    kernel, full tiles skip the mask function, partial tiles evaluate it per cell.
+
+    Args:
+        intervals: [batch, 2, seq] long; row 0 start, row 1 end (exclusive).
+        block_size: tile size of the block mask.
+    """
+    batch, _, length = intervals.shape
+    tiles = -(-length // block_size)
+    padded = tiles * block_size
+    # Padding queries past `length` see nothing: the kernels may evaluate them.
+    start, end = F.pad(intervals, (0, padded - length)).unbind(1)  # [batch, padded]
+    edges = (torch.arange(tiles + 1, device=intervals.device) * block_size).clamp(max=length)
+    tile_start, tile_end = edges[:-1], edges[1:]  # [tiles]
+    # Visible keys of each query inside each key tile, summed per query tile.
+    overlap = torch.minimum(end[..., None], tile_end) - torch.maximum(start[..., None], tile_start)
+    counts = overlap.clamp(min=0).view(batch, tiles, block_size, tiles).sum(2)
+    # As torch's create_block_mask: a tile cut by the sequence end is never full.
+    full = counts == block_size * block_size  # [batch, query tiles, key tiles]
+    partial = (counts > 0) & ~full
+
+    def ordered(tile_flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Per query tile: how many key tiles, and their indices first (ascending).
+        number = tile_flags.sum(-1, dtype=torch.int32)[:, None]  # [batch, 1, query tiles]
+        order = torch.argsort((~tile_flags).to(torch.int8), dim=-1, stable=True)
+        return number, order.to(torch.int32)[:, None]  # [batch, 1, query tiles, key tiles]
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        return (k >= start[b, q]) & (k < end[b, q])
+
+    kv_number, kv_indices = ordered(partial)
+    full_number, full_indices = ordered(full)
+    return BlockMask.from_kv_blocks(
+        kv_number,
+        kv_indices,
+        full_number,
+        full_indices,
+        BLOCK_SIZE=block_size,
+        mask_mod=mask_mod,
+        seq_lengths=(length, length),
+    )
+
+
+@functools.cache
+def _compiled_flex_attention():
+    """flex_attention compiled once per process: eager FlexAttention materialises the
+    scores, compiled it runs the fused block-sparse kernel."""
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def _attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -392,6 +586,7 @@ def _check_inputs(
     position_ids: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
     past_length: int,
+    attention_intervals: torch.Tensor | None = None,
 ) -> None:
     """Shape and dtype checks with errors that say what the model expects."""
     if input_ids is None or input_ids.dim() != 2:
@@ -404,6 +599,25 @@ def _check_inputs(
             f"position_ids must be [batch, 2, seq] = {(batch, 2, seq)} (row 0 position, "
             f"row 1 block position), got {shape}"
         )
+    if attention_intervals is not None:
+        if attention_mask is not None:
+            raise ValueError("pass attention_mask or attention_intervals, not both")
+        if past_length:
+            raise ValueError(
+                "attention_intervals describe keys of this call only: use attention_mask "
+                "with a KV cache"
+            )
+        if attention_intervals.dtype != torch.long or tuple(attention_intervals.shape) != (
+            batch,
+            2,
+            seq,
+        ):
+            raise ValueError(
+                f"attention_intervals must be a long tensor of shape [batch, 2, seq] = "
+                f"{(batch, 2, seq)}, got {attention_intervals.dtype} "
+                f"{tuple(attention_intervals.shape)}"
+            )
+        return
     if attention_mask is None:
         raise ValueError(
             "attention_mask is required: a 4-D bool tensor [batch, 1, seq, cached + seq], "
