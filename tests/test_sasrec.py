@@ -15,11 +15,13 @@ from recsysllm.evaluation.sasrec import (
     SASRec,
     SASRecConfig,
     SASRecRanker,
+    example_ranks,
     fit,
     ranks_of_targets,
     split_histories,
     training_windows,
 )
+from recsysllm.schema import Example
 
 NUM_ITEMS = 20
 # Small and fast; the successor rule below is learnable in a few epochs.
@@ -220,3 +222,30 @@ def test_config_is_validated():
         SASRecConfig(hidden_size=10, num_heads=3)
     with pytest.raises(ValueError, match="hidden_dropout"):
         SASRecConfig(hidden_dropout=1.0)
+
+
+def test_example_ranks_use_the_full_history_and_match_target_ranks(splits, ranker):
+    test = split_histories(splits, "test")
+    users = sorted(test)[:3]
+    histories = {user: test[user][0] for user in users}
+    examples = [
+        # A sequential example whose prompt shows a sampled history of one item.
+        Example((), "sequential", user=users[0], target=test[users[0]][1], answer_type="item",
+                history=test[users[0]][0][-1:]),
+        Example((), "rating", user=users[1], target="4", answer_type="rating"),
+        Example((), "direct", user=users[2], target=test[users[2]][1], answer_type="item",
+                candidates=("Title x00", test[users[2]][1], "Title x19")),
+    ]  # fmt: skip
+    ranks = example_ranks(ranker, examples, histories)
+    history, target = test[users[0]]
+    assert ranks[0] == {
+        "rank": ranker.target_ranks([history], [target], exclude_history=False)[0],
+        "rank_excluding_history": ranker.target_ranks([history], [target])[0],
+    }
+    assert ranks[1] is None
+    candidates = examples[2].candidates
+    expected = ranker.candidate_ranks([test[users[2]][0]], [candidates], [examples[2].target])
+    assert ranks[2] == {"rank": expected[0]}
+    assert "rank_excluding_history" not in example_ranks(ranker, examples, histories, False)[0]
+    with pytest.raises(ValueError, match="no SASRec history"):
+        example_ranks(ranker, examples, {})

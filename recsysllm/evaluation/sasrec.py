@@ -44,6 +44,7 @@ from torch import nn
 
 from recsysllm.data.splits import RecSplits
 from recsysllm.evaluation import metrics
+from recsysllm.schema import Example
 
 logger = logging.getLogger(__name__)
 
@@ -343,6 +344,54 @@ def split_histories(splits: RecSplits, split: str) -> dict[str, tuple[tuple[str,
         events = splits.sequences[user]
         result[user] = (tuple(e.item for e in events[:index]), events[index].item)
     return result
+
+
+def example_ranks(
+    ranker: SASRecRanker,
+    examples: Sequence[Example],
+    histories: Mapping[str, Sequence[str]],
+    exclude_history: bool = True,
+) -> list[dict[str, int | None] | None]:
+    """SASRec's ranks for harness examples, in example order (the fields of an outcome).
+
+    The model reads the user's full history from ``histories`` (``split_histories``),
+    not the prompt's sampled ``example.history``. Item examples without candidates
+    (sequential, over all items) get ``rank`` (nothing excluded) and, with
+    ``exclude_history``, ``rank_excluding_history`` (that history excluded); examples
+    with candidates (direct) get ``rank`` among them. Other answer types get None.
+
+    Args:
+        ranker: a trained SASRec.
+        examples: evaluation examples of one split.
+        histories: user -> chronological item keys before that split's target.
+        exclude_history: also rank with the history excluded (all-items examples).
+    """
+    scored = [i for i, e in enumerate(examples) if e.answer_type == "item"]
+    missing = sorted({examples[i].user for i in scored} - set(histories))
+    if missing:
+        raise ValueError(f"no SASRec history for users {missing[:5]}")
+    results: list[dict[str, int | None] | None] = [None] * len(examples)
+    for start in range(0, len(scored), ranker.config.eval_batch_size):
+        batch = [examples[i] for i in scored[start : start + ranker.config.eval_batch_size]]
+        batch_histories = [tuple(histories[e.user]) for e in batch]
+        scores = ranker.score_all(batch_histories)
+        masked = _mask_histories(scores, batch_histories, ranker.index)
+        for row, (i, example) in enumerate(
+            zip(scored[start : start + len(batch)], batch, strict=True)
+        ):
+            target = ranker.index[example.target or ""]
+            if example.candidates:
+                columns = [ranker.index[key] for key in example.candidates]
+                values = scores[row, columns]
+                results[i] = {"rank": int((values >= scores[row, target]).sum())}
+                continue
+            fields = {"rank": ranks_of_targets(scores[row : row + 1], [target])[0]}
+            if exclude_history:
+                fields["rank_excluding_history"] = ranks_of_targets(
+                    masked[row : row + 1], [target]
+                )[0]
+            results[i] = fields
+    return results
 
 
 def _pad(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
