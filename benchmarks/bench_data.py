@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import resource
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from recsysllm.data.catalog import EntityCatalog
 from recsysllm.data.sources import load_amazon_reviews
 from recsysllm.data.splits import build_splits
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
+from recsysllm.files import atomic_write
 from recsysllm.prompts import load_prompts
 
 CATEGORY_PATHS = [
@@ -83,45 +83,49 @@ def synthesize(
     texts = words(rng, vocabulary, text_lengths)
     summaries = words(rng, vocabulary, rng.integers(1, 8, size=reviews))
     ratings = rng.choice([1.0, 2.0, 3.0, 4.0, 5.0], size=reviews, p=[0.05, 0.06, 0.11, 0.2, 0.58])
-    row = 0
-    tmp = reviews_path.with_suffix(".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as f:
-        for user, count in enumerate(per_user.tolist()):
-            start = int(rng.integers(1_104_537_600, 1_400_000_000))
-            times = start + np.cumsum(rng.integers(0, 60, size=count)) * 86_400
-            for position in range(count):
-                record = {
-                    "reviewerID": f"A{user:013d}", "asin": asins[item_slots[row]], "reviewerName": "J. Doe",
-                    "helpful": [0, 0], "reviewText": texts[row], "overall": ratings[row],
-                    "summary": summaries[row], "unixReviewTime": int(times[position]), "reviewTime": "01 1, 2014",
-                }  # fmt: skip
-                f.write(json.dumps(record) + "\n")
-                row += 1
-    os.replace(tmp, reviews_path)
+
+    def write_reviews(tmp: Path) -> None:
+        row = 0
+        with gzip.open(tmp, "wt", encoding="utf-8") as f:
+            for user, count in enumerate(per_user.tolist()):
+                start = int(rng.integers(1_104_537_600, 1_400_000_000))
+                times = start + np.cumsum(rng.integers(0, 60, size=count)) * 86_400
+                for position in range(count):
+                    record = {
+                        "reviewerID": f"A{user:013d}", "asin": asins[item_slots[row]], "reviewerName": "J. Doe",
+                        "helpful": [0, 0], "reviewText": texts[row], "overall": ratings[row],
+                        "summary": summaries[row], "unixReviewTime": int(times[position]), "reviewTime": "01 1, 2014",
+                    }  # fmt: skip
+                    f.write(json.dumps(record) + "\n")
+                    row += 1
+
+    atomic_write(reviews_path, write_reviews)
 
     titles = words(rng, vocabulary, rng.integers(2, 12, size=len(asins)))
     descriptions = words(rng, vocabulary, rng.integers(10, 150, size=len(asins)))
-    tmp = meta_path.with_suffix(".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as f:
-        for index, asin in enumerate(asins):
-            record: dict = {"asin": asin, "description": descriptions[index]}
-            if rng.random() > 0.02:  # a few items have no title, as in the real meta files
-                record["title"] = titles[index].title()
-            record["imUrl"] = f"http://ecx.images-amazon.com/images/I/{asin}.jpg"
-            related = rng.choice(asins[:items], size=40).tolist()
-            record["related"] = {
-                "also_bought": related[:25],
-                "also_viewed": related[25:],
-                "bought_together": related[:2],
-            }
-            record["salesRank"] = {"Beauty": int(rng.integers(1, 300_000))}
-            record["categories"] = [CATEGORY_PATHS[index % len(CATEGORY_PATHS)]]
-            if rng.random() > 0.3:
-                record["brand"] = str(vocabulary[index % len(vocabulary)]).title()
-            if rng.random() > 0.2:
-                record["price"] = round(float(rng.uniform(1, 80)), 2)
-            f.write(repr(record) + "\n")  # the 2014 meta files are Python literals, not JSON
-    os.replace(tmp, meta_path)
+
+    def write_meta(tmp: Path) -> None:
+        with gzip.open(tmp, "wt", encoding="utf-8") as f:
+            for index, asin in enumerate(asins):
+                record: dict = {"asin": asin, "description": descriptions[index]}
+                if rng.random() > 0.02:  # a few items have no title, as in the real meta files
+                    record["title"] = titles[index].title()
+                record["imUrl"] = f"http://ecx.images-amazon.com/images/I/{asin}.jpg"
+                related = rng.choice(asins[:items], size=40).tolist()
+                record["related"] = {
+                    "also_bought": related[:25],
+                    "also_viewed": related[25:],
+                    "bought_together": related[:2],
+                }
+                record["salesRank"] = {"Beauty": int(rng.integers(1, 300_000))}
+                record["categories"] = [CATEGORY_PATHS[index % len(CATEGORY_PATHS)]]
+                if rng.random() > 0.3:
+                    record["brand"] = str(vocabulary[index % len(vocabulary)]).title()
+                if rng.random() > 0.2:
+                    record["price"] = round(float(rng.uniform(1, 80)), 2)
+                f.write(repr(record) + "\n")  # the 2014 meta files are Python literals, not JSON
+
+    atomic_write(meta_path, write_meta)
     return reviews_path, meta_path
 
 

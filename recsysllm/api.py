@@ -27,15 +27,15 @@ from typing import Any
 
 import torch
 
-from recsysllm import generation, pipeline
-from recsysllm.collator import BlankInfillingCollator, MaskingConfig, PromptInputs
+from recsysllm import pipeline
 from recsysllm.config import Config
 from recsysllm.data.catalog import EntityCatalog
 from recsysllm.data.sources import AGE_FEATURE, ML_USER_FEATURES
 from recsysllm.data.tasks import render_example
+from recsysllm.inference import Inference
+from recsysllm.prompt_layout import PromptInputs
 from recsysllm.prompts import PromptSet, PromptTemplate
 from recsysllm.schema import Example
-from recsysllm.trie import EntityTrie
 
 # The user-feature templates of the built-in sources (RecTables.user_features): a
 # checkpoint does not store them, and profiles must be worded as in training.
@@ -46,8 +46,6 @@ SOURCE_FEATURE_TEMPLATES = {
     "amazon": {},
 }
 API_USER = "api"
-# A rating is a number and a few characters (see evaluation.evaluator).
-RATING_MAX_NEW_TOKENS = 8
 
 
 class Recommender:
@@ -88,15 +86,15 @@ class Recommender:
         self.feature_templates = dict(feature_templates) if feature_templates is not None else None
         self.num_beams = num_beams or config.eval.num_beams
         self.max_length = config.data.max_length
-        # Task prompts involve no masking randomness; [MASK]-only suits every tokenizer.
-        self._prompt_builder = BlankInfillingCollator(
+        # Prompts, tries and per-family decoding: the evaluator's own inference module,
+        # with training's max_length and answer budget.
+        self.inference = Inference(
+            model,
             tokenizer,
+            catalog,
             max_length=self.max_length,
-            masking=MaskingConfig(mask_prob=1.0, smask_prob=0.0, gmask_prob=0.0),
-            packing=False,
+            answer_budget=pipeline.answer_budget(config.data, catalog, tokenizer),
         )
-        self._item_trie = EntityTrie.from_catalog(catalog, tokenizer)
-        self._entity_trie = EntityTrie.from_catalog(catalog, tokenizer, items_only=False)
 
     @classmethod
     def from_checkpoint(
@@ -161,15 +159,7 @@ class Recommender:
         template = self._template("sequential", "item", template_id, candidates=False)
         prompt = self._prompt(template, user_history, user_features)
         exclude = [set(user_history)] if exclude_history else None
-        return generation.recommend_items(
-            self.model,
-            [prompt],
-            self._item_trie,
-            k,
-            num_beams=max(k, self.num_beams),
-            exclude=exclude,
-            tokenizer=self.tokenizer,
-        )[0]
+        return self.inference.rank_items([prompt], k, self.num_beams, exclude=exclude)[0]
 
     def score_candidates(
         self,
@@ -192,8 +182,7 @@ class Recommender:
         self._require_items([*user_history, *candidates])
         template = self._template("direct", "item", template_id, candidates=True)
         prompt = self._prompt(template, user_history, user_features, candidates=candidates)
-        ids = [[self._item_trie.ids_of(key) for key in candidates]]
-        scores = generation.score_candidates(self.model, [prompt], ids, tokenizer=self.tokenizer)[0]
+        scores = self.inference.score_items([prompt], [list(candidates)])[0]
         return sorted(zip(candidates, scores, strict=True), key=lambda pair: -pair[1])
 
     def predict_rating(
@@ -207,14 +196,9 @@ class Recommender:
         self._require_items([*user_history, item])
         template = self._template("rating", "rating", template_id)
         prompt = self._prompt(template, user_history, user_features, item=item)
-        text = generation.generate_text(
-            self.model,
-            [prompt],
-            self.tokenizer,
-            RATING_MAX_NEW_TOKENS,
-            entity_trie=self._entity_trie,
-        )[0]
-        return generation.parse_rating(text)
+        _, value = self.inference.ratings([prompt])[0]
+        # A number outside the 1-5 scale is no rating (parse_rating keeps it as it is).
+        return value if value is not None and 1.0 <= value <= 5.0 else None
 
     def explain(
         self,
@@ -233,13 +217,7 @@ class Recommender:
         self._require_items([*user_history, item])
         template = self._template("explanation", "text", template_id, hint=hint is not None)
         prompt = self._prompt(template, user_history, user_features, item=item, hint=hint)
-        return generation.generate_text(
-            self.model,
-            [prompt],
-            self.tokenizer,
-            max_new_tokens,
-            entity_trie=self._entity_trie,
-        )[0].strip()
+        return self.inference.texts([prompt], max_new_tokens)[0].strip()
 
     # ------------------------------------------------------------------ helpers
 
@@ -297,8 +275,7 @@ class Recommender:
         user_features: Mapping[str, str] | None,
         **fields: Any,
     ) -> PromptInputs:
-        example = self._example(template, user_history, user_features, **fields)
-        return self._prompt_builder.build_prompt(self.tokenizer.tokenize_example(example))
+        return self.inference.prompt(self._example(template, user_history, user_features, **fields))
 
     def _example(
         self,

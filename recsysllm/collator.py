@@ -28,13 +28,13 @@ run of whole units, so an entity is masked whole or not at all.
   ~15% of the tokens; [gMASK] one suffix span of 50-100% of the text starting on a
   unit boundary (GLM's document mode is always a suffix, so is ours).
 
-Truncation (when ``n + 2 + 2k > max_length``): whole units are dropped from the LEFT
-of the text (the oldest history first; [CLS] is kept). A task example never loses
-its answer: if dropping everything left of the answer is not enough, whole units
-right of the answer are dropped too, and if the answer alone does not fit
-(``len(answer) + 4 > max_length``) a ValueError names the example. A pretraining
-document is first cut to ``max_length - 4`` tokens, masked, then cut further from the
-left (with the spans that start there) until its spans fit.
+Truncation of a task example is :mod:`recsysllm.prompt_layout`'s: Part A is a
+function of the example without its answer (room is reserved for an answer of the
+``AnswerBudget`` bound, never of the gold answer's length); the oldest history items go
+first; candidate lists are never cut (a prompt whose candidates do not fit is refused,
+naming the template). A pretraining document (when ``n + 2 + 2k > max_length``) is first
+cut to ``max_length - 4`` tokens, masked, then cut further from the left (with the spans
+that start there) until its spans fit.
 
 Packing (``packing=True``): examples are placed first-fit decreasing (longest first,
 each into the first row with room) into rows of at most ``max_length`` tokens; each row holds a block-diagonal
@@ -71,11 +71,31 @@ import torch
 
 from recsysllm.config import help_field
 from recsysllm.positions import part_a_intra_positions, span_intra_positions
+from recsysllm.prompt_layout import (
+    SPECIALS_FOR_ONE_SPAN,
+    AnswerBudget,
+    PromptInputs,
+    SpecialTokenIds,
+    plan_task_text,
+)
+from recsysllm.prompt_layout import build_prompt as layout_build_prompt
 from recsysllm.schema import TokenizedExample
+
+__all__ = [
+    "IGNORE_INDEX",
+    "AnswerBudget",
+    "BlankInfilling",
+    "BlankInfillingCollator",
+    "MaskingConfig",
+    "PromptInputs",
+    "Span",
+    "SpecialTokenIds",
+    "build_blank_infilling",
+]
 
 IGNORE_INDEX = -100
 # Tokens every sequence adds around a text with one span: [CLS], mask, [eos], [sop].
-_SPECIALS_FOR_ONE_SPAN = 4
+_SPECIALS_FOR_ONE_SPAN = SPECIALS_FOR_ONE_SPAN
 
 
 @dataclass(frozen=True)
@@ -132,44 +152,6 @@ class MaskingConfig:
         """[MASK], [sMASK], [gMASK] probabilities (the weights, normalised)."""
         weights = np.array([self.mask_prob, self.smask_prob, self.gmask_prob], dtype=np.float64)
         return weights / weights.sum()
-
-
-@dataclass(frozen=True)
-class SpecialTokenIds:
-    """The special token ids the collator writes. ``smask``/``gmask`` are None when the
-    tokenizer has none (glm-large's wordpiece vocabulary)."""
-
-    cls: int
-    eos: int
-    pad: int
-    mask: int
-    smask: int | None
-    gmask: int | None
-    sop: int
-    eop: int
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any) -> SpecialTokenIds:
-        """Reads ``cls_token_id`` ... ``eop_token_id`` from a GLMTokenizer-like object."""
-
-        def optional(name: str) -> int | None:
-            # A wordpiece GLMTokenizer raises for [sMASK]/[gMASK] (ARCHITECTURE.md);
-            # the collator then refuses only the modes and answers that need them.
-            try:
-                return getattr(tokenizer, name)
-            except ValueError:
-                return None
-
-        return cls(
-            cls=tokenizer.cls_token_id,
-            eos=tokenizer.eos_token_id,
-            pad=tokenizer.pad_token_id,
-            mask=tokenizer.mask_token_id,
-            smask=optional("smask_token_id"),
-            gmask=optional("gmask_token_id"),
-            sop=tokenizer.sop_token_id,
-            eop=tokenizer.eop_token_id,
-        )
 
 
 class Span(NamedTuple):
@@ -324,21 +306,6 @@ def build_blank_infilling(
     )
 
 
-@dataclass
-class PromptInputs:
-    """Part A of a task example for generation: ``[CLS] ... mask ... [eos]``.
-
-    The generation module appends [sop] (inter ``mask_inter``, intra 1) and decodes,
-    with :class:`positions.IntraPositionTracker` for the generated tokens.
-    """
-
-    input_ids: list[int]
-    inter: list[int]
-    intra: list[int]
-    mask_position: int  # index in input_ids of the mask token to fill
-    mask_inter: int  # inter-position of that mask token (every generated token takes it)
-
-
 @dataclass(frozen=True)
 class NonPadFraction:
     """Share of non-padding cells in the returned ``input_ids``."""
@@ -371,6 +338,7 @@ class BlankInfillingCollator:
         packing: bool = True,
         seed: int = 0,
         pad_to_multiple_of: int | None = None,
+        answer_budget: AnswerBudget | None = None,
     ) -> None:
         """
         Args:
@@ -381,9 +349,13 @@ class BlankInfillingCollator:
             packing: pack several examples per row (block-diagonal attention).
             seed: seed of the pretraining masks.
             pad_to_multiple_of: round the padded length up to a multiple of this.
+            answer_budget: answer tokens reserved by task examples' truncation
+                (``AnswerBudget.for_catalog`` in training and inference; see
+                :mod:`recsysllm.prompt_layout`).
         """
         self.special = SpecialTokenIds.from_tokenizer(tokenizer)
         self.masking = masking if masking is not None else MaskingConfig()
+        self.answer_budget = answer_budget if answer_budget is not None else AnswerBudget()
         if max_length < _SPECIALS_FOR_ONE_SPAN + 1:
             raise ValueError(
                 f"max_length must be >= {_SPECIALS_FOR_ONE_SPAN + 1}, got {max_length}"
@@ -499,9 +471,21 @@ class BlankInfillingCollator:
             )
         ids, units, unit_array = _checked_example(example)
         if example.answer_span is not None:
-            lo, hi, spans = self._task_spans(example, unit_array, max_length)
-        else:
-            lo, hi, spans = self._pretrain_spans(example, unit_array, max_length)
+            # Part A comes from prompt_layout, which never looks at the answer's length.
+            plan = plan_task_text(example, self.special, self.answer_budget, max_length)
+            left = [ids[i] for i in plan.left]
+            text_ids = [self.special.cls, *left, *plan.answer, *(ids[i] for i in plan.right)]
+            text_units = [-1, *(units[i] for i in plan.left), *plan.answer_units]
+            text_units += [units[i] for i in plan.right]
+            span = Span(len(left) + 1, len(left) + 1 + len(plan.answer), plan.mask_id)
+            return build_blank_infilling(
+                [*text_ids, self.special.eos],
+                [*text_units, -1],
+                [span],
+                self.special.sop,
+                self.special.eop,
+            )
+        lo, hi, spans = self._pretrain_spans(example, unit_array, max_length)
         # Wrap the kept text as [CLS] + text + [eos]; the spans move right by one.
         text_ids = [self.special.cls, *ids[lo:hi], self.special.eos]
         text_units = [-1, *units[lo:hi], -1]
@@ -513,56 +497,13 @@ class BlankInfillingCollator:
     def build_prompt(
         self, example: TokenizedExample, max_length: int | None = None
     ) -> PromptInputs:
-        """Part A of a task example for generation, exactly as training builds it.
-
-        Args:
-            example: a task example (with ``answer_span``: the gold answer sets the
-                same left truncation as in training).
-            max_length: defaults to the collator's ``max_length``.
-        """
+        """Part A of a task example, as :func:`prompt_layout.build_prompt` builds it."""
         if example.answer_span is None:
             raise ValueError(
                 f"{example.describe()}: build_prompt needs a task example with an answer_span"
             )
-        item = self.encode(example, max_length)
-        mask_position = item.mask_positions[0]
-        return PromptInputs(
-            input_ids=item.part_a_ids,
-            inter=item.part_a_inter,
-            intra=item.part_a_intra,
-            mask_position=mask_position,
-            mask_inter=item.part_a_inter[mask_position],
-        )
-
-    def _task_spans(
-        self, example: TokenizedExample, units: np.ndarray, max_length: int
-    ) -> tuple[int, int, list[Span]]:
-        """Kept text range and the answer span (text coordinates) of a task example."""
-        n = len(units)
-        start, end = example.answer_span  # validated
-        if example.answer_mask == "gmask":
-            if self.special.gmask is None:
-                raise ValueError(
-                    f"{example.describe()}: answer_mask 'gmask' but the tokenizer has no [gMASK]"
-                )
-            mask_id = self.special.gmask
-        else:
-            mask_id = self.special.mask
-        budget = max_length - _SPECIALS_FOR_ONE_SPAN  # text tokens that fit
-        if end - start > budget:
-            raise ValueError(
-                f"{example.describe()}: the answer ({end - start} tokens) plus [CLS], mask, [eos] "
-                f"and [sop] does not fit max_length={max_length}"
-            )
-        lo, hi = 0, n
-        if n > budget:
-            cuts = _unit_cuts(units)
-            # Drop whole units from the left, never past the answer start (itself a cut).
-            lo = min(int(cuts[np.searchsorted(cuts, n - budget)]), start)
-            if hi - lo > budget:
-                # Still too long: drop whole units right of the answer too.
-                hi = int(cuts[np.searchsorted(cuts, lo + budget, side="right") - 1])
-        return lo, hi, [Span(start, end, mask_id)]
+        max_length = self.max_length if max_length is None else max_length
+        return layout_build_prompt(example, self.special, self.answer_budget, max_length)
 
     def _pretrain_spans(
         self, example: TokenizedExample, units: np.ndarray, max_length: int

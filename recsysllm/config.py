@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from recsysllm.files import atomic_write, load_yaml, read_yaml
 from recsysllm.schema import PRETRAIN_TASK, TASK_FAMILIES
 
 DEFAULT_LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
@@ -52,6 +53,26 @@ def _check(condition: bool, section: str, name: str, message: str) -> None:
         raise ValueError(f"config field {section}.{name}: {message}")
 
 
+def _check_finite(args: Any, section: str) -> None:
+    """Every float of a config section (and of its dict fields) is finite: no inf, no nan."""
+    for item in dataclasses.fields(args):
+        value = getattr(args, item.name)
+        entries = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, entry in entries:
+            if isinstance(entry, float) and not math.isfinite(entry):
+                name = item.name if key is None else f"{item.name}.{key}"
+                raise ValueError(
+                    f"config field {section}.{name}: must be a finite number, got {entry}"
+                )
+
+
+def _from_scratch_fields() -> tuple[str, ...]:
+    """Keys ``model.from_scratch`` accepts: the architecture fields of GLMConfig."""
+    from recsysllm.modeling.configuration_glm import GLMConfig  # torch-free, but not light
+
+    return tuple(GLMConfig.__annotations__)
+
+
 @dataclass
 class ModelArgs:
     """Which GLM to start from."""
@@ -69,6 +90,17 @@ class ModelArgs:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "model")
+        for key, value in (self.from_scratch or {}).items():
+            known = _from_scratch_fields()
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.0)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise KeyError(f"unknown config key 'model.from_scratch.{key}'{hint}")
+            if isinstance(value, int) and not isinstance(value, bool):
+                _check(value > 0, "model", f"from_scratch.{key}", f"must be > 0, got {value}")
+            if isinstance(value, float):
+                _check(value >= 0, "model", f"from_scratch.{key}", f"must be >= 0, got {value}")
         _check(
             (self.base_model is None) != (self.from_scratch is None),
             "model",
@@ -97,6 +129,7 @@ class TokenizerArgs:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "tokenizer")
         _check(
             self.path is None or self.sentencepiece_vocab_size is None,
             "tokenizer",
@@ -127,6 +160,7 @@ class LoraArgs:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "lora")
         _check(self.r > 0, "lora", "r", f"must be > 0, got {self.r}")
         _check(self.alpha > 0, "lora", "alpha", f"must be > 0, got {self.alpha}")
         _check(
@@ -155,6 +189,15 @@ class DataArgs:
         "Amazon category (Beauty, Sports, Toys, ...) when path is a directory", default=None
     )
     k_core: int = help_field("drop users and items with fewer interactions (iterated)", default=5)
+    num_negatives: int = help_field(
+        "negatives per stored direct candidate list (99: 1-of-100); on a catalog too small for "
+        "that, every list gets as many as all users can fill (recorded in the split notes); "
+        "no lists are built when data.mixture.direct is 0",
+        default=99,
+    )
+    exact_negatives: bool = help_field(
+        "refuse a catalog too small for num_negatives instead of using fewer", default=False
+    )
     max_length: int = help_field(
         "tokens per training sequence, [CLS] and [eos] included", default=1024
     )
@@ -193,6 +236,11 @@ class DataArgs:
     history_budget: int = help_field(
         "most history items one prompt shows (N of the 60/30/10 sampling)", default=20
     )
+    answer_text_tokens: int = help_field(
+        "answer tokens prompts reserve for free-text answers (longer gold texts are cut in "
+        "training); item answers reserve the longest item, ratings and yes/no 8",
+        default=64,
+    )
     mask_prob: float = help_field(
         "collator: probability of entity-level [MASK] spans for pretrain documents", default=0.5
     )
@@ -212,7 +260,14 @@ class DataArgs:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "data")
         _check(self.k_core >= 1, "data", "k_core", f"must be >= 1, got {self.k_core}")
+        _check(
+            self.num_negatives >= 1,
+            "data",
+            "num_negatives",
+            f"must be >= 1, got {self.num_negatives}",
+        )
         _check(
             self.history_budget >= 1,
             "data",
@@ -220,6 +275,7 @@ class DataArgs:
             f"must be >= 1, got {self.history_budget}",
         )
         _check(self.max_length >= 16, "data", "max_length", f"must be >= 16, got {self.max_length}")
+        _check(self.answer_text_tokens >= 1, "data", "answer_text_tokens", "must be >= 1")
         known = (*TASK_FAMILIES, PRETRAIN_TASK)
         for name, weight in self.mixture.items():
             _check(
@@ -227,12 +283,36 @@ class DataArgs:
             )
             _check(weight >= 0, "data", "mixture", f"weight of {name!r} must be >= 0, got {weight}")
         _check(sum(self.mixture.values()) > 0, "data", "mixture", "all weights are zero")
+        for name in ("short_ratio", "medium_ratio", "long_ratio"):
+            _check(
+                getattr(self, name) >= 0, "data", name, f"must be >= 0, got {getattr(self, name)}"
+            )
         ratios = self.short_ratio + self.medium_ratio + self.long_ratio
         _check(
             abs(ratios - 1.0) < 1e-6,
             "data",
             "short_ratio",
             f"short+medium+long ratios sum to {ratios}, not 1",
+        )
+        for name in ("short_fraction", "medium_fraction"):
+            _check(0 <= getattr(self, name) <= 1, "data", name, "must be in [0, 1]")
+        _check(
+            self.short_fraction + self.medium_fraction <= 1,
+            "data",
+            "medium_fraction",
+            "short_fraction + medium_fraction must be <= 1",
+        )
+        _check(
+            self.short_window_days > 0,
+            "data",
+            "short_window_days",
+            f"must be > 0, got {self.short_window_days}",
+        )
+        _check(
+            self.medium_window_days > self.short_window_days,
+            "data",
+            "medium_window_days",
+            f"must be > short_window_days ({self.short_window_days}), got {self.medium_window_days}",
         )
         for name in ("mask_prob", "smask_prob", "gmask_prob"):
             _check(getattr(self, name) >= 0, "data", name, "must be >= 0")
@@ -297,6 +377,7 @@ class TrainArgs:
     use_cpu: bool = help_field("train on CPU even when a GPU is visible", default=False)
 
     def __post_init__(self) -> None:
+        _check_finite(self, "train")
         _check(
             self.learning_rate > 0,
             "train",
@@ -327,6 +408,17 @@ class TrainArgs:
             "train",
             "precision",
             f"{self.precision!r} not in {PRECISIONS}",
+        )
+        _check(self.max_grad_norm >= 0, "train", "max_grad_norm", "must be >= 0 (0 disables)")
+        _check(self.weight_decay >= 0, "train", "weight_decay", "must be >= 0")
+        for name in ("adam_beta1", "adam_beta2"):
+            _check(0 <= getattr(self, name) < 1, "train", name, "must be in [0, 1)")
+        _check(self.adam_epsilon > 0, "train", "adam_epsilon", "must be > 0")
+        _check(
+            self.eval_steps is None or self.eval_steps >= 1,
+            "train",
+            "eval_steps",
+            "must be >= 1 (null: never)",
         )
         _check(self.save_steps >= 1, "train", "save_steps", "must be >= 1")
         _check(
@@ -371,16 +463,22 @@ class EvalArgs:
     prompts: str = help_field("templates: " + "|".join(PROMPT_SETS), default="all")
     split: str = help_field("valid | test", default="test")
     limit: int | None = help_field(
-        "evaluate at most N examples per family and template (null: all)", default=None
+        "evaluate a seeded random sample of N users (seed data.seed), the same users for "
+        "every family, template and system (null: all users)",
+        default=None,
     )
     batch_size: int = help_field("prompts per generation batch", default=16)
     num_beams: int = help_field("beams for constrained item generation", default=20)
     top_k: list[int] = help_field("cut-offs for HR@k / NDCG@k", default_factory=lambda: [1, 5, 10])
     exclude_history: bool = help_field(
-        "also report sequential metrics with the user's history items excluded", default=False
+        "all-item rankings of every table row exclude the user's whole training history "
+        "(false: nothing excluded)",
+        default=True,
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "eval")
+        _check(self.limit is None or self.limit >= 1, "eval", "limit", "must be >= 1 (null: all)")
         for family in self.families:
             _check(
                 family in TASK_FAMILIES,
@@ -447,20 +545,7 @@ class Config:
 
     def save_yaml(self, path: str | os.PathLike[str]) -> None:
         """Write the resolved config as YAML, atomically (temp file, then rename)."""
-        write_text_atomic(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 # --------------------------------------------------------------------------- loading
@@ -570,6 +655,8 @@ def config_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Config:
             sections[section_name] = cls(**kwargs)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
+        except KeyError as exc:  # an unknown key inside a dict field (model.from_scratch)
+            raise KeyError(f"{where}: {exc.args[0]}") from exc
     try:
         return Config(**sections)
     except ValueError as exc:
@@ -595,7 +682,8 @@ def apply_overrides(
         if key not in valid_keys():
             raise _unknown_key_error(key, valid_keys(), where)
         section, name = key.split(".")
-        result.setdefault(section, {})[name] = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text, f"{where}: override {key}") if text.strip() else None
+        result.setdefault(section, {})[name] = value
     return result
 
 
@@ -608,9 +696,8 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
         ValueError: malformed YAML, a wrong type or a value failing validation.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: malformed YAML: {exc}") from exc
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    raw = read_yaml(path)  # refuses duplicate keys, naming file and line
     raw = apply_overrides(raw or {}, list(overrides or []), where=f"{path} (overrides)")
     return config_from_dict(raw, where=str(path))

@@ -37,7 +37,7 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--limit",
         type=int,
         default=None,
-        help="evaluate the first N test users (default: eval.limit)",
+        help="evaluate a seeded random sample of N test users (default: eval.limit)",
     )
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
     return parser.parse_args(list(argv))
@@ -61,8 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"final checkpoint: {final} ({time.monotonic() - started:.0f} s so far)", flush=True)
 
     print("[3/3] evaluating on the test split, seen and unseen templates", flush=True)
+    # The checkpoint's own resolved config decides max_length, data and prompts.
     eval_argv = [
-        "--config", args.config,
         "--checkpoint", str(final),
         "--split", "test",
         "--prompts", "all",
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]  # fmt: skip
     if args.limit is not None:
         eval_argv += ["--limit", str(args.limit)]
-    status = evaluate_cli.main([*eval_argv, *overrides])
+    status = evaluate_cli.main(eval_argv)
     print(f"demo finished in {time.monotonic() - started:.0f} s", flush=True)
     return status
 

@@ -1,7 +1,7 @@
 """KV-cached blank-infilling decoding with dynamic intra-positions (DESIGN.md section 5).
 
 Everything here fills the one mask of a prompt built by
-``recsysllm.collator.build_prompt`` (its Part A), the way GLM fills a blank:
+``recsysllm.prompt_layout.build_prompt`` (its Part A), the way GLM fills a blank:
 
 - the prompts of a batch are right-padded to one length P; padded keys are seen
   by nobody;
@@ -46,8 +46,9 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from recsysllm.collator import SpecialTokenIds
+from recsysllm.modeling.modeling_glm import CACHE_FIELD
 from recsysllm.positions import IntraPositionTracker, TokenKind
+from recsysllm.prompt_layout import SpecialTokenIds
 from recsysllm.trie import EntityTrie
 
 STRATEGIES = ("greedy", "sample", "beam")
@@ -163,11 +164,11 @@ class _Decoder:
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=mask,
-            past_key_values=DynamicCache(),
+            cache=DynamicCache(),
             use_cache=True,
             logits_to_keep=1,
         )
-        self.cache, self.key_valid = output.past_key_values, key_valid
+        self.cache, self.key_valid = getattr(output, CACHE_FIELD), key_valid
         return output.logits[:, -1].float() if with_sop else None
 
     def select_rows(self, rows: torch.Tensor) -> None:
@@ -186,10 +187,10 @@ class _Decoder:
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=self.key_valid[:, None, None, :],  # [rows, 1, 1, K]
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
         )
-        self.cache = output.past_key_values
+        self.cache = getattr(output, CACHE_FIELD)
         return output.logits[:, -1].float()
 
 
@@ -440,15 +441,16 @@ def recommend_items(
 
     Args:
         model: a GLMForConditionalGeneration (any device and dtype).
-        prompts: ``PromptInputs`` from ``collator.build_prompt``, one per user.
+        prompts: ``PromptInputs`` from ``prompt_layout.build_prompt``, one per user.
         item_trie: trie of the item titles (``EntityTrie.from_catalog(..., items_only=True)``).
         k: number of items per prompt.
         num_beams: beams per prompt, at least ``k``.
         exclude: per prompt, item keys never to return (e.g. the user's history).
         length_normalize: rank by log-probability / number of tokens (incl. [eop])
             instead of the sum; the returned score is then the normalised one.
-        max_new_tokens: defaults to the longest item + 1 ([eop]); fewer may leave
-            items unfinished (then fewer than k are returned).
+        max_new_tokens: at most the longest item + 1 ([eop]), the default; a larger
+            value is clipped to it; fewer may leave items unfinished (then fewer than k
+            are returned).
         tokenizer: the ``GLMTokenizer`` (its sop and eop ids).
 
     Returns:
@@ -467,12 +469,15 @@ def recommend_items(
         for i in range(len(prompts))
     ]
     decoder = _Decoder(model, prompts, tokenizer.sop_token_id)
+    bound = item_trie.max_length + 1
     results = _beam_search(
         decoder,
         tokenizer.eop_token_id,
         num_beams=num_beams,
         num_return=k,
-        max_new_tokens=max_new_tokens or item_trie.max_length + 1,
+        # An item ends within its token count + [eop]: no free-text budget can stretch the
+        # search past the longest item (every beam has completed or died by then).
+        max_new_tokens=min(max_new_tokens or bound, bound),
         length_normalize=length_normalize,
         constraints=constraints,
         banned_ids=(),
@@ -504,7 +509,7 @@ def score_candidates(
 
     Args:
         model: a GLMForConditionalGeneration.
-        prompts: ``PromptInputs`` from ``collator.build_prompt``.
+        prompts: ``PromptInputs`` from ``prompt_layout.build_prompt``.
         candidates: per prompt, the token ids of each candidate (``tokenizer.encode_entity``).
         length_normalize: divide each sum by the number of scored tokens (candidate + [eop]).
         tokenizer: the ``GLMTokenizer`` (its sop and eop ids).
@@ -569,7 +574,7 @@ def score_candidates(
             input_ids=input_ids,
             position_ids=torch.stack([inter, intra], 1),
             attention_mask=mask,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         logits = output.logits.float()  # [rows, T, V]
@@ -604,7 +609,7 @@ def generate_ids(
 
     Args:
         model: a GLMForConditionalGeneration.
-        prompts: ``PromptInputs`` from ``collator.build_prompt``.
+        prompts: ``PromptInputs`` from ``prompt_layout.build_prompt``.
         tokenizer: the ``GLMTokenizer`` (special ids, ``banned_generation_ids``, ``vocab_size``).
         max_new_tokens: at most this many tokens (an [eop] included) per answer.
         strategy: "greedy", "sample" (temperature, top_k (0: off), top_p (1: off),
@@ -663,23 +668,22 @@ def generate_text(
     return [tokenizer.decode(answer) for answer in ids]
 
 
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+# A signed decimal number: "-3" is minus three, never a 3 with noise before it.
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
 
 def parse_rating(text: str) -> float | None:
-    """The rating in a generated answer: its first number, if it lies in [1, 5].
+    """The first number in a generated answer, as it is (sign and all); None if none.
 
     Only the first number counts ("4 out of 5" -> 4.0), so a prompt-like answer
-    cannot be mined for a lucky value; digits only (no "four"). An answer without a
-    number, or whose first number is outside [1, 5] ("0", "10/10"), is unparseable:
-    None, which the evaluator counts and reports.
+    cannot be mined for a lucky value; digits only (no "four"). A sign belongs to the
+    number (" -3" -> -3.0). The value is NOT clipped or filtered to the rating scale:
+    the evaluator counts a number outside it ("0", "10/10", "-3") as out of scale and
+    scores it, like an answer without a number (None), as the worst case.
 
     Example:
-        >>> parse_rating(" 4 stars"), parse_rating("3.5"), parse_rating("great"), parse_rating("10")
-        (4.0, 3.5, None, None)
+        >>> parse_rating(" 4 stars"), parse_rating("3.5"), parse_rating("great"), parse_rating(" -3")
+        (4.0, 3.5, None, -3.0)
     """
     match = _NUMBER.search(text)
-    if match is None:
-        return None
-    value = float(match.group())
-    return value if 1.0 <= value <= 5.0 else None
+    return None if match is None else float(match.group())

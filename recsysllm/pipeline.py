@@ -37,8 +37,13 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from recsysllm.checkpoint_meta import CheckpointMeta, check_compatible, model_fingerprint, read_meta
-from recsysllm.collator import MaskingConfig
+from recsysllm.checkpoint_meta import (
+    CheckpointMeta,
+    check_compatible,
+    model_fingerprint,
+    read_meta,
+    verify_weights,
+)
 from recsysllm.config import Config, DataArgs, LoraArgs, ModelArgs, TokenizerArgs, load_config
 from recsysllm.data.catalog import EntityCatalog
 from recsysllm.data.sampling import SamplingConfig
@@ -52,8 +57,13 @@ from recsysllm.modeling import (
     check_vocab_compatible,
     load_glm_checkpoint,
 )
+from recsysllm.prompt_layout import AnswerBudget
 from recsysllm.prompts import PromptSet, load_prompts
-from recsysllm.tokenization import GLMTokenizer, train_sentencepiece_tokenizer
+from recsysllm.tokenization import (
+    GLMTokenizer,
+    load_saved_tokenizer,
+    train_sentencepiece_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +111,9 @@ def sampling_config(data_args: DataArgs) -> SamplingConfig:
     )
 
 
-def masking_config(data_args: DataArgs) -> MaskingConfig:
-    """The collator's masking fields of ``data_args`` as a :class:`MaskingConfig`."""
-    return MaskingConfig(
-        mask_prob=data_args.mask_prob,
-        smask_prob=data_args.smask_prob,
-        gmask_prob=data_args.gmask_prob,
-    )
+def answer_budget(data_args: DataArgs, catalog: EntityCatalog, tokenizer: Any) -> AnswerBudget:
+    """The answer tokens prompts reserve (``prompt_layout``): the same in training and inference."""
+    return AnswerBudget.for_catalog(catalog, tokenizer, text=data_args.answer_text_tokens)
 
 
 def task_mixture(data_args: DataArgs) -> TaskMixture:
@@ -137,7 +143,15 @@ def prepare_from_tables(
     tables: RecTables, data_args: DataArgs, seed: int, prompts: PromptSet | None = None
 ) -> PreparedData:
     """:func:`prepare_data` on tables already in memory (``data_args.source``/``path`` unused)."""
-    splits = build_splits(tables, k=data_args.k_core, seed=seed)
+    # No stored candidate lists for a direct family that is not used (weight 0).
+    direct_used = data_args.mixture.get("direct", 0) > 0
+    splits = build_splits(
+        tables,
+        k=data_args.k_core,
+        seed=seed,
+        num_negatives=data_args.num_negatives if direct_used else 0,
+        exact_negatives=data_args.exact_negatives,
+    )
     catalog = EntityCatalog.from_tables(splits.tables)
     if prompts is None:
         prompts = load_prompts(data_args.prompts_dir)
@@ -183,9 +197,10 @@ def build_tokenizer(
             raise ValueError("config field tokenizer.path: needed when model.base_model is null")
         return GLMTokenizer.from_pretrained(base_model)
     target = Path(output_dir) / TOKENIZER_DIRNAME
-    if target.is_dir():
+    if target.exists():
         logger.info("reusing the sentencepiece tokenizer in %s", target)
-        return GLMTokenizer.from_pretrained(target)
+        # Only a complete save_pretrained directory: a half-written one is refused.
+        return load_saved_tokenizer(target)
     texts = list(data.catalog.entities().values())
     examples = data.tasks.training_examples(mixture or TaskMixture(), seed=seed, epoch=0)
     texts += [_segment_text(e) for e in examples[:_SENTENCEPIECE_TRAINING_TEXTS]]
@@ -245,11 +260,13 @@ def apply_lora(
     if lora_args.init_adapter is not None:
         adapter_dir = Path(lora_args.init_adapter)
         if (adapter_dir / "recsysllm_meta.json").is_file():
+            adapter_meta = read_meta(adapter_dir)
             check_compatible(
-                read_meta(adapter_dir),
+                adapter_meta,
                 base_model_fingerprint=base_model_fingerprint,
                 where=str(adapter_dir),
             )
+            verify_weights(adapter_dir, adapter_meta)
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
     lora_config = LoraConfig(
         r=lora_args.r,
@@ -284,12 +301,14 @@ def load_checkpoint_for_inference(
     Raises:
         FileNotFoundError / ValueError: a missing or corrupt file, named.
         CheckpointMismatchError: the base model or tokenizer differs from the recorded one.
+        CorruptWeightsError: a weight file differs from its recorded sha256.
     """
     checkpoint_dir = Path(checkpoint_dir)
     where = str(checkpoint_dir)
     meta = read_meta(checkpoint_dir)
+    verify_weights(checkpoint_dir, meta)  # flipped bytes are refused, not evaluated
     config = load_config(checkpoint_dir / CONFIG_FILENAME)
-    tokenizer = GLMTokenizer.from_pretrained(checkpoint_dir / TOKENIZER_DIRNAME)
+    tokenizer = load_saved_tokenizer(checkpoint_dir / TOKENIZER_DIRNAME)
     check_compatible(meta, tokenizer_fingerprint=tokenizer.fingerprint, where=where)
     catalog = EntityCatalog.load(checkpoint_dir / CATALOG_FILENAME)
     check_compatible(meta, catalog_hash=catalog.hash, where=where)

@@ -39,13 +39,13 @@ import hashlib
 import json
 import os
 import string
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from recsysllm.files import atomic_write, load_yaml
 from recsysllm.schema import ANSWER_MASKS, ANSWER_TYPES, TASK_FAMILIES
 
 DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
@@ -306,14 +306,8 @@ class PromptSet:
         directory.mkdir(parents=True, exist_ok=True)
         for family in self.families:
             payload = {"family": family, "templates": [t.to_dict() for t in self.templates(family)]}
-            fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{family}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    yaml.safe_dump(payload, handle, sort_keys=False, allow_unicode=True, width=1000)
-                os.replace(tmp_name, directory / f"{family}.yaml")
-            except BaseException:
-                Path(tmp_name).unlink(missing_ok=True)
-                raise
+            text = yaml.safe_dump(payload, sort_keys=False, allow_unicode=True, width=1000)
+            atomic_write(directory / f"{family}.yaml", text)
 
 
 def _template_lines(text: str) -> list[int | None]:
@@ -338,11 +332,9 @@ def load_prompt_file(path: str | os.PathLike) -> list[PromptTemplate]:
         raise PromptError(f"{path}: file name must be <family>.yaml with family in {TASK_FAMILIES}")
     text = path.read_text(encoding="utf-8")
     try:
-        payload = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f": line {mark.line + 1}" if mark is not None else ""
-        raise PromptError(f"{path}{line}: not valid YAML ({error})") from None
+        payload = load_yaml(text, str(path))  # also refuses a repeated key
+    except ValueError as error:
+        raise PromptError(str(error)) from None
     if not isinstance(payload, dict) or set(payload) != {"family", "templates"}:
         raise PromptError(
             f"{path}: the file must be a mapping with exactly the fields 'family' and 'templates'"

@@ -63,6 +63,9 @@ class Example:
         candidates: item keys offered in the prompt (1-of-N prompts), in prompt order.
         history: item keys of the user's sampled history shown in the prompt.
         timestamp: time of the target interaction (None when unknown).
+        history_segments: [start, end) indices in ``segments`` of the rendered history
+            list (its item entities and separators), so truncation can drop the
+            oldest history items and nothing else; None when no history is shown.
     """
 
     segments: tuple[Segment, ...]
@@ -76,6 +79,7 @@ class Example:
     candidates: tuple[str, ...] = ()
     history: tuple[str, ...] = ()
     timestamp: int | None = None
+    history_segments: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.answer_mask is not None and self.answer_mask not in ANSWER_MASKS:

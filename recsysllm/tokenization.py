@@ -31,7 +31,6 @@ import json
 import os
 import re
 import string
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 import sentencepiece as spm
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from recsysllm.files import atomic_directory, atomic_write
 from recsysllm.schema import Example, Segment, TokenizedExample
 
 KINDS = ("gpt2", "sentencepiece", "wordpiece")
@@ -464,7 +464,7 @@ class GLMTokenizer:
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, content in self._files.items():
-            _write_atomic(directory / name, content)
+            atomic_write(directory / name, content)
         config = {
             CONFIG_MARKER: CONFIG_VERSION,
             "kind": self.kind,
@@ -473,7 +473,7 @@ class GLMTokenizer:
             "banned_generation_ids": sorted(self.banned_generation_ids),
             "fingerprint": self.fingerprint,
         }
-        _write_atomic(directory / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+        atomic_write(directory / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> GLMTokenizer:
@@ -633,6 +633,34 @@ def load_tokenizer(path: str | os.PathLike) -> GLMTokenizer:
     return GLMTokenizer.from_pretrained(path)
 
 
+def load_saved_tokenizer(path: str | os.PathLike) -> GLMTokenizer:
+    """Loads a directory written by :meth:`GLMTokenizer.save_pretrained`, and nothing else.
+
+    For directories recsysllm wrote itself (``output_dir/tokenizer``, a checkpoint's
+    ``tokenizer/``): one without our ``tokenizer_config.json`` is a save that did not
+    finish, and must not be read as a THUDM layout (a lone ``sentencepiece.model``
+    would otherwise load as the 50k-id Chinese tokenizer).
+
+    Raises:
+        FileNotFoundError: the directory does not exist.
+        ValueError: the directory lacks the config written by save_pretrained, or its
+            files do not match the recorded fingerprint (named in the message).
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {str(directory)!r} does not exist")
+    config_path = directory / CONFIG_FILE
+    config = _read_json(config_path) if config_path.is_file() else None
+    if not isinstance(config, dict) or CONFIG_MARKER not in config:
+        found = sorted(p.name for p in directory.iterdir())
+        raise ValueError(
+            f"{config_path}: missing or not written by recsysllm (field {CONFIG_MARKER!r}); "
+            f"{str(directory)!r} holds {found}: an incomplete save (interrupted run?). "
+            "Delete the directory to train or save the tokenizer again"
+        )
+    return GLMTokenizer._from_own_config(directory, config)
+
+
 def train_sentencepiece_tokenizer(
     texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 8000, **kw: Any
 ) -> GLMTokenizer:
@@ -710,7 +738,14 @@ def train_sentencepiece_tokenizer(
             )
         special[name] = token_id
     tokenizer = GLMTokenizer("sentencepiece", {"sentencepiece.model": content}, special)
-    tokenizer.save_pretrained(out_dir)
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        tokenizer.save_pretrained(out_dir)  # a directory holding other files: file by file
+    else:
+        # A directory of its own appears complete or not at all: a run killed while saving
+        # must not leave a model file without its config (read back as another kind).
+        with atomic_directory(out_dir) as staging:
+            tokenizer.save_pretrained(staging)
     return tokenizer
 
 
@@ -775,15 +810,3 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}, line {error.lineno}: malformed JSON ({error.msg})") from None
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    """Writes to a temp file in the same directory, then renames over ``path``."""
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(content)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

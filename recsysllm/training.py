@@ -52,10 +52,17 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
-from recsysllm.checkpoint_meta import CheckpointMeta, check_compatible, read_meta, write_meta
-from recsysllm.collator import IGNORE_INDEX, BlankInfillingCollator
-from recsysllm.config import Config, load_config, write_text_atomic
+from recsysllm.checkpoint_meta import (
+    CheckpointMeta,
+    check_compatible,
+    read_meta,
+    verify_weights,
+    write_meta,
+)
+from recsysllm.collator import IGNORE_INDEX, BlankInfillingCollator, MaskingConfig
+from recsysllm.config import Config, DataArgs, load_config
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
+from recsysllm.files import atomic_write
 from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE
 from recsysllm.pipeline import (
     CANDIDATES_FILENAME,
@@ -64,12 +71,13 @@ from recsysllm.pipeline import (
     PROMPTS_DIRNAME,
     TOKENIZER_DIRNAME,
     PreparedData,
+    answer_budget,
     build_model,
     build_tokenizer,
-    masking_config,
     prepare_data,
     task_mixture,
 )
+from recsysllm.prompt_layout import SpecialTokenIds, check_prompts_fit
 from recsysllm.schema import TokenizedExample
 
 logger = logging.getLogger(__name__)
@@ -370,7 +378,7 @@ class CheckpointExtras:
         meta = self.meta(step)
         write_meta(directory, meta)
         # Last: PEFT's save_pretrained writes its own generic README.md first.
-        write_text_atomic(directory / "README.md", model_card(self.config, meta))
+        atomic_write(directory / "README.md", model_card(self.config, meta))
 
 
 # --------------------------------------------------------------------------- wiring
@@ -472,6 +480,37 @@ def resolve_resume(config: Config) -> str | None:
     return resume
 
 
+def masking_config(data_args: DataArgs) -> MaskingConfig:
+    """The collator's masking fields of ``data_args`` as a :class:`MaskingConfig`."""
+    return MaskingConfig(
+        mask_prob=data_args.mask_prob,
+        smask_prob=data_args.smask_prob,
+        gmask_prob=data_args.gmask_prob,
+    )
+
+
+def check_candidate_prompts_fit(config: Config, data: PreparedData, tokenizer: Any) -> None:
+    """Refuse, before training starts, templates whose candidate lists cannot fit.
+
+    Candidates are never truncated (prompt_layout). Checked on the valid split's
+    stored lists (as many candidates as training samples), seen templates of the
+    families in the mixture; a training list of longer titles that still does not fit
+    is refused by the collator, naming the template.
+    """
+    weights = task_mixture(config.data).weights
+    families = [f for f in ("sequential", "direct") if weights.get(f, 0) > 0]
+    if not families:
+        return
+    examples = data.tasks.examples("valid", families, prompts="seen", seed=config.data.seed)
+    check_prompts_fit(
+        (tokenizer.tokenize_example(e) for e in examples if e.candidates),
+        SpecialTokenIds.from_tokenizer(tokenizer),
+        answer_budget(config.data, data.catalog, tokenizer),
+        config.data.max_length,
+        where="training data (data.max_length)",
+    )
+
+
 def build_trainer(
     config: Config, data: PreparedData | None = None
 ) -> tuple[RecTrainer, str | None]:
@@ -499,8 +538,10 @@ def build_trainer(
     resume = resolve_resume(config)
     if resume is not None:
         # Refuse to continue an adapter on other base weights, tokenizer or items.
+        resume_meta = read_meta(resume)
+        verify_weights(resume, resume_meta)
         check_compatible(
-            read_meta(resume),
+            resume_meta,
             base_model_fingerprint=built.base_model_fingerprint,
             tokenizer_fingerprint=tokenizer.fingerprint,
             catalog_hash=data.catalog.hash,
@@ -516,9 +557,12 @@ def build_trainer(
             "valid", families, prompts="seen", seed=config.data.seed
         )
         eval_dataset = [tokenizer.tokenize_example(e) for e in eval_examples]
+    budget = answer_budget(config.data, data.catalog, tokenizer)
+    check_candidate_prompts_fit(config, data, tokenizer)
     collator = BlankInfillingCollator(
         tokenizer,
         max_length=config.data.max_length,
+        answer_budget=budget,
         masking=masking_config(config.data),
         packing=config.data.packing,
         seed=config.train.seed,

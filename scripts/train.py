@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sys
 
+from recsysllm.cli import run_command
 from recsysllm.training import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("recsysllm train", main, sys.argv[1:]))

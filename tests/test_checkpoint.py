@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,7 @@ def source_model() -> GLMForConditionalGeneration:
         num_layers=2,
         num_attention_heads=4,
         max_sequence_length=64,
+        gelu_approximate="tanh",  # what a THUDM config.json without the field means
     )
     model = GLMForConditionalGeneration(config).eval()
     with torch.no_grad():  # non-trivial biases and LayerNorms, so a dropped key would show
@@ -124,6 +126,33 @@ def test_loads_thudm_directory_and_logs_extra_keys_once(tmp_path, source_model, 
     notes = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
     assert len(notes) == 1
     assert all(key in notes[0] for key in CLASSIFIER_KEYS)
+
+
+@pytest.mark.parametrize("field", [None, "tanh", "none"])
+def test_thudm_checkpoints_default_to_tanh_gelu(tmp_path, source_model, field):
+    """THUDM's gelu_impl is the tanh approximation; exact erf stays selectable."""
+    config = dict(THUDM_CONFIG)
+    if field is not None:
+        config["gelu_approximate"] = field
+    directory = write_thudm_dir(tmp_path / "glm", thudm_state_dict(source_model), config)
+    model = load_glm_checkpoint(directory)
+    expected_mode = field or "tanh"
+    assert model.config.gelu_approximate == expected_mode
+    # The MLP against hand-written GELU math: intermediate unit i = gelu(x[i]) -> output i.
+    x = torch.linspace(-4, 4, HIDDEN)
+    if expected_mode == "tanh":
+        expected = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    else:
+        expected = 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+    mlp = model.glm.transformer.layers[0].mlp
+    with torch.no_grad():
+        mlp.dense_h_to_4h.weight.zero_()
+        mlp.dense_h_to_4h.bias.zero_()
+        mlp.dense_h_to_4h.bias[:HIDDEN] = x
+        mlp.dense_4h_to_h.weight.copy_(torch.eye(HIDDEN, 4 * HIDDEN))
+        mlp.dense_4h_to_h.bias.zero_()
+        out = mlp(torch.zeros(1, HIDDEN))[0]
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
 
 def test_convert_then_load_with_automodel(tmp_path, source_model):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from recsysllm import collator as collator_module
 from recsysllm.collator import (
     IGNORE_INDEX,
+    AnswerBudget,
     BlankInfilling,
     BlankInfillingCollator,
     MaskingConfig,
@@ -38,6 +39,8 @@ MASK_IDS = {MASK, SMASK, GMASK}
 MASK_ONLY = MaskingConfig(mask_prob=1.0, smask_prob=0.0, gmask_prob=0.0)
 SENTENCE_ONLY = MaskingConfig(mask_prob=0.0, smask_prob=1.0, gmask_prob=0.0)
 DOCUMENT_ONLY = MaskingConfig(mask_prob=0.0, smask_prob=0.0, gmask_prob=1.0)
+# random_layout's entities have at most 6 tokens and its plain runs at most 4.
+BUDGET = AnswerBudget(item=6, short=4, text=8)
 
 
 # ------------------------------------------------------------------ builders
@@ -184,7 +187,9 @@ def test_paper_example_through_the_collator(monkeypatch):
     monkeypatch.setattr(
         collator_module, "_sample_unit_spans", lambda rng, units, masking: [(0, 3), (4, 5)]
     )
-    collate = BlankInfillingCollator(SPECIAL, max_length=32, masking=MASK_ONLY, packing=False)
+    collate = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=32, masking=MASK_ONLY, packing=False
+    )
     document = TokenizedExample(PAPER_IDS, PAPER_UNITS, [0] * 7)
     batch = collate([document])
     a = [CLS, MASK, 14, MASK, 16, 17, EOS]
@@ -218,7 +223,7 @@ run_layouts = st.lists(st.tuples(st.booleans(), st.integers(1, 6)), min_size=1, 
 @given(run_layouts, st.integers(0, 2**31 - 1), st.sets(st.integers(0, 39)))
 def test_pretraining_documents_keep_every_token_and_every_entity(layout, seed, breaks):
     document = make_example(layout, sentence_breaks=breaks)
-    collate = BlankInfillingCollator(SPECIAL, max_length=512, seed=seed)
+    collate = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=512, seed=seed)
     item = collate.encode(document)
     original, spans = decode(item)
     # Every token appears exactly once, in order, in Part A or a Part B target.
@@ -248,18 +253,22 @@ def test_pretraining_documents_keep_every_token_and_every_entity(layout, seed, b
 def test_task_examples_mask_exactly_the_answer(layout, data):
     answer = data.draw(st.integers(0, len(layout) - 1))
     example = make_example(layout, answer_unit=answer)
-    item = BlankInfillingCollator(SPECIAL, max_length=512).encode(example)
+    item = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=512).encode(example)
     original, spans = decode(item)
     assert original == [CLS, *example.input_ids, EOS]
     start, end = example.answer_span
     assert spans == [(start + 1, end + 1)]
     assert item.part_a_ids[item.mask_positions[0]] == MASK
-    prompt = BlankInfillingCollator(SPECIAL, max_length=512).build_prompt(example)
+    prompt = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=512).build_prompt(
+        example
+    )
     assert prompt.input_ids == item.part_a_ids
 
 
 def _coverages(masking: MaskingConfig, documents: list[TokenizedExample]) -> list[float]:
-    collate = BlankInfillingCollator(SPECIAL, max_length=1024, masking=masking, seed=5)
+    collate = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=1024, masking=masking, seed=5
+    )
     return [sum(collate.encode(d).span_lengths) / len(d.input_ids) for d in documents]
 
 
@@ -279,7 +288,9 @@ def test_sentence_mode_covers_whole_sentences_at_the_configured_share():
         breaks = {i for i in range(len(layout)) if rng.random() < 0.2}
         documents.append(make_example(layout, sentence_breaks=breaks))
     assert abs(np.mean(_coverages(SENTENCE_ONLY, documents)) - 0.15) < 0.03
-    collate = BlankInfillingCollator(SPECIAL, max_length=1024, masking=SENTENCE_ONLY, seed=5)
+    collate = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=1024, masking=SENTENCE_ONLY, seed=5
+    )
     for document in documents[:50]:
         _, spans = decode(collate.encode(document))
         sentences = [-1, *document.sentence_ids, -1]
@@ -293,7 +304,9 @@ def test_document_mode_masks_a_long_suffix():
     coverages = _coverages(DOCUMENT_ONLY, documents)
     assert all(0.5 <= c <= 1.0 for c in coverages)
     assert 0.7 < np.mean(coverages) < 0.85  # uniform in [0.5, 1], nudged up by unit snapping
-    collate = BlankInfillingCollator(SPECIAL, max_length=1024, masking=DOCUMENT_ONLY)
+    collate = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=1024, masking=DOCUMENT_ONLY
+    )
     for document in documents[:30]:
         item = collate.encode(document)
         assert item.part_a_ids[-2:] == [GMASK, EOS]  # the suffix, before [eos]
@@ -301,7 +314,9 @@ def test_document_mode_masks_a_long_suffix():
 
 def test_modes_are_drawn_with_the_configured_probabilities():
     rng = np.random.default_rng(3)
-    collate = BlankInfillingCollator(SPECIAL, max_length=1024, seed=9)  # 0.5 / 0.25 / 0.25
+    collate = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=1024, seed=9
+    )  # 0.5 / 0.25 / 0.25
     counts = dict.fromkeys(MASK_IDS, 0)
     for _ in range(800):
         layout = random_layout(rng, 150)
@@ -328,8 +343,12 @@ def _mixed_examples(seed: int, count: int) -> list[TokenizedExample]:
 
 def test_packing_is_block_diagonal_and_equals_unpacked_rows():
     examples = _mixed_examples(seed=4, count=9)
-    packed = BlankInfillingCollator(SPECIAL, max_length=96, packing=True, seed=1)
-    single = BlankInfillingCollator(SPECIAL, max_length=96, packing=False, seed=1)
+    packed = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=96, packing=True, seed=1
+    )
+    single = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=96, packing=False, seed=1
+    )
     p, s = packed(examples), single(examples)
     assert p["input_ids"].shape[0] < len(examples) == s["input_ids"].shape[0]
     width = p["input_ids"].shape[1]
@@ -364,13 +383,16 @@ def test_packing_is_block_diagonal_and_equals_unpacked_rows():
 def test_first_fit_placement_and_non_pad_fraction():
     # Lengths n + 4 for one-span task examples: 12, 8, 6, 10 tokens.
     examples = [make_example([(False, n)], answer_unit=0) for n in (8, 4, 2, 6)]
-    collate = BlankInfillingCollator(SPECIAL, max_length=20, packing=True)
+    budget = AnswerBudget(item=8)  # plain answers of up to 8 tokens, 8 + 4 fits 20
+    collate = BlankInfillingCollator(SPECIAL, answer_budget=budget, max_length=20, packing=True)
     batch = collate(examples)
     # First fit decreasing: 12 -> row 0; 10 -> row 1; 8 -> row 0 (20); 6 -> row 1 (16).
     assert collate.last_placement == [(0, 0, 12), (0, 12, 8), (1, 10, 6), (1, 0, 10)]
     assert batch["input_ids"].shape == (2, 20)
     assert collate.non_pad_fraction.last_batch == pytest.approx(36 / 40)
-    unpacked = BlankInfillingCollator(SPECIAL, max_length=20, packing=False, pad_to_multiple_of=8)
+    unpacked = BlankInfillingCollator(
+        SPECIAL, answer_budget=budget, max_length=20, packing=False, pad_to_multiple_of=8
+    )
     batch = unpacked(examples[:2])
     assert batch["input_ids"].shape == (2, 16)  # longest 12, rounded up to 16
     assert unpacked.non_pad_fraction.last_batch == pytest.approx(20 / 32)
@@ -383,7 +405,9 @@ def test_first_fit_placement_and_non_pad_fraction():
 
 def test_attention_is_bidirectional_in_a_and_causal_in_b():
     example = make_example([(True, 3), (False, 4), (True, 2)], answer_unit=2)
-    batch = BlankInfillingCollator(SPECIAL, max_length=32, packing=False)([example])
+    batch = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=32, packing=False)(
+        [example]
+    )
     mask = batch["attention_mask"][0, 0]
     a = 3 + 4 + 1 + 2  # [CLS] + 7 text tokens + mask + [eos]
     assert mask[:a, :a].all()  # A sees all of A, in both directions
@@ -417,8 +441,12 @@ def _token_losses(model, batch) -> torch.Tensor:
 
 def test_packed_loss_equals_unpacked_loss(tiny_model):
     examples = _mixed_examples(seed=6, count=7)
-    packed = BlankInfillingCollator(SPECIAL, max_length=96, packing=True, seed=2)
-    single = BlankInfillingCollator(SPECIAL, max_length=96, packing=False, seed=2)
+    packed = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=96, packing=True, seed=2
+    )
+    single = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=96, packing=False, seed=2
+    )
     packed_losses, single_losses = (
         _token_losses(tiny_model, packed(examples)),
         _token_losses(tiny_model, single(examples)),
@@ -435,7 +463,9 @@ def test_packed_loss_equals_unpacked_loss(tiny_model):
 
 def test_part_b_tokens_do_not_change_part_a_outputs(tiny_model):
     example = make_example([(True, 3), (False, 4), (True, 2), (False, 2)], answer_unit=2)
-    batch = BlankInfillingCollator(SPECIAL, max_length=32, packing=False)([example])
+    batch = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=32, packing=False)(
+        [example]
+    )
     a = 2 + 11  # [CLS], 9 unmasked tokens, the mask, [eos]
     with torch.no_grad():
         base = tiny_model(**{k: v for k, v in batch.items() if k != "labels"}).logits
@@ -455,45 +485,51 @@ def test_part_b_tokens_do_not_change_part_a_outputs(tiny_model):
 # --------------------------------------------------------------- truncation
 
 
+def _cut(units: list[int], i: int) -> bool:
+    return i in (0, len(units)) or units[i] < 0 or units[i] != units[i - 1]
+
+
 def test_truncation_drops_whole_units_from_the_left_and_keeps_the_answer():
+    # Without a marked history the context loses whole units from the left, room being
+    # reserved for an answer of the budget's length (BUDGET.item), not the answer's own.
     rng = np.random.default_rng(7)
+    reserved = BUDGET.item
     for _ in range(30):
         layout = random_layout(rng, 120, entity_share=0.7)
         answer = len(layout) - 1 - int(rng.integers(0, 3))
         example = make_example(layout, answer_unit=answer)
         max_length = int(rng.integers(12, 60))
         start, end = example.answer_span
-        if end - start + 4 > max_length:
-            continue
-        item = BlankInfillingCollator(SPECIAL, max_length=max_length).encode(example)
+        item = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=max_length).encode(
+            example
+        )
         original, spans = decode(item)
         assert item.length <= max_length
+        assert item.part_a_length + 1 + reserved <= max_length  # room for any answer
         assert original[0] == CLS and original[-1] == EOS
-        kept = original[1:-1]
-        lo = example.input_ids.index(kept[0])
-        assert kept == example.input_ids[lo : lo + len(kept)]  # one contiguous window
         assert item.part_b_targets == example.input_ids[start:end] + [EOP]
-        units = example.unit_ids
+        context = example.input_ids[:start] + example.input_ids[end:]
+        context_units = example.unit_ids[:start] + example.unit_ids[end:]
+        kept = [t for t in original[1:-1] if t not in example.input_ids[start:end]]
+        lo = context.index(kept[0])
+        assert kept == context[lo : lo + len(kept)]  # one contiguous window of the context
         hi = lo + len(kept)
-        assert lo == 0 or units[lo] < 0 or units[lo] != units[lo - 1]  # no entity cut
-        assert hi == len(units) or units[hi] < 0 or units[hi] != units[hi - 1]
-        if hi == len(units) and lo > 0:
-            # Left cut only: keeping one more unit (back to the previous cut) would not fit.
-            previous_cut = max(
-                i for i in range(lo) if i == 0 or units[i] < 0 or units[i] != units[i - 1]
-            )
-            assert len(units) - previous_cut + 4 > max_length
+        assert _cut(context_units, lo) and _cut(context_units, hi)
+        if hi == len(context) and lo > 0:
+            previous_cut = max(i for i in range(lo) if _cut(context_units, i))
+            assert len(context) - previous_cut + 4 + reserved > max_length
 
 
 def test_truncation_drops_right_of_the_answer_only_when_left_is_not_enough():
     # 2 plain tokens, the answer entity (3), then a 5-token entity and 4 plain tokens.
     example = make_example([(False, 2), (True, 3), (True, 5), (False, 4)], answer_unit=1)
-    item = BlankInfillingCollator(SPECIAL, max_length=14).encode(example)
+    budget = AnswerBudget(item=3)
+    item = BlankInfillingCollator(SPECIAL, answer_budget=budget, max_length=14).encode(example)
     original, spans = decode(item)
     # Left cut to the answer (drops 2), then 3 + 5 + 4 = 12 > 10 text tokens: drop two
     # plain tokens (each its own unit) on the right.
     assert original == [CLS, *example.input_ids[2:12], EOS]
-    item = BlankInfillingCollator(SPECIAL, max_length=11).encode(example)
+    item = BlankInfillingCollator(SPECIAL, answer_budget=budget, max_length=11).encode(example)
     original, _ = decode(item)
     assert original == [CLS, *example.input_ids[2:5], EOS]  # the 5-token entity goes whole
 
@@ -503,18 +539,29 @@ def test_too_long_answer_names_the_example():
         [(False, 3), (True, 9)], answer_unit=1, task="sequential", template_id="2-13", user="u42"
     )
     with pytest.raises(ValueError) as error:
-        BlankInfillingCollator(SPECIAL, max_length=12).encode(example)
+        BlankInfillingCollator(SPECIAL, answer_budget=AnswerBudget(item=9), max_length=12).encode(
+            example
+        )
     message = str(error.value)
     assert "sequential" in message and "2-13" in message and "u42" in message
-    assert "max_length=12" in message
-    BlankInfillingCollator(SPECIAL, max_length=13).encode(example)  # 9 + 4 fits exactly
+    assert "max_length is 12" in message
+    # 9 + 4 fits exactly
+    BlankInfillingCollator(SPECIAL, answer_budget=AnswerBudget(item=9), max_length=13).encode(
+        example
+    )
+    with pytest.raises(ValueError, match="more than the 8 reserved"):
+        BlankInfillingCollator(SPECIAL, answer_budget=AnswerBudget(item=8), max_length=64).encode(
+            example
+        )
 
 
 def test_long_pretraining_document_keeps_a_suffix_on_a_unit_boundary():
     rng = np.random.default_rng(8)
     for seed in range(20):
         document = make_example(random_layout(rng, 300, entity_share=0.6))
-        item = BlankInfillingCollator(SPECIAL, max_length=64, seed=seed).encode(document)
+        item = BlankInfillingCollator(
+            SPECIAL, answer_budget=BUDGET, max_length=64, seed=seed
+        ).encode(document)
         original, _ = decode(item)
         assert item.length <= 64
         kept = original[1:-1]
@@ -546,7 +593,7 @@ def test_bad_input_names_the_example(units, span, mask, match):
         [10, 11, 12, 13, 14], units, [0] * 5, answer_span=span, answer_mask=mask, example=example
     )
     with pytest.raises(ValueError, match=match) as error:
-        BlankInfillingCollator(SPECIAL, max_length=64)([bad])
+        BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=64)([bad])
     assert "task='review', template='5-3', user='u9'" in str(error.value)
 
 
@@ -554,7 +601,7 @@ def test_lengths_that_differ_are_rejected():
     example = make_example([(False, 4)], answer_unit=0)
     example.unit_ids.append(-1)  # mutated after construction
     with pytest.raises(ValueError, match=r"user='u7'.*differ in length"):
-        BlankInfillingCollator(SPECIAL, max_length=64)([example])
+        BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=64)([example])
 
 
 def test_masking_config_validation():
@@ -596,8 +643,10 @@ class _WordpieceSpecials:
 
 def test_tokenizer_without_smask_and_gmask():
     with pytest.raises(ValueError, match="smask_prob=0"):
-        BlankInfillingCollator(_WordpieceSpecials(), max_length=64)
-    collate = BlankInfillingCollator(_WordpieceSpecials(), max_length=64, masking=MASK_ONLY)
+        BlankInfillingCollator(_WordpieceSpecials(), answer_budget=BUDGET, max_length=64)
+    collate = BlankInfillingCollator(
+        _WordpieceSpecials(), answer_budget=BUDGET, max_length=64, masking=MASK_ONLY
+    )
     collate([make_example([(False, 20)])])
     with pytest.raises(ValueError, match="no \\[gMASK\\]"):
         collate([make_example([(False, 3), (False, 2)], answer_unit=1, answer_mask="gmask")])
@@ -615,9 +664,11 @@ def _documents(seed: int, count: int) -> list[TokenizedExample]:
 
 def test_same_seed_same_batches_different_seed_different_batches():
     documents = _documents(seed=10, count=12)
-    first = BlankInfillingCollator(SPECIAL, max_length=256, seed=3)(documents)
-    second = BlankInfillingCollator(SPECIAL, max_length=256, seed=3)(documents)
-    other = BlankInfillingCollator(SPECIAL, max_length=256, seed=4)(documents)
+    first = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=256, seed=3)(documents)
+    second = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=256, seed=3)(
+        documents
+    )
+    other = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=256, seed=4)(documents)
     for key in first:
         assert torch.equal(first[key], second[key])
     assert first["input_ids"].shape != other["input_ids"].shape or not torch.equal(
@@ -627,7 +678,7 @@ def test_same_seed_same_batches_different_seed_different_batches():
 
 def test_masks_depend_on_the_document_and_epoch_not_the_batch():
     documents = _documents(seed=11, count=6)
-    collate = BlankInfillingCollator(SPECIAL, max_length=256, seed=3)
+    collate = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=256, seed=3)
     alone = [collate.encode(d).part_a_ids for d in documents]
     collate(documents[::-1])  # other batches and call counts change nothing
     assert [collate.encode(d).part_a_ids for d in documents] == alone
@@ -643,7 +694,9 @@ def test_build_prompt_is_the_training_part_a():
     for max_length in (16, 40, 200):
         layout = random_layout(rng, 60)
         example = make_example(layout, answer_unit=len(layout) - 2)
-        collate = BlankInfillingCollator(SPECIAL, max_length=max_length, packing=False)
+        collate = BlankInfillingCollator(
+            SPECIAL, answer_budget=BUDGET, max_length=max_length, packing=False
+        )
         batch = collate([example])
         prompt = collate.build_prompt(example)
         a = len(prompt.input_ids)
@@ -655,7 +708,7 @@ def test_build_prompt_is_the_training_part_a():
         assert batch["position_ids"][0, 0, a] == prompt.mask_inter  # [sop] takes the mask's inter
         assert batch["input_ids"][0, a] == SOP
     # Another max_length: the same as a collator built with it.
-    other = BlankInfillingCollator(SPECIAL, max_length=16)
+    other = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=16)
     assert collate.build_prompt(example, max_length=16) == other.build_prompt(example)
     with pytest.raises(ValueError, match="needs a task example"):
         collate.build_prompt(make_example(layout))
@@ -701,7 +754,9 @@ def test_document_whose_spans_all_fall_in_the_truncated_prefix(monkeypatch):
         lambda rng, sentences, cuts, ratio: [(0, 1), (1, 2), (2, 3), (3, 4)],
     )
     document = make_example([(False, 1)] * 12 + [(True, 4)])  # 16 tokens
-    item = BlankInfillingCollator(SPECIAL, max_length=20, masking=SENTENCE_ONLY).encode(document)
+    item = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=20, masking=SENTENCE_ONLY
+    ).encode(document)
     original, spans = decode(item)
     assert original == [CLS, *document.input_ids, EOS]
     assert spans == [(13, 17)] and item.part_a_ids[item.mask_positions[0]] == MASK

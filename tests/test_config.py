@@ -71,7 +71,8 @@ def test_builders_accept_every_recipe():
     from recsysllm.collator import MaskingConfig
     from recsysllm.data.sampling import SamplingConfig
     from recsysllm.modeling import GLMConfig
-    from recsysllm.pipeline import masking_config, sampling_config
+    from recsysllm.pipeline import sampling_config
+    from recsysllm.training import masking_config
 
     for path in CONFIGS:
         config = load_config(path)

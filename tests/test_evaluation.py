@@ -7,22 +7,23 @@ import math
 import shutil
 
 import matplotlib.image
+import numpy as np
 import pytest
 
-from recsysllm.evaluation.evaluator import EvaluationResults, ExampleOutcome
+from recsysllm.evaluation.evaluator import EvalProtocol, EvaluationResults, ExampleOutcome
 from recsysllm.evaluation.metrics import UNPARSEABLE_RATING_RULE
 from recsysllm.evaluation.report import write_reports
+
+PROTOCOL = EvalProtocol(ks=(1, 5, 10), exclude_history=True)
 
 
 def _hand_built_results() -> tuple[EvaluationResults, dict[str, EvaluationResults]]:
     def ranked(template, seen, rank, variant="all_items", family="sequential"):
-        return ExampleOutcome(
-            family, template, seen, variant, "u", "x", rank=rank, rank_excluding_history=rank
-        )
+        return ExampleOutcome(family, template, seen, variant, f"u{rank}", "x", rank=rank)
 
     model = EvaluationResults(
         system="model",
-        exclude_history=True,
+        protocol=PROTOCOL,
         outcomes=[
             ranked("2-1", True, 1),
             ranked("2-1", True, 12),
@@ -30,7 +31,28 @@ def _hand_built_results() -> tuple[EvaluationResults, dict[str, EvaluationResult
             ranked("5-1", True, 2, "candidates", "direct"),
             ExampleOutcome("rating", "1-1", True, "rating", "u", "4", rating=4.0, text="4"),
             ExampleOutcome("rating", "1-1", True, "rating", "u", "2", rating=None, text="great"),
-            ExampleOutcome("rating", "1-6", False, "yesno", "u", "yes", correct=True),
+            ExampleOutcome(
+                "rating",
+                "1-6",
+                False,
+                "yesno",
+                "u",
+                "yes",
+                correct=True,
+                yes_score=1.0,
+                positive=True,
+            ),
+            ExampleOutcome(
+                "rating",
+                "1-6",
+                False,
+                "yesno",
+                "u",
+                "no",
+                correct=False,
+                yes_score=2.0,
+                positive=False,
+            ),
             ExampleOutcome(
                 "explanation", "3-1", True, "text", "u", "soft fabric fits well", text="soft fabric"
             ),
@@ -38,7 +60,7 @@ def _hand_built_results() -> tuple[EvaluationResults, dict[str, EvaluationResult
     )
     popularity = EvaluationResults(
         system="popularity",
-        exclude_history=True,
+        protocol=PROTOCOL,
         outcomes=[ranked("2-1", True, 3), ranked("2-1", True, None), ranked("2-9", False, 1)],
     )
     return model, {"popularity": popularity}
@@ -60,13 +82,17 @@ def test_reports_hold_every_field(tmp_path):
     assert rows[("sequential", "all_items", "unseen")]["metrics"]["NDCG@5"] == pytest.approx(
         1 / math.log2(5)
     )
-    assert "HR@5 excl. history" in seen["metrics"]
+    assert set(seen["stderr"]) == set(seen["metrics"])
+    assert seen["stderr"]["HR@1"] == pytest.approx(0.5)  # hits (1, 0): std 0.7071 / sqrt(2)
     # The unparseable rating counts and scores as the worst case (target 2 -> 5: error 3).
     rating = rows[("rating", "rating", "seen")]
     assert rating["unparseable"] == 1
     assert rating["metrics"]["MAE"] == pytest.approx(1.5)
     assert rating["metrics"]["RMSE"] == pytest.approx(math.sqrt(9 / 2))
-    assert rows[("rating", "yesno", "unseen")]["metrics"]["accuracy"] == 1.0
+    yesno = rows[("rating", "yesno", "unseen")]
+    assert yesno["metrics"]["accuracy"] == 0.5
+    assert yesno["metrics"]["AUC"] == 0.0  # the negative example scored "yes" higher
+    assert document["protocol"]["exclusion"].startswith("user's training history excluded")
     assert 0 < rows[("explanation", "text", "seen")]["metrics"]["ROUGE-1"] < 1
     pop = {(r["split"]): r for r in document["baselines"]["popularity"]["aggregated"]}
     assert pop["seen"]["metrics"]["HR@5"] == 0.5
@@ -74,10 +100,17 @@ def test_reports_hold_every_field(tmp_path):
     markdown = paths["markdown"].read_text()
     assert "| popularity | seen |" in markdown and "| model | unseen |" in markdown
     assert "## Model per template" in markdown
+    assert "Every row: user's training history excluded" in markdown
+    assert "0.5000 ± 0.5000" in markdown  # HR@1 of the seen sequential row
+    outcomes = [json.loads(line) for line in paths["outcomes"].read_text().splitlines()]
+    assert len(outcomes) == len(model.outcomes) + len(baselines["popularity"].outcomes)
+    assert outcomes[0]["system"] == "model" and outcomes[0]["rank"] == 1
+    assert {"user", "family", "template_id", "target", "top", "rank", "rating"} <= set(outcomes[0])
     image = matplotlib.image.imread(paths["plot"])
     assert image.ndim == 3 and image.shape[0] > 100
     # Atomic writes leave no temp files behind.
     assert sorted(p.name for p in paths["json"].parent.iterdir()) == [
+        "outcomes.jsonl",
         "results.json",
         "results.md",
         "results.png",
@@ -154,16 +187,17 @@ def test_evaluate_end_to_end_writes_every_field(tiny_setup, tmp_path):
     from recsysllm.generation import parse_rating
 
     model, tokenizer, catalog, prompts, examples = tiny_setup
+    protocol = EvalProtocol(history={e.user: set(e.history) for e in examples})
     results = evaluate(
         model,
         tokenizer,
         catalog,
         examples,
+        protocol=protocol,
         batch_size=8,
         num_beams=10,
         max_length=128,
         max_new_tokens=8,
-        exclude_history=True,
         prompts=prompts,
         progress=False,
     )
@@ -178,7 +212,7 @@ def test_evaluate_end_to_end_writes_every_field(tiny_setup, tmp_path):
         elif variant == "rating":
             assert outcome.rating == parse_rating(outcome.text)
         elif variant == "yesno":
-            assert isinstance(outcome.correct, bool)
+            assert isinstance(outcome.correct, bool) and math.isfinite(outcome.yes_score)
         else:
             assert isinstance(outcome.text, str)
 
@@ -186,8 +220,7 @@ def test_evaluate_end_to_end_writes_every_field(tiny_setup, tmp_path):
         examples,
         items=catalog.item_keys,
         item_counts={catalog.item_keys[0]: 3},
-        ks=results.ks,
-        seed=0,
+        protocol=protocol,
     )
     metadata = {"checkpoint": "in-memory", "config": {}, "catalog_hash": catalog.hash, "seed": 0}
     paths = write_reports(results, baselines, metadata, tmp_path / "results.json")
@@ -199,9 +232,9 @@ def test_evaluate_end_to_end_writes_every_field(tiny_setup, tmp_path):
         (r["family"], r["variant"], r["split"]): r for r in document["model"]["aggregated"]
     }
     expected_metrics = {
-        "all_items": {"HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "HR@10 excl. history"},
+        "all_items": {"HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"},
         "candidates": {"HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"},
-        "yesno": {"accuracy"},
+        "yesno": {"accuracy", "AUC"},
         "rating": {"RMSE", "MAE"},
         "text": {"BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L"},
     }
@@ -209,7 +242,8 @@ def test_evaluate_end_to_end_writes_every_field(tiny_setup, tmp_path):
         for split in ("seen" if example.seen else "unseen", "all"):
             row = aggregated[(example.task, example_variant(example), split)]
             assert expected_metrics[row["variant"]] <= set(row["metrics"])
-            assert all(math.isfinite(v) for v in row["metrics"].values())
+            assert all(v is None or math.isfinite(v) for v in row["metrics"].values())
+            assert set(row["stderr"]) == set(row["metrics"])
     rating_all = aggregated[("rating", "rating", "all")]
     unparseable = sum(1 for o in results.outcomes if o.variant == "rating" and o.rating is None)
     assert rating_all["unparseable"] == unparseable
@@ -220,39 +254,52 @@ def test_evaluate_end_to_end_writes_every_field(tiny_setup, tmp_path):
 
 
 def test_harness_ranks_and_unparseable_ratings(tiny_setup, monkeypatch):
-    """With decoding replaced by known outputs, ranks and rating errors follow by hand."""
+    """With decoding replaced by known outputs, ranks and rating errors follow by hand;
+    the exclusion passed to the beam search is the user's whole history."""
+    from recsysllm import generation
     from recsysllm.evaluation import evaluator
 
     model, tokenizer, catalog, prompts, examples = tiny_setup
     sequential = [e for e in examples if e.template_id == "sequential-1"]  # 2 users
     ratings = [e for e in examples if e.template_id == "rating-1"]  # targets "4"
+    # Each user's whole history: more than the 3 items its prompt shows.
+    history = {
+        e.user: {*e.history, *[k for k in catalog.item_keys if k != e.target][:8]}
+        for e in sequential
+    }
+    seen_exclusions = []
 
     def fake_recommend(model, prompts_, trie, k, num_beams=None, exclude=None, **kwargs):
-        # Target at rank 3 without exclusion; with exclusion every history item is gone
-        # and the target moves to rank 1.
+        # The target after two other items, never an excluded one.
+        seen_exclusions.extend(exclude)
         out = []
-        for example in sequential[: len(prompts_)]:
-            filler = [key for key in catalog.item_keys if key != example.target]
+        for example, excluded in zip(sequential, exclude, strict=False):
+            filler = [
+                key for key in catalog.item_keys if key != example.target and key not in excluded
+            ]
             ranked = [*filler[:2], example.target, *filler[2:9]]
-            if exclude is not None:
-                ranked = [example.target, *[key for key in filler if key not in exclude[0]][:9]]
             out.append([(key, -float(i)) for i, key in enumerate(ranked)])
         return out
 
     texts = iter(["4 stars", "no idea"])
-    monkeypatch.setattr(evaluator, "recommend_items", fake_recommend)
+    monkeypatch.setattr(generation, "recommend_items", fake_recommend)
     monkeypatch.setattr(
-        evaluator, "generate_text", lambda model, prompts_, *a, **k: [next(texts) for _ in prompts_]
+        generation,
+        "generate_text",
+        lambda model, prompts_, *a, **k: [next(texts) for _ in prompts_],
     )
     results = evaluator.evaluate(
         model, tokenizer, catalog, sequential + ratings, batch_size=4, num_beams=10,
-        max_length=128, exclude_history=True, prompts=prompts, progress=False,
+        protocol=EvalProtocol(history=history), max_length=128, prompts=prompts, progress=False,
     )  # fmt: skip
+    assert seen_exclusions == [frozenset(history[e.user]) for e in sequential]
+    assert all(len(x) > 3 for x in seen_exclusions)  # not only the prompt's 3 items
     rows = {(r["variant"]): r for r in results.aggregated() if r["split"] == "all"}
     ranking = rows["all_items"]["metrics"]
     assert ranking["HR@1"] == 0.0 and ranking["HR@5"] == 1.0
     assert ranking["NDCG@5"] == pytest.approx(1 / math.log2(4))
-    assert ranking["HR@1 excl. history"] == 1.0
+    outcome = results.outcomes[0]
+    assert outcome.rank == 3 and outcome.top[2][0] == sequential[0].target
     # "4 stars" -> 4 (error 0); "no idea" is unparseable -> worst case 1 for target 4 (error 3).
     assert rows["rating"]["unparseable"] == 1
     assert rows["rating"]["metrics"]["MAE"] == pytest.approx(1.5)
@@ -260,7 +307,9 @@ def test_harness_ranks_and_unparseable_ratings(tiny_setup, monkeypatch):
 
 
 def test_yes_no_compares_the_two_answer_words(tiny_setup, monkeypatch):
-    """The opposite answer is tokenized as render_example would tokenize it."""
+    """The opposite answer is tokenized as render_example would tokenize it; the
+    yes-minus-no score feeds a TALLRec-style AUC."""
+    from recsysllm import generation
     from recsysllm.data.tasks import render_example
     from recsysllm.evaluation import evaluator
 
@@ -274,27 +323,29 @@ def test_yes_no_compares_the_two_answer_words(tiny_setup, monkeypatch):
         item=next(s.entity for s in example.segments if s.entity in catalog.items and s.entity not in example.history),
         target=other_word,
     )  # fmt: skip
-    expected = [evaluator._answer_ids(tokenizer.tokenize_example(e)) for e in (example, other)]
+
+    def answer_ids(e):
+        tokenized = tokenizer.tokenize_example(e)
+        return tuple(tokenized.input_ids[slice(*tokenized.answer_span)])
+
+    by_word = {example.target: answer_ids(example), other_word: answer_ids(other)}
+    expected = [by_word[template.answer_words[0]], by_word[template.answer_words[1]]]
     assert expected[0] != expected[1]
     seen_pairs = []
 
     def fake_scores(model, prompts_, candidates, **kwargs):
         seen_pairs.extend(candidates)
-        return [[-1.0, -2.0] for _ in candidates]  # the gold answer always wins
+        return [[-1.0, -2.0] for _ in candidates]  # the positive word always wins
 
-    monkeypatch.setattr(evaluator, "score_candidates", fake_scores)
+    monkeypatch.setattr(generation, "score_candidates", fake_scores)
     results = evaluator.evaluate(
-        model,
-        tokenizer,
-        catalog,
-        [example],
-        num_beams=10,
-        max_length=128,
-        prompts=prompts,
-        progress=False,
-    )
+        model, tokenizer, catalog, [example], num_beams=10, max_length=128,
+        protocol=EvalProtocol(), prompts=prompts, progress=False,
+    )  # fmt: skip
     assert seen_pairs == [expected]
-    assert results.outcomes[0].correct is True
+    outcome = results.outcomes[0]
+    assert outcome.yes_score == 1.0
+    assert outcome.correct is (example.target == template.answer_words[0])
 
 
 def test_evaluate_rejects_bad_examples(tiny_setup):
@@ -305,10 +356,23 @@ def test_evaluate_rejects_bad_examples(tiny_setup):
     model, tokenizer, catalog, prompts, examples = tiny_setup
     rating = next(e for e in examples if e.answer_type == "rating")
     bad = dataclasses.replace(rating, target="four")
+    protocol = EvalProtocol()
     with pytest.raises(ValueError, match=r"template='rating-1'.*'four' is not a number"):
-        evaluate(model, tokenizer, catalog, [bad], num_beams=10, max_length=128, progress=False)
+        evaluate(
+            model, tokenizer, catalog, [bad], protocol=protocol, num_beams=10, max_length=128,
+            progress=False,
+        )  # fmt: skip
     with pytest.raises(ValueError, match="num_beams"):
-        evaluate(model, tokenizer, catalog, [rating], num_beams=5, max_length=128, progress=False)
+        evaluate(
+            model, tokenizer, catalog, [rating], protocol=protocol, num_beams=5, max_length=128,
+            progress=False,
+        )  # fmt: skip
+    direct = [e for e in examples if e.candidates]
+    with pytest.raises(ValueError, match=r"template 'direct-3' needs \d+ tokens.*max_length is 24"):
+        evaluate(
+            model, tokenizer, catalog, direct, protocol=protocol, num_beams=10, max_length=24,
+            progress=False,
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- CLI
@@ -360,6 +424,7 @@ def cli_checkpoint(tmp_path_factory, tiny_tokenizer):
     )
     config.data.source, config.data.path, config.data.k_core = "generic", str(mapping), 1
     config.data.max_length = 512
+    config.data.num_negatives = 19  # 1 of 20 candidates: they fit 512 tokens whole
     config.eval.num_beams = 10
     config.save_yaml(root / "config.yaml")
     config.save_yaml(checkpoint / "config.yaml")
@@ -381,34 +446,76 @@ def cli_checkpoint(tmp_path_factory, tiny_tokenizer):
     return {"root": root, "config": root / "config.yaml", "checkpoint": checkpoint, "data": data}
 
 
-def test_cli_writes_reports_for_the_first_users(cli_checkpoint, tmp_path, capsys):
+def test_cli_uses_the_checkpoint_config_and_a_seeded_user_sample(cli_checkpoint, tmp_path, capsys):
     from recsysllm.evaluation.cli import main
 
     out = tmp_path / "eval" / "results.json"
     argv = [
-        "--config", str(cli_checkpoint["config"]), "--checkpoint", str(cli_checkpoint["checkpoint"]),
+        "--checkpoint", str(cli_checkpoint["checkpoint"]),  # no --config: the checkpoint's
         "--split", "test", "--prompts", "all", "--families", "sequential", "direct", "rating",
-        "--limit", "2", "--batch-size", "4", "--num-beams", "10", "--out", str(out),
+        "--limit", "3", "--batch-size", "4", "--num-beams", "10", "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
-    assert "| popularity |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| popularity |" in printed and "Every row: user's training history excluded" in printed
     document = json.loads(out.read_text())
     assert (
         document["split"] == "test"
         and document["catalog_hash"] == cli_checkpoint["data"].catalog.hash
     )
     assert document["config"]["data"]["source"] == "generic"
-    prompts = cli_checkpoint["data"].prompts
-    # --limit 2: the first two users (sorted ids) under every template.
+    assert document["settings"]["max_length"] == 512 and document["settings"]["seed"] == 42
+    assert document["settings"]["config_source"] == "checkpoint"
+    assert document["protocol"]["exclude_history"] is True
+    # --limit 3: a seeded random sample of users (not the first three), recorded, and
+    # the same users under every template and system.
+    sample = document["user_sample"]
+    users = sorted({e.user for e in cli_checkpoint["data"].tasks.examples("test", ["rating"])})
+    picks = np.random.default_rng(42).choice(len(users), size=3, replace=False)
+    assert sample["users"] == sorted(users[i] for i in picks.tolist())
+    assert sample["users"] != users[:3]
+    assert sample["population"] == len(users) and sample["limit"] == 3
     for row in document["model"]["per_template"]:
-        assert row["count"] == 2, row
+        assert row["count"] == 3 and row["users"] == 3, row
+        assert "truncated" in row
+    prompts = cli_checkpoint["data"].prompts
     templates = {t.id for f in ("sequential", "direct", "rating") for t in prompts.select(f, "all")}
     assert {row["template_id"] for row in document["model"]["per_template"]} == templates
     splits = {row["split"] for row in document["model"]["aggregated"]}
     assert splits == {"seen", "unseen", "all"}
     assert {"popularity", "random", "global_mean", "user_mean"} == set(document["baselines"])
+    outcomes = [
+        json.loads(line) for line in (out.parent / "outcomes.jsonl").read_text().splitlines()
+    ]
+    assert {o["user"] for o in outcomes} == set(sample["users"])
+    model_ranked = [o for o in outcomes if o["system"] == "model" and o["variant"] == "all_items"]
+    assert model_ranked and all(len(o["top"]) == 10 for o in model_ranked)
     assert out.with_suffix(".md").stat().st_size > 0
     assert matplotlib.image.imread(out.with_suffix(".png")).ndim == 3
+
+
+def test_cli_refuses_a_config_that_changes_the_examples(cli_checkpoint, tmp_path):
+    from recsysllm.evaluation.cli import ConfigMismatchError, main
+
+    out = tmp_path / "results.json"
+    base = ["--checkpoint", str(cli_checkpoint["checkpoint"]), "--out", str(out)]
+    # The training YAML with another max_length: refused, naming the field.
+    with pytest.raises(ConfigMismatchError, match=r"data\.max_length is 256 .* trained with 512"):
+        main([*base, "--config", str(cli_checkpoint["config"]), "data.max_length=256"])
+    with pytest.raises(ConfigMismatchError, match=r"data\.k_core"):
+        main([*base, "data.k_core=2"])
+    # Explicitly allowed: runs, and the override is recorded.
+    argv = [
+        *base, "--allow-config-override", "--families", "rating", "--templates", "rating-1",
+        "--limit", "2", "data.history_budget=5",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    document = json.loads(out.read_text())
+    assert document["settings"]["overridden_example_fields"] == ["history_budget"]
+    assert document["settings"]["history_budget"] == 5
+    assert {row["template_id"] for row in document["model"]["per_template"]} == {"rating-1"}
+    with pytest.raises(ValueError, match="unknown template id 'nope'"):
+        main([*base, "--templates", "nope"])
 
 
 def test_cli_refuses_a_changed_catalog(cli_checkpoint, tmp_path):

@@ -453,10 +453,14 @@ def test_half_precision_runs(model):
         ("rating: 5.", 5.0),
         ("great", None),
         ("", None),
-        ("0", None),
-        ("10/10", None),
         ("1", 1.0),
-        ("5.5", None),
+        # Out of scale or signed: parsed as what it is; the evaluator counts and scores it.
+        ("0", 0.0),
+        ("10/10", 10.0),
+        ("5.5", 5.5),
+        (" -3", -3.0),
+        ("-2 stars", -2.0),
+        ("+4", 4.0),
     ],
 )
 def test_parse_rating(text, rating):
@@ -469,3 +473,19 @@ def test_bad_inputs_are_named(model):
         generate_ids(model, [prompt], SPECIAL, max_new_tokens=2)
     with pytest.raises(ValueError, match="strategy 'top'"):
         generate_ids(model, [prompt], SPECIAL, max_new_tokens=2, strategy="top")
+
+
+def test_constrained_item_search_is_bounded_by_the_longest_item(model):
+    """However large a text budget is passed, the search takes at most longest item + 1
+    decoding steps (one model call each after the prompt pass)."""
+    rng = np.random.default_rng(11)
+    items = random_items(rng, 40)
+    trie = EntityTrie(items)
+    longest = max(len(ids) for ids in items.values())
+    recorder = Recorder(model)
+    ranked = recommend_items(
+        recorder, [make_prompt(rng, 8), make_prompt(rng, 6)], trie, 5, num_beams=8,
+        max_new_tokens=500, tokenizer=SPECIAL,
+    )  # fmt: skip
+    assert len(recorder.calls) - 1 <= longest + 1
+    assert all(len(r) == 5 for r in ranked)

@@ -71,13 +71,13 @@ def test_kv_cache_matches_full_forward_on_cuda():
         prefix = model(
             input_ids[:, :30], position_ids[:, :, :30], mask[:, :, :30, :30], use_cache=True
         )
-        cache, steps = prefix.past_key_values, []
+        cache, steps = prefix.cache, []
         for i in range(30, 40):
             step = model(
                 input_ids[:, i : i + 1],
                 position_ids[:, :, i : i + 1],
                 mask[:, :, i : i + 1, : i + 1],
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             )
             steps.append(step.logits)

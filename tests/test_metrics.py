@@ -13,7 +13,8 @@ from recsysllm.evaluation.baselines import (
     evaluate_baselines,
     mean_ratings,
 )
-from recsysllm.evaluation.evaluator import EvaluationResults, ExampleOutcome
+from recsysllm.evaluation.evaluator import EvalProtocol, EvaluationResults, ExampleOutcome
+from recsysllm.evaluation.metrics import auc, bootstrap_stderr, mean_stderr, rmse_stderr
 from recsysllm.schema import Example, Segment
 
 
@@ -138,18 +139,18 @@ def test_evaluate_baselines_on_hand_built_case():
         answer_mask="mask",
         answer_type="rating",
     )
+    protocol = EvalProtocol(ks=(1, 5), history={"u1": {"a"}, "u2": set()}, seed=3)
     systems = evaluate_baselines(
         [*examples, rating],
         items=items,
         item_counts=counts,
         user_ratings={"u1": [5.0, 3.0, 4.0, 2.0], "u2": [1.0, float("nan")]},
-        ks=(1, 5),
-        seed=3,
+        protocol=protocol,
     )
     assert set(systems) == {"popularity", "random", "global_mean", "user_mean"}
     assert [o.rank for o in systems["popularity"].outcomes] == [2, 1, 2]
     # Random ranks are permutations of the right length and reproducible.
-    again = evaluate_baselines(examples, items=items, item_counts=counts, ks=(1, 5), seed=3)
+    again = evaluate_baselines(examples, items=items, item_counts=counts, protocol=protocol)
     assert [o.rank for o in again["random"].outcomes] == [
         o.rank for o in systems["random"].outcomes
     ]
@@ -164,12 +165,12 @@ def test_evaluate_baselines_on_hand_built_case():
 
 def test_results_group_per_template_and_aggregate_seen_unseen():
     def outcome(template, seen, rank):
-        return ExampleOutcome("sequential", template, seen, "all_items", "u", "x", rank=rank)
+        return ExampleOutcome("sequential", template, seen, "all_items", f"u{rank}", "x", rank=rank)
 
     results = EvaluationResults(
         system="model",
         outcomes=[outcome("s1", True, 1), outcome("s1", True, 7), outcome("u1", False, None)],
-        ks=(1, 5, 10),
+        protocol=EvalProtocol(ks=(1, 5, 10)),
     )
     per_template = {row["template_id"]: row for row in results.per_template()}
     assert per_template["s1"]["count"] == 2
@@ -182,6 +183,73 @@ def test_results_group_per_template_and_aggregate_seen_unseen():
     assert aggregated["unseen"]["metrics"]["HR@10"] == 0.0
     assert aggregated["all"]["count"] == 3
     assert aggregated["all"]["metrics"]["HR@10"] == pytest.approx(2 / 3)
+    # Standard error of a hit rate: sample std / sqrt(n); hits (1, 1, 0) -> sqrt(1/3) / sqrt(3).
+    assert aggregated["all"]["stderr"]["HR@10"] == pytest.approx(math.sqrt(1 / 3) / math.sqrt(3))
+    assert per_template["u1"]["stderr"]["HR@10"] is None  # one example: undefined
+
+
+def test_every_row_shares_one_exclusion_setting():
+    """Popularity follows the table's setting: it excludes the whole history only when
+    the protocol says so (it used to exclude always, next to a model that did not)."""
+    items = ["a", "b", "c"]
+    counts = {"a": 10, "b": 5, "c": 1}
+    example = _item_example("u1", "a", history=[])  # the prompt shows no history ...
+    history = {"u1": {"a"}}  # ... but the user interacted with "a" before the target
+    excluded = evaluate_baselines(
+        [example], items=items, item_counts=counts, protocol=EvalProtocol(history=history)
+    )
+    assert excluded["popularity"].outcomes[0].rank is None  # "a" can never be returned
+    assert excluded["popularity"].outcomes[0].top[0][0] == "b"
+    assert all(key != "a" for key, _ in excluded["random"].outcomes[0].top)
+    kept = evaluate_baselines(
+        [example],
+        items=items,
+        item_counts=counts,
+        protocol=EvalProtocol(exclude_history=False, history=history),
+    )
+    assert kept["popularity"].outcomes[0].rank == 1
+
+
+def test_history_items_are_everything_before_the_target():
+    """Exclusion covers every earlier interaction, not the <= 20 sampled into a prompt."""
+    from test_splits import make_tables
+
+    from recsysllm.data.splits import build_splits
+    from recsysllm.evaluation.evaluator import history_items
+
+    splits = build_splits(make_tables([("u", f"i{t}", t) for t in range(40)]), k=1, num_negatives=0)
+    test = history_items(splits, "test")["u"]
+    assert len(test) == 39 and "Title i39" not in test and "Title i38" in test
+    assert len(history_items(splits, "valid")["u"]) == 38
+
+
+def test_auc_and_standard_errors_against_hand_computed_values():
+    # 2 positives x 2 negatives: pairs (0.9>0.1) (0.9>0.4) (0.4=0.4: 1/2) (0.4>0.1) = 3.5/4.
+    assert auc([0.9, 0.1, 0.4, 0.4], [True, False, True, False]) == pytest.approx(0.875)
+    assert auc([1.0, 2.0], [True, True]) is None
+    assert auc([0.0, 1.0], [True, False]) == 0.0
+    assert mean_stderr([1.0, 2.0, 3.0]) == pytest.approx(1.0 / math.sqrt(3))
+    # Clustered by user: (1, 1) and (0, 0) are two users, not four independent draws:
+    # cluster sums of deviations +1, -1 -> sqrt(2 / 1 * 2) / 4 = 0.5 (plain: 0.2887).
+    assert mean_stderr([1.0, 1.0, 0.0, 0.0], clusters=["a", "a", "b", "b"]) == pytest.approx(0.5)
+    assert mean_stderr([1.0, 0.0], clusters=["a", "a"]) is None
+    # RMSE delta method: errors (1, 3): MSE 5, SE(MSE) = std(1, 9)/sqrt(2) = 4; SE = 4 / (2 sqrt 5).
+    assert rmse_stderr([1.0, -3.0]) == pytest.approx(4 / (2 * math.sqrt(5)))
+    # The bootstrap is seeded: same seed, same figure.
+    first = bootstrap_stderr(lambda rows: sum(rows) / len(rows), 10, seed=1)
+    assert first == bootstrap_stderr(lambda rows: sum(rows) / len(rows), 10, seed=1)
+    assert 0 < first < 5
+
+
+def test_out_of_scale_ratings_are_counted_and_scored_as_worst_case():
+    outcomes = [
+        ExampleOutcome("rating", "r", True, "rating", "u", "4", rating=-3.0, text=" -3"),
+        ExampleOutcome("rating", "r", True, "rating", "u", "2", rating=4.0, text="4"),
+    ]
+    row = EvaluationResults(system="model", outcomes=outcomes).aggregated()[0]
+    assert row["out_of_scale"] == 1 and row["unparseable"] == 0
+    # -3 for target 4 scores as the worst case 1 (error 3); 4 for 2: error 2.
+    assert row["metrics"]["MAE"] == pytest.approx(2.5)
 
 
 def test_training_statistics_count_only_what_precedes_the_evaluated_targets():

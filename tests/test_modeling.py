@@ -9,7 +9,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
-from recsysllm.modeling.modeling_glm import _attention_bias
+from recsysllm.modeling.modeling_glm import CACHE_FIELD, _attention_bias
 
 
 def part_ab_mask(sep: list[int], part_b: list[int], seq: int) -> torch.Tensor:
@@ -197,20 +197,43 @@ def test_kv_cache_incremental_decoding_matches_full_forward(tiny_glm_config):
             mask[:, :, :prompt, :prompt],
             use_cache=True,
         )
-        cache = out.past_key_values
+        cache = getattr(out, CACHE_FIELD)
         steps = [out.logits]
         for t in range(prompt, seq):
             out = model(
                 input_ids[:, t : t + 1],
                 positions[:, :, t : t + 1],
                 mask[:, :, t : t + 1, : t + 1],  # [batch, 1, 1, cached + 1]
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             )
-            assert out.past_key_values is cache and cache.get_seq_length() == t + 1
+            assert getattr(out, CACHE_FIELD) is cache and cache.get_seq_length() == t + 1
             steps.append(out.logits)
     incremental = torch.cat(steps, dim=1)
     torch.testing.assert_close(incremental[real], full[real], atol=1e-5, rtol=0)
+
+
+def test_cache_argument_uses_the_current_transformers_name(tiny_glm_config):
+    """transformers 5.24 renamed past_key_values -> cache; the old name stays accepted."""
+    import transformers
+    from packaging.version import Version
+
+    model = make_model(tiny_glm_config)
+    input_ids = torch.randint(0, tiny_glm_config.vocab_size, (1, 4))
+    positions = torch.stack([torch.arange(4), torch.zeros(4, dtype=torch.long)])[None]
+    mask = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    step = (input_ids[:, :1], positions[:, :, :1], torch.ones(1, 1, 1, 5, dtype=torch.bool))
+    with torch.no_grad():
+        first = model(input_ids, positions, mask, use_cache=True)
+        cache = getattr(first, CACHE_FIELD)
+        new = model(*step, cache=cache, use_cache=True)
+        assert getattr(new, CACHE_FIELD) is cache
+        old_cache = getattr(model(input_ids, positions, mask, use_cache=True), CACHE_FIELD)
+        old = model(*step, past_key_values=old_cache, use_cache=True)
+    torch.testing.assert_close(new.logits, old.logits)
+    if Version(transformers.__version__) >= Version("5.24"):
+        assert CACHE_FIELD == "cache"
+        assert new.cache is cache  # the field itself, not the deprecated property
 
 
 @pytest.mark.parametrize(

@@ -168,7 +168,7 @@ def test_file_level_errors(tmp_path):
     with pytest.raises(PromptError, match="field 'family' is 'direct'"):
         load_prompts(tmp_path)
     (tmp_path / "rating.yaml").write_text("family: rating\ntemplates: [\n")
-    with pytest.raises(PromptError, match=r"rating\.yaml: line \d+: not valid YAML"):
+    with pytest.raises(PromptError, match=r"rating\.yaml: line \d+: malformed YAML"):
         load_prompts(tmp_path)
 
 

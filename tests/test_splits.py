@@ -247,22 +247,61 @@ def test_direct_candidates_are_100_distinct_uninteracted_and_reproducible(tmp_pa
         other_seed.load_candidates(path)
 
 
-def test_too_few_items_for_negatives_is_a_clear_error():
+def test_no_item_left_for_negatives_is_a_clear_error():
     rows = [(f"u{u}", f"x{j}", j) for u in range(3) for j in range(5)]
     with pytest.raises(
-        ValueError, match=r"direct candidates of user 'u0' \(valid\): only 0 items are left"
+        ValueError,
+        match=r"user 'u0' interacted with 5 of the 5 items, leaving 0.*data.mixture.direct",
     ):
         build_splits(make_tables(rows), k=1, num_negatives=99)
 
 
-def test_too_few_items_for_a_short_users_negatives_is_a_clear_error():
+def test_small_catalog_uses_every_item_left_or_refuses_when_exact(caplog):
     rows = [(f"S{u}", f"x{u}", 1) for u in range(30)]  # one event each, 30 items
     splits = build_splits(make_tables(rows), k=1, num_negatives=29)  # 29 others: enough
     evaluated = [u for u in splits.users if splits.short_users[u] != "train"]
     assert evaluated and all(
         len(splits.candidates[splits.short_users[u]][u]) == 30 for u in evaluated
     )
-    with pytest.raises(
-        ValueError, match=r"direct candidates of user 'S\d+' \((valid|test)\): only 29"
-    ):
-        build_splits(make_tables(rows), k=1, num_negatives=99)
+    with caplog.at_level("WARNING"):
+        fewer = build_splits(make_tables(rows), k=1, num_negatives=99)
+    assert fewer.num_negatives == 29 and fewer.tables.notes["direct negatives per list"] == 29
+    assert "every direct candidate list gets 29 negatives (1-of-30)" in caplog.text
+    with pytest.raises(ValueError, match=r"leaving 29 .*data.num_negatives = 99.*exact_negatives"):
+        build_splits(make_tables(rows), k=1, num_negatives=99, exact_negatives=True)
+
+
+def test_rows_dropped_by_dedup_and_k_core_are_summarised_at_warning_level(caplog):
+    rows = [(u, i, t) for t, (u, i) in enumerate(
+        [("a", "x"), ("a", "y"), ("a", "x"), ("b", "x"), ("b", "y"), ("c", "z")]
+    )]  # fmt: skip
+    with caplog.at_level("WARNING", logger="recsysllm.data.splits"):
+        splits = build_splits(make_tables(rows), k=2, num_negatives=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    # 6 rows in; (a, x) repeated once; (c, z) falls to the 2-core; 4 kept.
+    assert any(
+        "6 interaction rows in, 1 duplicate (user, item) rows dropped, "
+        "1 removed by the 2-core, 4 kept" in message
+        for message in warnings
+    ), warnings
+    assert splits.tables.interactions.num_rows == 4
+
+
+def test_unused_direct_family_builds_no_candidate_lists():
+    """Every user interacted with every item: no negatives exist, which is fine without direct."""
+    from recsysllm.config import DataArgs
+    from recsysllm.data.tasks import TaskMixture
+    from recsysllm.pipeline import prepare_from_tables
+
+    rows = [(f"u{u}", f"x{j}", j) for u in range(4) for j in range(5)]
+    mixture = {"rating": 1.0, "sequential": 1.0, "direct": 0.0, "pretrain": 0.0,
+               "explanation": 0.0, "review": 0.0}  # fmt: skip
+    data = prepare_from_tables(make_tables(rows), DataArgs(k_core=1, mixture=mixture), seed=0)
+    assert data.splits.num_negatives == 0
+    assert data.splits.candidates == {"valid": {}, "test": {}}
+    examples = data.tasks.examples("test", ["sequential"], prompts="all", seed=0)
+    assert examples and all(not e.candidates for e in examples)
+    train = data.tasks.training_examples(TaskMixture(mixture, 20), seed=0, epoch=0)
+    assert len(train) == 20 and all(not e.candidates for e in train)
+    with pytest.raises(ValueError, match="data.mixture.direct"):
+        prepare_from_tables(make_tables(rows), DataArgs(k_core=1), seed=0)

@@ -99,6 +99,7 @@ def tiny_config(output_dir: Path, tokenizer_dir: Path, overrides: list[str] = ()
             "mixture": {"rating": 1.0, "sequential": 1.0, "direct": 1.0, "pretrain": 1.0},
             "examples_per_epoch": 16,
             "history_budget": 5,
+            "num_negatives": 2,  # 1 of 3 candidates: whole lists fit 128 tokens
         },
         "train": {
             "output_dir": str(output_dir),
@@ -228,6 +229,7 @@ def test_gradient_accumulation_follows_the_token_mean_of_the_whole_step(
         "train.max_grad_norm=0.0",
         "data.packing=false",
         "max_steps=1",
+        "data.seed=3",
     ]
     config = tiny_config(tmp_path / "run", tokenizer_dir, overrides)
     trainer, _ = build_trainer(config, tiny_data)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import datasets
 
 from recsysllm.data.tables import RecTables
+from recsysllm.files import atomic_write
 from recsysllm.schema import Segment
 
 ATTRIBUTE_PREFIX = "attr:"
@@ -238,13 +238,5 @@ class EntityCatalog:
 
 
 def write_json_atomic(path: Path, payload: object) -> None:
-    """Write JSON to a temp file in the same directory, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, ensure_ascii=False, indent=1)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Write JSON (UTF-8, indent 1) with :func:`recsysllm.files.atomic_write`."""
+    atomic_write(path, json.dumps(payload, ensure_ascii=False, indent=1))

@@ -28,6 +28,7 @@ Generic YAML mapping (paths relative to the YAML file; only ``interactions.path`
       item: product_id
       timestamp: ts             # integer seconds since epoch or ISO 8601 ("2021-03-04T10:00:00")
       rating: stars
+      rating_scale: [1, 5]      # ratings outside it are refused (default: any finite number)
       review: review_text
       summary: headline
     items:
@@ -51,25 +52,25 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
-import io
 import json
 import logging
 import math
 import re
 import tempfile
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from recsysllm.data.tables import INTERACTION_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, RecTables
+from recsysllm.files import read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,10 @@ OLDEST_AGE_BUCKET = "65+"
 ML_MISSING_TITLES = {"unknown", "unkonwn"}
 ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float32": pa.float32()}
 BATCH_ROWS = 50_000
+# Star ratings of every built-in source; a generic mapping declares its own (rating_scale).
+STAR_SCALE = (1.0, 5.0)
+# Sane interaction times, seconds since epoch: 1970-01-01 (inclusive) to 2100-01-01.
+TIMESTAMP_RANGE = (0, 4_102_444_800)
 
 AMAZON_META_ASIN = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
 
@@ -132,11 +137,13 @@ class TableWriter:
         self._sink = pa.OSFile(str(self.path), "wb")
         self._writer = pa.ipc.new_stream(self._sink, self.schema)
         self._columns: list[list[Any]] = [[] for _ in columns]
+        self.rows = 0
 
     def add(self, *values: Any) -> None:
         """Append one row (values in column order)."""
         for column, value in zip(self._columns, values, strict=True):
             column.append(value)
+        self.rows += 1
         if len(self._columns[0]) >= BATCH_ROWS:
             self._flush()
 
@@ -198,6 +205,14 @@ def _as_id(value: Any, where: str, field: str) -> str:
     """An id as a string: ints stay ints ("7", not "7.0"), strings are stripped."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         raise _fail(where, field, "missing")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _fail(
+            where,
+            field,
+            f"expected a scalar id (text or integer), got {type(value).__name__} {value!r:.60}",
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(where, field, f"not a valid id: {value!r}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()
@@ -206,22 +221,50 @@ def _as_id(value: Any, where: str, field: str) -> str:
     return text
 
 
-def _as_rating(value: Any, where: str, field: str) -> float:
+def _as_rating(
+    value: Any, where: str, field: str, scale: tuple[float, float] | None = STAR_SCALE
+) -> float:
+    """A finite rating inside ``scale`` (inclusive; None: any finite number)."""
     if isinstance(value, bool):
         raise _fail(where, field, f"not a number: {value!r}")
     try:
         rating = float(value)
     except (TypeError, ValueError):
-        raise _fail(where, field, f"not a number: {value!r}") from None
+        raise _fail(where, field, f"not a number: {value!r:.60}") from None
     if math.isnan(rating):
         raise _fail(where, field, "NaN rating")
+    if not math.isfinite(rating):
+        raise _fail(where, field, f"non-finite rating {value!r}")
+    if scale is not None and not scale[0] <= rating <= scale[1]:
+        raise _fail(
+            where, field, f"rating {rating:g} is outside the scale {scale[0]:g}..{scale[1]:g}"
+        )
     return rating
 
 
 def _as_timestamp(value: Any, where: str, field: str) -> int:
-    """Seconds since epoch from an integer (or integral float / string) or an ISO 8601 string."""
+    """Seconds since epoch from an integer (or integral float / string) or an ISO 8601 string.
+
+    Refuses times outside 1970-01-01..2100-01-01 (TIMESTAMP_RANGE): a value in
+    milliseconds, a typo, or one that would overflow the int64 column.
+    """
+    seconds = _timestamp_seconds(value)
+    if seconds is None:
+        raise _fail(where, field, f"not a timestamp (integer seconds or ISO 8601): {value!r:.60}")
+    low, high = TIMESTAMP_RANGE
+    if not low <= seconds < high:
+        raise _fail(
+            where,
+            field,
+            f"timestamp {value!r:.60} is outside 1970-01-01..2100-01-01 ({low}..{high} seconds "
+            "since epoch; milliseconds?)",
+        )
+    return seconds
+
+
+def _timestamp_seconds(value: Any) -> int | None:
     if isinstance(value, bool):
-        raise _fail(where, field, f"not a timestamp: {value!r}")
+        return None
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -229,10 +272,12 @@ def _as_timestamp(value: Any, where: str, field: str) -> int:
     if isinstance(value, str):
         text = value.strip()
         try:
-            return int(float(text)) if re.fullmatch(r"-?\d+(\.0*)?", text) else _iso_seconds(text)
-        except ValueError:
-            pass
-    raise _fail(where, field, f"not a timestamp (integer seconds or ISO 8601): {value!r}")
+            if re.fullmatch(r"-?\d+(\.0*)?", text):
+                return int(text.split(".")[0])
+            return _iso_seconds(text)
+        except (ValueError, OverflowError):
+            return None
+    return None
 
 
 def _iso_seconds(text: str) -> int:
@@ -267,13 +312,36 @@ def _as_age_bucket(value: Any, where: str, field: str) -> str:
     return age_bucket(age)
 
 
-def _open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
-    """Open a plain or gzipped text file (gzip detected by its magic bytes, not the name)."""
+def _text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(1-based line number, line with its ending) of a plain or gzipped text file.
+
+    Gzip is detected by its magic bytes, not the name. Each line is decoded on its own,
+    so bytes that are not ``encoding`` and a gzip stream that ends early are reported
+    with the file and line instead of a bare codec or zlib error.
+    """
     with open(path, "rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, newline="")
-    return open(path, encoding=encoding, newline="")
+    line_number = 0
+    try:
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
+            for line_number, raw in enumerate(f, start=1):
+                try:
+                    text = raw.decode(encoding)
+                except UnicodeDecodeError as error:
+                    raise _fail(
+                        _where(path, line_number),
+                        "<bytes>",
+                        f"not {encoding} text: byte 0x{raw[error.start]:02x} at column "
+                        f"{error.start + 1} (convert the file to {encoding})",
+                    ) from None
+                yield line_number, text
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise _fail(
+            _where(path, line_number + 1),
+            "<file>",
+            f"the gzip stream is truncated or corrupt after {line_number} complete lines "
+            f"({error}); download the file again",
+        ) from None
 
 
 def _require_file(path: Path, what: str) -> Path:
@@ -418,6 +486,8 @@ def _load_movielens_raw(directory: Path) -> RecTables:
             rating = _as_rating(fields[2], where, "rating")
             timestamp = _as_timestamp(fields[3], where, "timestamp")
             interactions.add(user, item, timestamp, rating, "", "")
+    if not interactions.rows:
+        raise _fail(str(data_path), "<rows>", "no ratings: the file is empty")
     return _finish_movielens(interactions, items, users, untitled)
 
 
@@ -426,24 +496,31 @@ def _atomic_rows(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, lis
 
     The header names columns ``name:type``; ``fields`` are looked up by name.
     """
-    with open(_require_file(path, "RecBole atomic file"), encoding="utf-8") as f:
-        header = [column.split(":")[0] for column in f.readline().rstrip("\r\n").split("\t")]
-        missing = [field for field in fields if field not in header]
-        if missing:
-            raise _fail(_where(path, 1), missing[0], f"column missing from header {header}")
-        indices = [header.index(field) for field in fields]
-        for line_number, line in enumerate(f, start=2):
-            if not line.strip():
-                continue
-            values = line.rstrip("\r\n").split("\t")
-            where = _where(path, line_number)
-            if len(values) != len(header):
-                raise _fail(
-                    where,
-                    "<line>",
-                    f"expected {len(header)} tab-separated fields, got {len(values)}",
-                )
-            yield where, [values[i] for i in indices]
+    lines = _text_lines(_require_file(path, "RecBole atomic file"))
+    first = next(lines, None)
+    if first is None:
+        raise _fail(str(path), "<header>", "the file is empty (expected a header line)")
+    header = [column.split(":")[0] for column in first[1].rstrip("\r\n").split("\t")]
+    missing = [field for field in fields if field not in header]
+    if missing:
+        raise _fail(_where(path, 1), missing[0], f"column missing from header {header}")
+    indices = [header.index(field) for field in fields]
+    rows = 0
+    for line_number, line in lines:
+        if not line.strip():
+            continue
+        values = line.rstrip("\r\n").split("\t")
+        where = _where(path, line_number)
+        if len(values) != len(header):
+            raise _fail(
+                where,
+                "<line>",
+                f"expected {len(header)} tab-separated fields, got {len(values)}",
+            )
+        rows += 1
+        yield where, [values[i] for i in indices]
+    if not rows:
+        raise _fail(str(path), "<rows>", "no data rows: the file has only a header")
 
 
 def _load_movielens_atomic(directory: Path) -> RecTables:
@@ -526,12 +603,19 @@ def _parse_record(line: str, where: str) -> dict[str, Any]:
 
 
 def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(location, record) for each non-empty line of a JSON-lines / literal-lines file."""
-    with _open_text(path) as f:
-        for line_number, line in enumerate(f, start=1):
-            if line.strip():
-                where = _where(path, line_number)
-                yield where, _parse_record(line, where)
+    """(location, record) for each non-empty line of a JSON-lines / literal-lines file.
+
+    Raises:
+        ValueError: the file has no record (empty or blank), naming it.
+    """
+    count = 0
+    for line_number, line in _text_lines(path):
+        if line.strip():
+            where = _where(path, line_number)
+            count += 1
+            yield where, _parse_record(line, where)
+    if not count:
+        raise _fail(str(path), "<rows>", "no records: the file is empty")
 
 
 def _amazon_categories(record: dict[str, Any]) -> str:
@@ -592,32 +676,35 @@ def load_amazon_reviews(
     skipped_meta = duplicate_meta = 0
     if meta_path is not None:
         meta_path = _require_file(Path(meta_path), "Amazon meta")
-        with _open_text(meta_path) as f:
-            for line_number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                # Meta files cover every item of a category (10-20x the 5-core items):
-                # read the asin with a regex and parse only the lines that are needed.
-                found = AMAZON_META_ASIN.search(line)
-                if found and found.group(1) not in item_ids:
-                    skipped_meta += 1
-                    continue
-                where = _where(meta_path, line_number)
-                record = _parse_record(line, where)
-                asin = _as_id(_require(record, "asin", where), where, "asin")
-                if asin not in item_ids:
-                    skipped_meta += 1
-                    continue
-                if asin in meta:  # the 2018 meta files repeat some items; the first line wins
-                    duplicate_meta += 1
-                    continue
-                price = record.get("price")
-                meta[asin] = (
-                    _as_text(record.get("title")),
-                    _as_text(record.get("brand")),
-                    _amazon_categories(record),
-                    "" if price is None else str(price).strip(),
-                )
+        meta_lines = 0
+        for line_number, line in _text_lines(meta_path):
+            if not line.strip():
+                continue
+            meta_lines += 1
+            # Meta files cover every item of a category (10-20x the 5-core items):
+            # read the asin with a regex and parse only the lines that are needed.
+            found = AMAZON_META_ASIN.search(line)
+            if found and found.group(1) not in item_ids:
+                skipped_meta += 1
+                continue
+            where = _where(meta_path, line_number)
+            record = _parse_record(line, where)
+            asin = _as_id(_require(record, "asin", where), where, "asin")
+            if asin not in item_ids:
+                skipped_meta += 1
+                continue
+            if asin in meta:  # the 2018 meta files repeat some items; the first line wins
+                duplicate_meta += 1
+                continue
+            price = record.get("price")
+            meta[asin] = (
+                _as_text(record.get("title")),
+                _as_text(record.get("brand")),
+                _amazon_categories(record),
+                "" if price is None else str(price).strip(),
+            )
+        if not meta_lines:
+            raise _fail(str(meta_path), "<rows>", "no records: the file is empty")
 
     items = _item_writer(("brand", "categories", "price"))
     untitled = 0
@@ -699,9 +786,14 @@ def load_clothing_reviews(path: str | Path) -> RecTables:
     if path.is_dir():
         path = path / CLOTHING_FILE
     _require_file(path, "clothing reviews")
-    table = pq.read_table(
-        path, columns=[c for c in CLOTHING_COLUMNS if c in pq.read_schema(path).names]
-    )
+    try:
+        table = pq.read_table(
+            path, columns=[c for c in CLOTHING_COLUMNS if c in pq.read_schema(path).names]
+        )
+    except pa.ArrowException as error:
+        raise _fail(str(path), "<file>", f"not a readable Parquet file ({error})") from None
+    if not table.num_rows:
+        raise _fail(str(path), "<rows>", "no reviews: the table has no rows")
     missing = [c for c in CLOTHING_COLUMNS if c not in table.column_names]
     if missing:
         raise _fail(str(path), missing[0], f"column missing; columns are {table.column_names}")
@@ -753,25 +845,43 @@ def _table_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(location, record) of every row of a CSV / TSV / Parquet / JSON-lines file."""
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     kind = suffixes[-1] if suffixes else ""
+    rows = 0
     if kind in (".csv", ".tsv"):
-        with _open_text(path) as f:
-            reader = csv.DictReader(f, delimiter="\t" if kind == ".tsv" else ",")
-            for record in reader:
-                # line_num is the line where the record ends, exact with multi-line fields
-                yield _where(path, reader.line_num), record
+        delimiter = "\t" if kind == ".tsv" else ","
+        reader = csv.reader((line for _, line in _text_lines(path)), delimiter=delimiter)
+        header = next(reader, None)
+        for values in reader:
+            # line_num is the line where the record ends, exact with multi-line fields
+            where = _where(path, reader.line_num)
+            if not values:
+                continue  # a blank line
+            if len(values) != len(header):
+                raise _fail(
+                    where,
+                    "<row>",
+                    f"{len(values)} fields but the header has {len(header)} "
+                    f"(an unquoted {delimiter!r} inside a value?)",
+                )
+            rows += 1
+            yield where, dict(zip(header, values, strict=True))
     elif kind == ".parquet":
-        parquet = pq.ParquetFile(path)
-        row = 0
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
-            for record in batch.to_pylist():
-                yield _where(path, row=row), record
-                row += 1
+        try:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
+            for batch in batches:
+                for record in batch.to_pylist():
+                    yield _where(path, row=rows), record
+                    rows += 1
+        except pa.ArrowException as error:
+            raise _fail(str(path), "<file>", f"not a readable Parquet file ({error})") from None
     elif kind in (".jsonl", ".json"):
         yield from _records(path)
+        return
     else:
         raise ValueError(
             f"{path}: unsupported table format {kind!r} (use .csv, .tsv, .parquet or .jsonl)"
         )
+    if not rows:
+        raise _fail(str(path), "<rows>", "no data rows: the file is empty or has only a header")
 
 
 def _columns_of(path: Path) -> list[str] | None:
@@ -779,10 +889,16 @@ def _columns_of(path: Path) -> list[str] | None:
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     kind = suffixes[-1] if suffixes else ""
     if kind == ".parquet":
-        return pq.read_schema(path).names
+        try:
+            return pq.read_schema(path).names
+        except pa.ArrowException as error:
+            raise _fail(str(path), "<file>", f"not a readable Parquet file ({error})") from None
     if kind in (".csv", ".tsv"):
-        with _open_text(path) as f:
-            return next(csv.reader(f, delimiter="\t" if kind == ".tsv" else ","), [])
+        lines = (line for _, line in _text_lines(path))
+        header = next(csv.reader(lines, delimiter="\t" if kind == ".tsv" else ","), [])
+        if not header:
+            raise _fail(str(path), "<header>", "the file is empty (expected a header line)")
+        return header
     return None
 
 
@@ -833,6 +949,24 @@ def _mapped_columns(
     return [section[k] for k in (*required, *optional) if section.get(k)]
 
 
+def _rating_scale(value: Any, source: str) -> tuple[float, float] | None:
+    """The mapping's ``interactions.rating_scale`` ([low, high], finite, low < high) or None."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not all(math.isfinite(v) for v in value)
+        or value[0] >= value[1]
+    ):
+        raise ValueError(
+            f"{source}: field interactions.rating_scale: expected [low, high] with finite "
+            f"numbers low < high, got {value!r}"
+        )
+    return float(value[0]), float(value[1])
+
+
 def load_generic_table(
     mapping: str | Path | dict[str, Any], base_dir: str | Path | None = None
 ) -> RecTables:
@@ -856,8 +990,7 @@ def load_generic_table(
         base = Path(base_dir) if base_dir is not None else Path.cwd()
     else:
         source = str(mapping)
-        with open(_require_file(Path(mapping), "generic mapping")) as f:
-            loaded = yaml.safe_load(f)
+        loaded = read_yaml(_require_file(Path(mapping), "generic mapping"))
         if not isinstance(loaded, dict):
             raise ValueError(f"{source}: expected a YAML mapping at the top level")
         mapping = loaded
@@ -873,8 +1006,9 @@ def load_generic_table(
         mapping,
         "interactions",
         source,
-        {"path", "user", "item", "timestamp", "rating", "review", "summary"},
+        {"path", "user", "item", "timestamp", "rating", "rating_scale", "review", "summary"},
     )
+    scale = _rating_scale(spec.get("rating_scale"), source)
     columns = _mapped_columns(
         spec, "interactions", source, ("user", "item"), ("timestamp", "rating", "review", "summary")
     )
@@ -891,7 +1025,9 @@ def load_generic_table(
                 _require(record, spec["timestamp"], where), where, spec["timestamp"]
             )
         if spec.get("rating"):
-            rating = _as_rating(_require(record, spec["rating"], where), where, spec["rating"])
+            rating = _as_rating(
+                _require(record, spec["rating"], where), where, spec["rating"], scale
+            )
         review = _as_text(record.get(spec["review"])) if spec.get("review") else ""
         summary = _as_text(record.get(spec["summary"])) if spec.get("summary") else ""
         interactions.add(user, item, timestamp, rating, review, summary)

@@ -21,7 +21,12 @@ Rules (DESIGN.md section 8):
 - Direct candidates: for each user and split valid/test with a target there, the target plus
   ``num_negatives`` distinct items the user never interacted with in any split,
   drawn with ``numpy.random.default_rng(seed)`` over users in sorted order and
-  stored (target first) so every evaluation sees the same lists.
+  stored (target first) so every evaluation sees the same lists. On a small catalog
+  where some user has fewer than ``num_negatives`` items left, every list gets the
+  largest count all users can fill (recorded as ``RecSplits.num_negatives`` and in
+  ``tables.notes["direct negatives per list"]``), or the split is refused when
+  ``exact_negatives`` is set. ``num_negatives=0`` stores no lists (the direct family
+  is not used).
 """
 
 from __future__ import annotations
@@ -101,7 +106,8 @@ class RecSplits:
             negatives (item keys).
         k: the k of the k-core.
         seed: seed the candidates (and the short users' splits) were drawn with.
-        num_negatives: negatives per stored candidate list (training samples as many).
+        num_negatives: negatives per stored candidate list (training samples as many);
+            0 when no lists were built (the direct family is not used).
         short_users: user with 1 or 2 events -> the one split holding all of them
             (:func:`short_user_split`); every other user is split leave-one-out.
     """
@@ -184,6 +190,7 @@ class RecSplits:
             "data_set": self.tables.name,
             "k": self.k,
             "seed": self.seed,
+            "num_negatives": self.num_negatives,
             **{
                 split: {user: list(keys) for user, keys in self.candidates[split].items()}
                 for split in EVAL_SPLITS
@@ -211,6 +218,9 @@ class RecSplits:
             if split not in payload:
                 raise ValueError(f"{path}: missing field {split!r}")
             lists = payload[split]
+            if not lists and not self.num_negatives:
+                loaded[split] = {}  # no lists built (the direct family is not used)
+                continue
             expected = set(self.split_users(split))
             missing = expected - set(lists)
             if missing:
@@ -235,6 +245,9 @@ class RecSplits:
                     )
                 loaded[split][user] = tuple(keys)
         self.candidates = loaded
+        lengths = {len(keys) for lists in loaded.values() for keys in lists.values()}
+        if lengths:  # the lists' length decides, as when they were drawn
+            self.num_negatives = max(lengths) - 1
 
 
 def k_core_rows(users: Sequence[str], items: Sequence[str], k: int) -> list[int]:
@@ -297,7 +310,12 @@ def sample_negatives(
 
 
 def build_splits(
-    tables: RecTables, *, k: int = 5, seed: int = 0, num_negatives: int = 99
+    tables: RecTables,
+    *,
+    k: int = 5,
+    seed: int = 0,
+    num_negatives: int = 99,
+    exact_negatives: bool = False,
 ) -> RecSplits:
     """Filter ``tables`` to its k-core and split every user leave-one-out in time order.
 
@@ -307,17 +325,24 @@ def build_splits(
         tables: the data set (any source).
         k: minimum interactions per user and per item.
         seed: seed of the direct candidates and of the short users' splits.
-        num_negatives: sampled negatives per direct candidate list (99 gives 1-of-100).
+        num_negatives: sampled negatives per direct candidate list (99 gives 1-of-100);
+            fewer when some user has fewer items left to draw from (see
+            ``exact_negatives``); 0 builds no lists.
+        exact_negatives: refuse, instead of using fewer negatives, when some user has
+            fewer than ``num_negatives`` items left.
 
     Returns:
         RecSplits with stored candidates for every user with a valid/test target.
 
     Raises:
-        ValueError: k < 1, an interaction naming an item missing from the items
-            table (names the row), or too few items to draw the negatives from.
+        ValueError: k < 1, num_negatives < 0, an interaction naming an item missing from
+            the items table (names the row), no interactions left after filtering, or
+            too few items to draw the negatives from (see above).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if num_negatives < 0:
+        raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
     name = tables.name
     columns = tables.interactions.to_dict()
     key_of = item_key_map(tables.items, source=name)
@@ -368,10 +393,17 @@ def build_splits(
     for split in SPLITS:
         notes[f"users with < 3 interactions, all in {split}"] = short_counts[split]
     if duplicates or len(first_rows) != len(rows):
-        logger.info(
-            "%s: kept %d of %d interactions (%d duplicates, %d by %d-core)",
-            name, len(rows), len(order), duplicates, len(first_rows) - len(kept), k,
+        # WARNING, not INFO: rows the user gave are not used, and they should hear of it.
+        logger.warning(
+            "%s: %d interaction rows in, %d duplicate (user, item) rows dropped, "
+            "%d removed by the %d-core, %d kept",
+            name, len(order), duplicates, len(first_rows) - len(kept), k, len(rows),
         )  # fmt: skip
+    if not rows:
+        raise ValueError(
+            f"{name}: no interactions left after dropping {duplicates} duplicates and "
+            f"applying the {k}-core to {len(order)} rows; lower data.k_core"
+        )
     if short_users:
         logger.info(
             "%s: %d users with < 3 interactions go whole to one split (train %d, valid %d, test %d)",
@@ -395,17 +427,43 @@ def build_splits(
         )
         for user, user_rows in sorted(by_user.items())
     }
-    splits = RecSplits(
-        filtered,
-        item_keys,
-        sequences,
-        k=k,
-        seed=seed,
-        num_negatives=num_negatives,
-        short_users=short_users,
-    )
-    splits.candidates = _draw_candidates(splits, seed, num_negatives)
+    splits = RecSplits(filtered, item_keys, sequences, k=k, seed=seed, short_users=short_users)
+    splits.num_negatives = _negatives_per_list(splits, num_negatives, exact_negatives)
+    notes["direct negatives per list"] = splits.num_negatives
+    if splits.num_negatives:
+        splits.candidates = _draw_candidates(splits, seed, splits.num_negatives)
+    else:
+        splits.candidates = {split: {} for split in EVAL_SPLITS}
     return splits
+
+
+def _negatives_per_list(splits: RecSplits, wanted: int, exact: bool) -> int:
+    """``wanted``, or the most negatives every user can get on a small catalog."""
+    if wanted == 0:
+        return 0
+    pool = len(splits.item_keys)
+    user, available = min(
+        ((u, pool - len(splits.interacted(u))) for u in splits.users), key=lambda pair: pair[1]
+    )
+    if available >= wanted:
+        return wanted
+    problem = (
+        f"{splits.tables.name}: user {user!r} interacted with {pool - available} of the "
+        f"{pool} items, leaving {available} to draw direct negatives from, fewer than "
+        f"data.num_negatives = {wanted}"
+    )
+    if exact or available == 0:
+        advice = (
+            "lower data.num_negatives or unset data.exact_negatives"
+            if available
+            else "set data.mixture.direct to 0 and leave direct out of eval.families"
+        )
+        raise ValueError(f"{problem}; {advice}")
+    logger.warning(
+        "%s; every direct candidate list gets %d negatives (1-of-%d)",
+        problem, available, available + 1,
+    )  # fmt: skip
+    return available
 
 
 def _draw_candidates(

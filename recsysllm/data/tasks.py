@@ -28,7 +28,9 @@ word of 4+ letters], review [the summary, or the rating], direct [the target amo
 100 candidates; or yes/no as for sequential]. Candidates and yes/no negatives come
 from the stored lists of ``RecSplits.candidates`` for valid/test (shuffled with a
 seeded generator so the target's position varies) and are sampled from items the
-user never interacted with for training.
+user never interacted with for training. When the splits hold no stored lists
+(``num_negatives`` 0: the direct family is not used), templates with candidates are
+skipped and counted, and yes/no negatives are drawn with the example's seeded generator.
 
 An example whose target lacks what its template needs (no rating, no review, no
 summary, no hint word, no earlier event for a sequential prompt) is skipped and
@@ -274,6 +276,7 @@ def render_example(
         ... # doctest: +SKIP
     """
     segments = _SegmentList()
+    history_segments = None
     answer, gold = _answer_segment(template, catalog, target)
     for literal, name in template.parts:
         segments.text(_plain(literal))
@@ -288,7 +291,9 @@ def render_example(
             segments.mixed(profile_segments(catalog, user_features, feature_templates))
         elif name == "history":
             if history:
+                first = len(segments.segments)
                 segments.add(_item_list(catalog, history))
+                history_segments = (first, len(segments.segments))
             else:
                 segments.text(EMPTY_HISTORY_TEXT)
         elif name == "candidates":
@@ -320,6 +325,7 @@ def render_example(
         candidates=tuple(candidates) if "candidates" in placeholders else (),
         history=tuple(history) if "history" in placeholders else (),
         timestamp=timestamp,
+        history_segments=history_segments,
     )
 
 
@@ -431,7 +437,7 @@ class TaskBuilder:
             )
         if not any(event.has_rating for event in events):
             self.missing_data["rating"] = f"{tables.name} has no ratings"
-        self._targets_cache: dict[tuple[str, str, bool], list[tuple[str, int]]] = {}
+        self._targets_cache: dict[tuple[str, str, bool, bool], list[tuple[str, int]]] = {}
 
     # ----------------------------------------------------------------- helpers
 
@@ -446,10 +452,11 @@ class TaskBuilder:
         )
         return [sequence[index].item for index in chosen]
 
-    @staticmethod
-    def _unmet(template: PromptTemplate, event: Event, history: Sequence[str]) -> str | None:
+    def _unmet(self, template: PromptTemplate, event: Event, history: Sequence[str]) -> str | None:
         """Why ``event`` cannot be the target of ``template`` (None: it can)."""
         family, kind = template.family, template.answer_type
+        if "candidates" in template.placeholders and not self.splits.num_negatives:
+            return "no candidate lists (data.mixture.direct is 0)"
         if family == "sequential" and not history:
             return "no earlier event"
         if family == "rating" and not event.has_rating:
@@ -622,7 +629,7 @@ class TaskBuilder:
             position = self.splits.target_index(split, user)
             event = self._sequences[user][position]
             history = self._history(user, position)
-            stored = self.splits.candidates[split][user]
+            stored = self.splits.candidates[split].get(user)  # None: no lists were built
             for family, chosen in templates.items():
                 for template in chosen:
                     reason = self._unmet(template, event, history)
@@ -777,7 +784,13 @@ class TaskBuilder:
 
     def _train_targets(self, template: PromptTemplate) -> list[tuple[str, int]]:
         """(user, position) of every train event ``template`` can use as its target (cached)."""
-        key = (template.family, template.answer_type, "hint" in template.placeholders)
+        placeholders = template.placeholders
+        key = (
+            template.family,
+            template.answer_type,
+            "hint" in placeholders,
+            "candidates" in placeholders,
+        )
         cache = self._targets_cache
         if key not in cache:
             targets = []

@@ -3,17 +3,18 @@
 Every results table carries these rows next to the model so a number can be read
 against "how good is trivially good":
 
-- ``popularity``: items ranked by their number of training interactions (ties by
-  item key), the user's history items excluded;
+- ``popularity``: items ranked by their number of training interactions (score =
+  count; ties by item key in all-item rankings);
 - ``random``: a uniformly random ranking, seeded per (seed, user), so a user gets
   the same ranking under every template and the result does not depend on the
   order examples are evaluated in;
 - ``global_mean`` / ``user_mean`` (rating variant): the mean training rating of
   all users / of this user (global mean for a user without training ratings).
 
-Ranking variants: ``all_items`` ranks the whole catalog, ``candidates`` ranks the
-example's stored candidates (1 positive + 99 negatives for direct). Baselines
-produce no outcome for the ``yesno`` and ``text`` variants.
+The ranking rows are :class:`~recsysllm.evaluation.evaluator.ItemRanker` s, run by
+``evaluate_ranker`` under the model's :class:`EvalProtocol`: the same examples, the
+same exclusion of the user's history (or none), the same pessimistic tie rule and
+metrics. Baselines produce no outcome for the ``yesno`` and ``text`` variants.
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 
 from recsysllm.data.splits import RecSplits
-from recsysllm.evaluation.evaluator import EvaluationResults, ExampleOutcome, example_variant
-from recsysllm.evaluation.metrics import rank_of
+from recsysllm.evaluation.evaluator import (
+    EvalProtocol,
+    EvaluationResults,
+    ExampleOutcome,
+    evaluate_ranker,
+    example_variant,
+)
 from recsysllm.schema import Example
 
 
@@ -60,6 +66,25 @@ class PopularityRanker:
         """The candidates, most popular first (ties by key)."""
         return sorted(candidates, key=lambda item: (-self._counts.get(item, 0), item))
 
+    def rank_all_items(
+        self, examples: Sequence[Example], exclude: Sequence[frozenset[str]], k: int
+    ) -> list[list[tuple[str, float]]]:
+        """ItemRanker: the k most popular items outside ``exclude`` (score = count)."""
+        results = []
+        for excluded in exclude:
+            top = []
+            for item in self._order:
+                if item not in excluded:
+                    top.append((item, float(self._counts[item])))
+                    if len(top) == k:
+                        break
+            results.append(top)
+        return results
+
+    def score_candidates(self, examples: Sequence[Example]) -> list[list[float]]:
+        """ItemRanker: each candidate's training count (equal counts tie)."""
+        return [[float(self._counts.get(c, 0)) for c in e.candidates] for e in examples]
+
 
 class RandomRanker:
     """Uniformly random rankings, reproducible per (seed, user).
@@ -87,6 +112,25 @@ class RandomRanker:
         """A random permutation of the candidates for this user."""
         order = self._generator(user).permutation(len(candidates))
         return [candidates[i] for i in order]
+
+    def rank_all_items(
+        self, examples: Sequence[Example], exclude: Sequence[frozenset[str]], k: int
+    ) -> list[list[tuple[str, float]]]:
+        """ItemRanker: the user's random permutation outside ``exclude``, score -position."""
+        results = []
+        for example, excluded in zip(examples, exclude, strict=True):
+            order = [item for item in self.rank_all(example.user) if item not in excluded]
+            results.append([(item, -float(i)) for i, item in enumerate(order[:k])])
+        return results
+
+    def score_candidates(self, examples: Sequence[Example]) -> list[list[float]]:
+        """ItemRanker: the user's random permutation of the candidates, score -position."""
+        scores = []
+        for example in examples:
+            order = self.rank_candidates(example.user, list(example.candidates))
+            position = {item: i for i, item in enumerate(order)}
+            scores.append([-float(position[c]) for c in example.candidates])
+        return scores
 
 
 def mean_ratings(user_ratings: Mapping[str, Sequence[float]]) -> tuple[float, dict[str, float]]:
@@ -141,97 +185,69 @@ def training_statistics(
     return dict(counts), ratings
 
 
+class _AsItemRanker:
+    """Adapts ``rank_all_items`` to the ItemRanker name ``rank_all``."""
+
+    def __init__(self, ranker: PopularityRanker | RandomRanker) -> None:
+        self.ranker = ranker
+
+    def rank_all(self, examples, exclude, k):
+        return self.ranker.rank_all_items(examples, exclude, k)
+
+    def score_candidates(self, examples):
+        return self.ranker.score_candidates(examples)
+
+
 def evaluate_baselines(
     examples: Sequence[Example],
     *,
     items: Sequence[str],
     item_counts: Mapping[str, int],
+    protocol: EvalProtocol,
     user_ratings: Mapping[str, Sequence[float]] | None = None,
-    ks: tuple[int, ...] = (1, 5, 10),
-    seed: int = 0,
-    exclude_history: bool = False,
-    rating_scale: tuple[float, float] = (1.0, 5.0),
 ) -> dict[str, EvaluationResults]:
-    """Score the reference systems on the same examples as the model.
+    """Score the reference systems on the same examples, under the model's protocol.
 
     Args:
         examples: evaluation examples (the ones given to ``evaluate``).
         items: every catalog item key.
         item_counts: item key -> number of training interactions.
+        protocol: the model's protocol (same ks, exclusion, history, seed).
         user_ratings: user id -> training ratings; None skips the rating baselines.
-        ks: ranking cut-offs.
-        seed: seed of the random ranker.
-        exclude_history: mirrors the model's option; popularity always excludes the
-            history, so its ``excl. history`` ranks equal its plain ranks, while the
-            random ranker reports both.
-        rating_scale: (min, max) rating.
 
     Returns:
         system name -> results, for "popularity", "random" and, with
         ``user_ratings``, "global_mean" and "user_mean".
     """
-    popularity = PopularityRanker(item_counts, items)
-    random = RandomRanker(items, seed)
     systems = {
-        name: EvaluationResults(
-            system=name, ks=ks, exclude_history=exclude_history, rating_scale=rating_scale
-        )
-        for name in ("popularity", "random")
+        "popularity": evaluate_ranker(
+            "popularity", _AsItemRanker(PopularityRanker(item_counts, items)), examples, protocol
+        ),
+        "random": evaluate_ranker(
+            "random", _AsItemRanker(RandomRanker(items, protocol.seed)), examples, protocol
+        ),
     }
-    rating_means = mean_ratings(user_ratings) if user_ratings is not None else None
-    if rating_means is not None:
-        for name in ("global_mean", "user_mean"):
-            systems[name] = EvaluationResults(
-                system=name, ks=ks, exclude_history=exclude_history, rating_scale=rating_scale
-            )
-
-    for example in examples:
-        variant = example_variant(example)
-        base = {
-            "family": example.task,
-            "template_id": example.template_id,
-            "seen": example.seen,
-            "variant": variant,
-            "user": example.user,
-            "target": example.target or "",
+    if user_ratings is not None:
+        global_mean, user_means = mean_ratings(user_ratings)
+        rating_rows = {
+            name: EvaluationResults(system=name, protocol=protocol)
+            for name in ("global_mean", "user_mean")
         }
-        target = example.target or ""
-        if variant == "all_items":
-            popular = popularity.rank_all(example.history)
-            shuffled = random.rank_all(example.user)
-            history = set(example.history)
-            unseen_shuffled = [item for item in shuffled if item not in history]
-            systems["popularity"].outcomes.append(
-                ExampleOutcome(
-                    **base,
-                    rank=rank_of(target, popular),
-                    rank_excluding_history=rank_of(target, popular) if exclude_history else None,
-                )
-            )
-            systems["random"].outcomes.append(
-                ExampleOutcome(
-                    **base,
-                    rank=rank_of(target, shuffled),
-                    rank_excluding_history=rank_of(target, unseen_shuffled)
-                    if exclude_history
-                    else None,
-                )
-            )
-        elif variant == "candidates":
-            candidates = list(example.candidates)
-            systems["popularity"].outcomes.append(
-                ExampleOutcome(**base, rank=rank_of(target, popularity.rank_candidates(candidates)))
-            )
-            systems["random"].outcomes.append(
-                ExampleOutcome(
-                    **base, rank=rank_of(target, random.rank_candidates(example.user, candidates))
-                )
-            )
-        elif variant == "rating" and rating_means is not None:
-            global_mean, user_means = rating_means
-            systems["global_mean"].outcomes.append(ExampleOutcome(**base, rating=global_mean))
-            systems["user_mean"].outcomes.append(
+        for example in examples:
+            if example_variant(example) != "rating":
+                continue
+            base = {
+                "family": example.task,
+                "template_id": example.template_id,
+                "seen": example.seen,
+                "variant": "rating",
+                "user": example.user,
+                "target": example.target or "",
+            }
+            rating_rows["global_mean"].outcomes.append(ExampleOutcome(**base, rating=global_mean))
+            rating_rows["user_mean"].outcomes.append(
                 ExampleOutcome(**base, rating=user_means.get(example.user, global_mean))
             )
+        systems.update(rating_rows)
     # A system with no outcome (e.g. no rating examples) adds nothing to a table.
     return {name: results for name, results in systems.items() if results.outcomes}

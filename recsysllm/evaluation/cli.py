@@ -1,12 +1,15 @@
 """``recsysllm evaluate`` / ``scripts/evaluate.py``: evaluate a checkpoint, write reports.
 
-    python scripts/evaluate.py --config configs/tiny_ml100k.yaml --checkpoint runs/tiny/final \\
-        --split test --prompts all --out runs/tiny/eval/results.json
+    python scripts/evaluate.py --checkpoint runs/tiny/final --out runs/tiny/eval/results.json
 
-Reads top to bottom: load the checkpoint -> rebuild the data from the config (the
-same split as training; a catalog whose hash differs from the checkpoint's is
-refused) -> build the examples -> evaluate the model and the baselines on them ->
-write results.json, results.md and results.png next to ``--out``.
+Reads top to bottom: load the checkpoint and its resolved training config -> take
+the evaluation settings from it (``--config`` may supply the ``eval`` section and
+overrides, but a value that changes the examples differs from training only with
+``--allow-config-override``) -> rebuild the data (the same split as training; a
+catalog whose hash differs from the checkpoint's is refused) -> build the examples,
+keep the chosen families/templates and a seeded sample of users -> evaluate the
+model and the baselines under one protocol -> write results.json, outcomes.jsonl,
+results.md and results.png next to ``--out``.
 """
 
 from __future__ import annotations
@@ -14,14 +17,43 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 from recsysllm import pipeline
 from recsysllm.checkpoint_meta import check_compatible
-from recsysllm.config import load_config
+from recsysllm.config import Config, config_from_dict, load_config
+from recsysllm.config import apply_overrides as apply_override_strings
 from recsysllm.evaluation.baselines import evaluate_baselines, training_statistics
-from recsysllm.evaluation.evaluator import evaluate
+from recsysllm.evaluation.evaluator import EvalProtocol, evaluate, history_items
 from recsysllm.evaluation.report import write_reports
 from recsysllm.schema import TASK_FAMILIES, Example
+
+# data fields that change which examples exist or how their prompts read: evaluation
+# must use the checkpoint's values (training's) unless --allow-config-override.
+EXAMPLE_FIELDS = (
+    "max_length",
+    "source",
+    "category",
+    "k_core",
+    "short_ratio",
+    "medium_ratio",
+    "long_ratio",
+    "short_window_days",
+    "medium_window_days",
+    "short_fraction",
+    "medium_fraction",
+    "history_budget",
+    "num_negatives",
+    "answer_text_tokens",
+    "prompts_dir",
+    "seed",
+)
+
+
+class ConfigMismatchError(ValueError):
+    """A --config (or override) that changes the examples the checkpoint was trained on."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,10 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a checkpoint per task family x template (seen / unseen), with baselines.",
     )
     parser.add_argument(
-        "--config", required=True, help="the training YAML (rebuilds the same data split)"
+        "--checkpoint", required=True, help="checkpoint directory (adapter or full weights)"
     )
     parser.add_argument(
-        "--checkpoint", required=True, help="checkpoint directory (adapter or full weights)"
+        "--config",
+        default=None,
+        help="a YAML for the eval section (default: the checkpoint's own resolved config); "
+        "its data fields must agree with the checkpoint's",
+    )
+    parser.add_argument(
+        "--allow-config-override",
+        action="store_true",
+        help="accept a --config/override whose example-changing data fields "
+        f"({', '.join(EXAMPLE_FIELDS)}) differ from the checkpoint's",
     )
     parser.add_argument(
         "--base-model",
@@ -50,80 +91,190 @@ def build_parser() -> argparse.ArgumentParser:
         "--families", nargs="+", choices=TASK_FAMILIES, default=None, help="default: eval.families"
     )
     parser.add_argument(
+        "--templates",
+        nargs="+",
+        default=None,
+        metavar="ID",
+        help="evaluate only these template ids (of the checkpoint's prompt set)",
+    )
+    parser.add_argument(
         "--limit",
         type=int,
         default=None,
-        help="evaluate the first N users (sorted ids) only; default: eval.limit",
+        help="a seeded random sample of N users (the same users for every family, template "
+        "and system; seed data.seed); default: eval.limit",
     )
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
     parser.add_argument("--num-beams", type=int, default=None, help="default: eval.num_beams")
     parser.add_argument(
-        "--exclude-history", action="store_true", help="also rank items without the user's history"
+        "--exclude-history",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="all-item rankings of every row exclude the user's training history "
+        "(default: eval.exclude_history, true); --no-exclude-history excludes nothing",
     )
     parser.add_argument(
-        "--max-new-tokens", type=int, default=64, help="generation budget for text answers"
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="generation budget for text answers (default: data.answer_text_tokens)",
     )
     parser.add_argument(
         "--device", default=None, help="torch device (default: cuda if available, else cpu)"
     )
     parser.add_argument(
-        "--out", required=True, help="path of results.json (.md and .png are written next to it)"
+        "--out", required=True, help="path of results.json (.md, .png, outcomes.jsonl next to it)"
     )
     parser.add_argument("overrides", nargs="*", help="config overrides key=value (as for training)")
     return parser
 
 
-def limit_users(examples: Sequence[Example], limit: int | None) -> list[Example]:
-    """The examples of the first ``limit`` users in sorted id order (all for None).
+def resolve_config(
+    checkpoint_config: Config,
+    config_path: str | None,
+    overrides: Sequence[str],
+    allow_override: bool,
+) -> tuple[Config, list[str]]:
+    """The config evaluation uses, and the example-changing fields that were overridden.
 
-    Selecting users rather than examples keeps the same users under every template,
-    so per-template numbers compare like with like.
+    Default: the checkpoint's resolved config with ``overrides`` applied. With
+    ``config_path``: that YAML with ``overrides``. Either way, a ``data`` field of
+    EXAMPLE_FIELDS that differs from the checkpoint's is refused naming the field and
+    both values, unless ``allow_override``.
+
+    Raises:
+        ConfigMismatchError: a differing example-changing field without ``allow_override``.
     """
-    if limit is None:
+    if config_path is not None:
+        requested = load_config(config_path, list(overrides))
+        where = config_path
+    else:
+        raw = apply_override_strings(checkpoint_config.to_dict(), list(overrides))
+        requested = config_from_dict(raw, where="checkpoint config (overrides)")
+        where = "override"
+    differing = [
+        name
+        for name in EXAMPLE_FIELDS
+        if getattr(requested.data, name) != getattr(checkpoint_config.data, name)
+    ]
+    if differing and not allow_override:
+        name = differing[0]
+        raise ConfigMismatchError(
+            f"{where}: field data.{name} is {getattr(requested.data, name)!r} but the checkpoint "
+            f"was trained with {getattr(checkpoint_config.data, name)!r}; it changes the "
+            "evaluation examples. Drop it to use the checkpoint's value, or pass "
+            f"--allow-config-override (differing: {', '.join('data.' + d for d in differing)})"
+        )
+    return requested, differing
+
+
+def select_templates(
+    examples: Sequence[Example], templates: Sequence[str] | None, known: Sequence[str]
+) -> list[Example]:
+    """The examples of the given template ids (all for None); an unknown id is an error."""
+    if templates is None:
         return list(examples)
-    if limit < 1:
+    unknown = sorted(set(templates) - set(known))
+    if unknown:
+        raise ValueError(
+            f"--templates: unknown template id {unknown[0]!r}; the checkpoint's prompt set has "
+            f"{sorted(known)}"
+        )
+    chosen = set(templates)
+    return [e for e in examples if e.template_id in chosen]
+
+
+def sample_users(
+    examples: Sequence[Example], limit: int | None, seed: int
+) -> tuple[list[Example], dict[str, Any]]:
+    """The examples of a seeded random sample of ``limit`` users, and its description.
+
+    Users are drawn without replacement from the sorted ids of all users with an
+    example (numpy PCG64 seeded with ``seed``), so every family, template and system
+    sees the same users, and the sample does not depend on example order.
+
+    Returns:
+        (kept examples, ``{"limit", "seed", "population", "users", "description"}``).
+    """
+    users = sorted({e.user for e in examples})
+    if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
-    kept = set(sorted({e.user for e in examples})[:limit])
-    return [e for e in examples if e.user in kept]
+    if limit is None or limit >= len(users):
+        chosen = users
+        description = f"all {len(users)} users with an example"
+    else:
+        picks = np.random.default_rng(seed).choice(len(users), size=limit, replace=False)
+        chosen = sorted(users[i] for i in picks.tolist())
+        description = (
+            f"a random sample of {limit} of {len(users)} users (numpy default_rng({seed}), "
+            "without replacement), the same for every family, template and system"
+        )
+    kept = set(chosen)
+    info = {
+        "limit": limit,
+        "seed": seed,
+        "population": len(users),
+        "users": chosen,
+        "description": description,
+    }
+    return [e for e in examples if e.user in kept], info
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = load_config(args.config, args.overrides)
-    eval_args = config.eval
+    model, tokenizer, catalog, prompts, meta, checkpoint_config = (
+        pipeline.load_checkpoint_for_inference(
+            args.checkpoint, base_model=args.base_model, device=args.device
+        )
+    )
+    config, overridden = resolve_config(
+        checkpoint_config, args.config, args.overrides, args.allow_config_override
+    )
+    eval_args, data_args = config.eval, config.data
     split = args.split or eval_args.split
     prompt_set_name = args.prompts or eval_args.prompts
     families = args.families or list(eval_args.families)
     batch_size = args.batch_size or eval_args.batch_size
     num_beams = args.num_beams or eval_args.num_beams
-    ks = tuple(eval_args.top_k)
-    exclude_history = args.exclude_history or eval_args.exclude_history
-
-    model, tokenizer, catalog, prompts, meta, _ = pipeline.load_checkpoint_for_inference(
-        args.checkpoint, base_model=args.base_model, device=args.device
+    exclude_history = (
+        eval_args.exclude_history if args.exclude_history is None else args.exclude_history
     )
-    data = pipeline.prepare_data(config.data, seed=config.data.seed, prompts=prompts)
+    max_new_tokens = args.max_new_tokens or data_args.answer_text_tokens
+    limit = args.limit if args.limit is not None else eval_args.limit
+
+    data = pipeline.prepare_data(data_args, seed=data_args.seed, prompts=prompts)
     # The examples must name the items the adapter was trained on.
     check_compatible(meta, catalog_hash=data.catalog.hash, where=args.checkpoint)
-    examples = data.tasks.examples(split, families, prompts=prompt_set_name, seed=config.data.seed)
-    examples = limit_users(examples, args.limit if args.limit is not None else eval_args.limit)
+    examples = data.tasks.examples(split, families, prompts=prompt_set_name, seed=data_args.seed)
+    known = [t.id for family in prompts.families for t in prompts.templates(family)]
+    examples = select_templates(examples, args.templates, known)
+    examples, user_sample = sample_users(examples, limit, data_args.seed)
     if not examples:
-        print(f"recsysllm evaluate: no {split} examples for families {families}", file=sys.stderr)
+        print(
+            f"recsysllm evaluate: no {split} examples for families {families}"
+            + (f" and templates {args.templates}" if args.templates else ""),
+            file=sys.stderr,
+        )
         return 1
 
+    protocol = EvalProtocol(
+        ks=tuple(eval_args.top_k),
+        exclude_history=exclude_history,
+        history=history_items(data.splits, split),
+        seed=data_args.seed,
+    )
+    budget = pipeline.answer_budget(data_args, catalog, tokenizer)
     results = evaluate(
         model,
         tokenizer,
         catalog,
         examples,
-        families=families,
+        protocol=protocol,
+        max_length=data_args.max_length,
+        answer_budget=budget,
         batch_size=batch_size,
         num_beams=num_beams,
-        ks=ks,
-        max_length=config.data.max_length,
-        max_new_tokens=args.max_new_tokens,
-        exclude_history=exclude_history,
-        seed=config.data.seed,
+        max_new_tokens=max_new_tokens,
         prompts=prompts,
     )
     item_counts, user_ratings = training_statistics(data.splits, split)
@@ -132,28 +283,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         examples,
         items=catalog.item_keys,
         item_counts=item_counts,
+        protocol=protocol,
         user_ratings=user_ratings if has_ratings else None,
-        ks=ks,
-        seed=config.data.seed,
-        exclude_history=exclude_history,
     )
+    settings = {name: getattr(data_args, name) for name in EXAMPLE_FIELDS}
+    settings |= {
+        "answer_budget": {"item": budget.item, "short": budget.short, "text": budget.text},
+        "num_beams": num_beams,
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "exclude_history": exclude_history,
+        "config_source": args.config or "checkpoint",
+        "overridden_example_fields": overridden,
+    }
     metadata = {
         "checkpoint": str(args.checkpoint),
         "base_model": meta.base_model,
         "split": split,
         "prompts": prompt_set_name,
         "families": families,
-        "limit_users": args.limit,
+        "templates": args.templates,
+        "settings": settings,
+        "user_sample": user_sample,
         "num_examples": len(examples),
-        "num_beams": num_beams,
         "catalog_hash": catalog.hash,
         "tokenizer_fingerprint": tokenizer.fingerprint,
-        "seed": config.data.seed,
+        "seed": data_args.seed,
+        # 1-of-(N+1) direct lists; N < data.num_negatives on a small catalog.
+        "direct_negatives": data.splits.num_negatives,
+        "data_notes": dict(data.splits.tables.notes),
         "config": config.to_dict(),
     }
     paths = write_reports(results, baselines, metadata, args.out)
     print(paths["markdown"].read_text(encoding="utf-8"))
-    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    print(f"wrote {paths['json']}, {paths['outcomes']}, {paths['markdown']}, {paths['plot']}")
     return 0
 
 

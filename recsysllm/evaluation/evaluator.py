@@ -1,56 +1,72 @@
-"""Evaluate a model on task examples: one outcome per example, metrics per group.
+"""Evaluate systems on task examples: one outcome per example, metrics with standard errors.
 
 The protocol is DESIGN.md section 8. Each example is scored by the decoding its
 answer needs (its *variant*):
 
-| variant      | examples                                    | decoding                          | metrics                 |
-|--------------|---------------------------------------------|-----------------------------------|-------------------------|
-| `all_items`  | item answer, no candidates (sequential)     | trie-constrained beam search      | HR@k, NDCG@k (k > 1)    |
-| `candidates` | item answer, 1-of-N candidates (direct ...) | exact log-likelihood of each      | HR@k, NDCG@k (k > 1)    |
-| `yesno`      | one of the template's two answer words      | log-likelihood of the two words   | accuracy                |
-| `rating`     | numeric rating                              | greedy text, then parse_rating    | RMSE, MAE, unparseable  |
-| `text`       | explanation / review sentence               | greedy text                       | BLEU-4, ROUGE-1/2/L     |
+| variant      | examples                                    | decoding                          | metrics                     |
+|--------------|---------------------------------------------|-----------------------------------|-----------------------------|
+| `all_items`  | item answer, no candidates (sequential)     | trie-constrained beam search      | HR@k, NDCG@k (k > 1)        |
+| `candidates` | item answer, 1-of-N candidates (direct ...) | exact log-likelihood of each      | HR@k, NDCG@k (k > 1)        |
+| `yesno`      | one of the template's two answer words      | log-likelihood of the two words   | accuracy, AUC (TALLRec)     |
+| `rating`     | numeric rating                              | greedy text, then parse_rating    | RMSE, MAE, unparseable      |
+| `text`       | explanation / review sentence               | greedy text                       | BLEU-4, ROUGE-1/2/L         |
 
 Rules that decide numbers:
 
-- sequential over all items: no item is excluded by default (as P5, OpenP5 and
-  TIGER report); ``exclude_history`` adds a second beam search that never returns
-  the user's history items ("excl. history" metrics). A target outside the top-k
-  beams is a miss at every k.
+- one exclusion setting for every row of a table (:class:`EvalProtocol`): by
+  default (``exclude_history=True``) a ranking over all items never returns an
+  item the user interacted with before the target (the user's WHOLE history, not
+  just the items the prompt shows; RecBole's full-sort protocol); with
+  ``exclude_history=False`` nothing is excluded (P5, OpenP5, TIGER). A target
+  outside the returned top-k is a miss at every k.
 - candidate ranking and yes/no are pessimistic on ties: a candidate scoring exactly
   as high as the target ranks before it, and a tie between the two answer words is
   wrong, so a model that cannot tell candidates apart earns nothing.
-- ratings: every example counts; an unparseable output (``parse_rating`` gives
-  None) is counted and scores as the worst rating on the scale
-  (``metrics.UNPARSEABLE_RATING_RULE``).
+- ratings: every example counts; an unparseable output or a number outside the
+  rating scale is counted (``unparseable``, ``out_of_scale``) and scores as the
+  worst rating on the scale (``metrics.UNPARSEABLE_RATING_RULE``).
+- every aggregate carries its standard error, with users as clusters (a user answers
+  several templates, so a row's examples are not independent): cluster-robust SE of
+  the mean for per-example metrics (HR, NDCG, accuracy, MAE), the delta method on it
+  for RMSE, a seeded bootstrap over users for corpus BLEU, ROUGE and AUC.
 
-Metrics are reported per (family, variant, template) and aggregated over the
-seen templates, the unseen templates and all templates of a (family, variant):
-aggregates pool the examples (micro-average) rather than averaging templates,
-so corpus BLEU and RMSE stay what their definitions say.
+Metrics are reported per (family, variant, template) and aggregated over the seen
+templates, the unseen templates and all templates of a (family, variant): aggregates
+pool the examples (micro-average), so corpus BLEU and RMSE stay what their
+definitions say.
+
+More ranking rows: anything with the :class:`ItemRanker` methods goes through
+:func:`evaluate_ranker` with the same examples and protocol as the model, so it gets
+the same users, the same exclusion and the same metrics (see the baselines module).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from recsysllm.collator import BlankInfillingCollator, MaskingConfig, PromptInputs
 from recsysllm.data.catalog import EntityCatalog
 from recsysllm.evaluation import metrics
-from recsysllm.generation import generate_text, parse_rating, recommend_items, score_candidates
+from recsysllm.inference import DEFAULT_YES_NO_WORDS, Inference
+from recsysllm.prompt_layout import (
+    DEFAULT_TEXT_ANSWER_TOKENS,
+    AnswerBudget,
+    check_prompts_fit,
+)
 from recsysllm.prompts import PromptSet
-from recsysllm.schema import Example, TokenizedExample
+from recsysllm.schema import Example
 from recsysllm.tokenization import GLMTokenizer
-from recsysllm.trie import EntityTrie
 
 VARIANTS = ("all_items", "candidates", "yesno", "rating", "text")
+RANKING_VARIANTS = ("all_items", "candidates")
 SPLITS = ("seen", "unseen", "all")
-RATING_MAX_NEW_TOKENS = 8
+BOOTSTRAP_RESAMPLES = 200
 
 
 def example_variant(example: Example) -> str:
@@ -66,6 +82,46 @@ def example_variant(example: Example) -> str:
 
 
 @dataclass(frozen=True)
+class EvalProtocol:
+    """What every row of one results table shares.
+
+    Attributes:
+        ks: ranking cut-offs (HR@k for every k, NDCG@k for k > 1).
+        exclude_history: rank all items without the user's earlier items (default),
+            or with nothing excluded.
+        history: user -> every item the user interacted with before the evaluated
+            target (``history_items``); used when ``exclude_history``.
+        rating_scale: (min, max) rating, for the worst-case rule.
+        seed: seeds the bootstrap standard errors (and sampling decoders).
+    """
+
+    ks: tuple[int, ...] = (1, 5, 10)
+    exclude_history: bool = True
+    history: Mapping[str, Collection[str]] = field(default_factory=dict)
+    rating_scale: tuple[float, float] = (1.0, 5.0)
+    seed: int = 0
+
+    def excluded(self, example: Example) -> frozenset[str]:
+        """Items never to return for this example's all-item ranking."""
+        if not self.exclude_history:
+            return frozenset()
+        if example.user not in self.history:
+            raise ValueError(
+                f"{example.describe()}: exclude_history needs the user's history items, "
+                "but EvalProtocol.history has no entry for this user"
+            )
+        return frozenset(self.history[example.user])
+
+    @property
+    def exclusion_label(self) -> str:
+        return (
+            "user's training history excluded from all-item rankings"
+            if self.exclude_history
+            else "nothing excluded from all-item rankings"
+        )
+
+
+@dataclass(frozen=True)
 class ExampleOutcome:
     """What a system produced for one example, enough to recompute every metric.
 
@@ -77,11 +133,14 @@ class ExampleOutcome:
         user: user id.
         target: gold answer as text.
         rank: 1-based rank of the target (ranking variants), None when not ranked.
-        rank_excluding_history: same, with the user's history items excluded from
-            the ranking (``all_items`` with ``exclude_history``); None otherwise.
-        rating: parsed rating prediction; None when unparseable (``rating``).
+        top: the system's top-k ``(item, score)`` (ranking variants), best first.
+        rating: the parsed number (``rating``; may lie outside the scale), None when
+            unparseable.
         correct: whether the yes/no answer was right (``yesno``).
+        yes_score: log p(positive word) - log p(negative word) (``yesno``; AUC).
+        positive: whether the gold answer is the positive word (``yesno``).
         text: generated text (``rating``: the raw output; ``text``: the hypothesis).
+        truncated: whether the prompt lost history (or other context) to fit.
     """
 
     family: str
@@ -91,62 +150,108 @@ class ExampleOutcome:
     user: str
     target: str
     rank: int | None = None
-    rank_excluding_history: int | None = None
+    top: tuple[tuple[str, float], ...] = ()
     rating: float | None = None
     correct: bool | None = None
+    yes_score: float | None = None
+    positive: bool | None = None
     text: str | None = None
+    truncated: bool = False
 
 
 @dataclass
 class EvaluationResults:
-    """Outcomes of one system (the model or a baseline) on a list of examples.
+    """Outcomes of one system (the model or a baseline) under one protocol.
 
     Attributes:
         system: name of the system ("model", "popularity", ...).
         outcomes: one per evaluated example, in example order.
-        ks: ranking cut-offs.
-        exclude_history: whether ``rank_excluding_history`` was computed.
-        rating_scale: (min, max) rating, used by the unparseable-rating rule.
+        protocol: the shared protocol (ks, exclusion, rating scale, seed).
     """
 
     system: str
     outcomes: list[ExampleOutcome] = field(default_factory=list)
-    ks: tuple[int, ...] = (1, 5, 10)
-    exclude_history: bool = False
-    rating_scale: tuple[float, float] = (1.0, 5.0)
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
 
-    def group_metrics(self, outcomes: Sequence[ExampleOutcome]) -> dict[str, float]:
-        """Metrics of one group of outcomes, all of the same variant."""
+    @property
+    def ks(self) -> tuple[int, ...]:
+        return self.protocol.ks
+
+    def group_metrics(self, outcomes: Sequence[ExampleOutcome]) -> tuple[dict, dict]:
+        """(metrics, standard errors) of one group of outcomes, all of the same variant."""
         variants = {o.variant for o in outcomes}
         if len(variants) != 1:
             raise ValueError(f"a metric group must hold one variant, got {sorted(variants)}")
         variant = variants.pop()
-        if variant in ("all_items", "candidates"):
-            result = _ranking_metrics([o.rank for o in outcomes], self.ks, suffix="")
-            if variant == "all_items" and self.exclude_history:
-                ranks = [o.rank_excluding_history for o in outcomes]
-                result |= _ranking_metrics(ranks, self.ks, suffix=" excl. history")
-            return result
+        seed = self.protocol.seed
+        # A user answers several templates: standard errors treat users as clusters.
+        users = [o.user for o in outcomes]
+        if variant in RANKING_VARIANTS:
+            return _ranking_metrics([o.rank for o in outcomes], self.ks, users)
         if variant == "yesno":
-            return {"accuracy": metrics.accuracy([bool(o.correct) for o in outcomes])}
+            correct = [1.0 if o.correct else 0.0 for o in outcomes]
+            values = {"accuracy": metrics.accuracy([bool(c) for c in correct])}
+            errors = {"accuracy": metrics.mean_stderr(correct, users)}
+            scores = [o.yes_score if o.yes_score is not None else 0.0 for o in outcomes]
+            labels = [bool(o.positive) for o in outcomes]
+            if all(o.yes_score is not None for o in outcomes):
+                values["AUC"] = metrics.auc(scores, labels)
+                errors["AUC"] = metrics.bootstrap_stderr(
+                    lambda rows: _auc_or_half([scores[i] for i in rows], [labels[i] for i in rows]),
+                    len(outcomes),
+                    seed,
+                    BOOTSTRAP_RESAMPLES,
+                    users,
+                )
+            return values, errors
         if variant == "rating":
             targets = [float(o.target) for o in outcomes]
-            scores = metrics.rating_metrics(
-                [o.rating for o in outcomes], targets, self.rating_scale
+            low, high = self.protocol.rating_scale
+            predictions = [
+                o.rating if o.rating is not None and low <= o.rating <= high else None
+                for o in outcomes
+            ]
+            scores = metrics.rating_metrics(predictions, targets, self.protocol.rating_scale)
+            filled = [
+                metrics.worst_case_rating(t, self.protocol.rating_scale) if p is None else p
+                for p, t in zip(predictions, targets, strict=True)
+            ]
+            differences = [p - t for p, t in zip(filled, targets, strict=True)]
+            return (
+                {"RMSE": scores["rmse"], "MAE": scores["mae"]},
+                {
+                    "RMSE": metrics.rmse_stderr(differences, users),
+                    "MAE": metrics.mean_stderr([abs(d) for d in differences], users),
+                },
             )
-            return {"RMSE": scores["rmse"], "MAE": scores["mae"]}
         hypotheses = [o.text or "" for o in outcomes]
         references = [o.target for o in outcomes]
-        rouge = metrics.rouge(hypotheses, references)
-        return {
-            "BLEU-4": metrics.bleu4(hypotheses, references),
-            "ROUGE-1": rouge["rouge1"],
-            "ROUGE-2": rouge["rouge2"],
-            "ROUGE-L": rouge["rougeL"],
+
+        def text_metrics(rows: Sequence[int]) -> dict[str, float]:
+            hyps, refs = [hypotheses[i] for i in rows], [references[i] for i in rows]
+            rouge = metrics.rouge(hyps, refs)
+            return {
+                "BLEU-4": metrics.bleu4(hyps, refs),
+                "ROUGE-1": rouge["rouge1"],
+                "ROUGE-2": rouge["rouge2"],
+                "ROUGE-L": rouge["rougeL"],
+            }
+
+        values = text_metrics(range(len(outcomes)))
+        errors = {
+            name: metrics.bootstrap_stderr(
+                lambda rows, name=name: text_metrics(rows)[name],
+                len(outcomes),
+                seed,
+                BOOTSTRAP_RESAMPLES,
+                users,
+            )
+            for name in values
         }
+        return values, errors
 
     def per_template(self) -> list[dict]:
-        """One row per (family, variant, template): counts and metrics."""
+        """One row per (family, variant, template): counts, metrics, standard errors."""
         groups: dict[tuple[str, str, str], list[ExampleOutcome]] = {}
         for outcome in self.outcomes:
             key = (outcome.family, outcome.variant, outcome.template_id)
@@ -189,38 +294,165 @@ class EvaluationResults:
                 )
         return rows
 
-    def to_dict(self, include_outcomes: bool = False) -> dict:
-        """JSON-ready summary; ``include_outcomes`` adds every per-example outcome."""
-        summary = {
+    def to_dict(self) -> dict:
+        """JSON-ready summary (per-example outcomes go to outcomes.jsonl)."""
+        return {
             "system": self.system,
             "count": len(self.outcomes),
             "per_template": self.per_template(),
             "aggregated": self.aggregated(),
         }
-        if include_outcomes:
-            summary["outcomes"] = [asdict(o) for o in self.outcomes]
-        return summary
+
+    def outcome_records(self) -> Iterable[dict]:
+        """One JSON-ready dict per outcome (the outcomes.jsonl lines)."""
+        for outcome in self.outcomes:
+            record = asdict(outcome)
+            record["top"] = [[key, score] for key, score in outcome.top]
+            yield {"system": self.system, **record}
 
     def _counts_and_metrics(self, outcomes: Sequence[ExampleOutcome]) -> dict:
-        unparseable = sum(1 for o in outcomes if o.variant == "rating" and o.rating is None)
+        low, high = self.protocol.rating_scale
+        ratings = [o for o in outcomes if o.variant == "rating"]
+        values, errors = self.group_metrics(outcomes)
         return {
             "count": len(outcomes),
-            "unparseable": unparseable,
-            "metrics": self.group_metrics(outcomes),
+            "users": len({o.user for o in outcomes}),
+            "truncated": sum(o.truncated for o in outcomes),
+            "unparseable": sum(1 for o in ratings if o.rating is None),
+            "out_of_scale": sum(
+                1 for o in ratings if o.rating is not None and not low <= o.rating <= high
+            ),
+            "metrics": values,
+            "stderr": errors,
         }
 
 
+def _auc_or_half(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    value = metrics.auc(scores, labels)
+    return 0.5 if value is None else value
+
+
 def _ranking_metrics(
-    ranks: Sequence[int | None], ks: Iterable[int], suffix: str
-) -> dict[str, float]:
-    result = {}
+    ranks: Sequence[int | None], ks: Iterable[int], users: Sequence[str]
+) -> tuple[dict, dict]:
+    values, errors = {}, {}
     for k in ks:
-        result[f"HR@{k}{suffix}"] = metrics.hit_rate_at_k(ranks, k)
+        hits = [1.0 if rank is not None and rank <= k else 0.0 for rank in ranks]
+        values[f"HR@{k}"] = metrics.hit_rate_at_k(ranks, k)
+        errors[f"HR@{k}"] = metrics.mean_stderr(hits, users)
     # NDCG@1 equals HR@1 with one relevant item, so it is not reported twice.
     for k in ks:
         if k > 1:
-            result[f"NDCG@{k}{suffix}"] = metrics.ndcg_at_k(ranks, k)
-    return result
+            gains = [
+                1.0 / math.log2(rank + 1) if rank is not None and rank <= k else 0.0
+                for rank in ranks
+            ]
+            values[f"NDCG@{k}"] = metrics.ndcg_at_k(ranks, k)
+            errors[f"NDCG@{k}"] = metrics.mean_stderr(gains, users)
+    return values, errors
+
+
+# ------------------------------------------------------------------------- ranking rows
+
+
+class ItemRanker(Protocol):
+    """A system that ranks items: one row of a results table.
+
+    ``rank_all`` returns, per example, its top-``k`` catalog items with scores (best
+    first), never an item of ``exclude``; ``score_candidates`` returns a score per
+    candidate of each 1-of-N example, in the example's candidate order (higher is
+    better). Examples arrive in batches; a ranker may ignore everything but
+    ``example.user`` and ``example.history`` (e.g. SASRec).
+    """
+
+    def rank_all(
+        self, examples: Sequence[Example], exclude: Sequence[frozenset[str]], k: int
+    ) -> list[list[tuple[str, float]]]: ...
+
+    def score_candidates(self, examples: Sequence[Example]) -> list[list[float]]: ...
+
+
+def evaluate_ranker(
+    name: str,
+    ranker: ItemRanker,
+    examples: Sequence[Example],
+    protocol: EvalProtocol,
+    batch_size: int = 256,
+) -> EvaluationResults:
+    """One ranking row: every ranking example of ``examples`` under ``protocol``.
+
+    Non-ranking examples (yes/no, rating, text) are skipped. The model, the
+    popularity and random baselines (and SASRec, fusion, ...) all go through here,
+    so they share users, exclusion and metrics.
+    """
+    results = EvaluationResults(system=name, protocol=protocol)
+    ranking = [e for e in examples if example_variant(e) in RANKING_VARIANTS]
+    k = max(protocol.ks)
+    for variant in RANKING_VARIANTS:
+        chosen = [e for e in ranking if example_variant(e) == variant]
+        for start in range(0, len(chosen), batch_size):
+            batch = chosen[start : start + batch_size]
+            if variant == "all_items":
+                ranked = ranker.rank_all(batch, [protocol.excluded(e) for e in batch], k)
+                fields = [
+                    _all_items_fields(e, items, k) for e, items in zip(batch, ranked, strict=True)
+                ]
+            else:
+                scores = ranker.score_candidates(batch)
+                fields = [_candidate_fields(e, s, k) for e, s in zip(batch, scores, strict=True)]
+            results.outcomes += [
+                _outcome(e, variant, **values) for e, values in zip(batch, fields, strict=True)
+            ]
+    return results
+
+
+def _all_items_fields(example: Example, items: Sequence[tuple[str, float]], k: int) -> dict:
+    top = tuple((key, float(score)) for key, score in items[:k])
+    return {"rank": metrics.rank_of(example.target or "", [key for key, _ in top]), "top": top}
+
+
+def _candidate_fields(example: Example, scores: Sequence[float], k: int) -> dict:
+    if example.target not in example.candidates:
+        raise ValueError(
+            f"{example.describe()}: target {example.target!r} is not among its candidates"
+        )
+    if len(scores) != len(example.candidates):
+        raise ValueError(
+            f"{example.describe()}: {len(scores)} scores for {len(example.candidates)} candidates"
+        )
+    target_score = scores[example.candidates.index(example.target)]
+    # Pessimistic on ties: every other candidate scoring as high as the target ranks
+    # before it, so a system that scores all candidates alike earns nothing.
+    higher = sum(
+        1
+        for key, score in zip(example.candidates, scores, strict=True)
+        if key != example.target and score >= target_score
+    )
+    order = sorted(zip(example.candidates, scores, strict=True), key=lambda pair: -pair[1])
+    return {"rank": 1 + higher, "top": tuple((key, float(s)) for key, s in order[:k])}
+
+
+class ModelRanker:
+    """The model as an :class:`ItemRanker` (prompts built by :class:`Inference`)."""
+
+    def __init__(self, inference: Inference, num_beams: int) -> None:
+        self.inference = inference
+        self.num_beams = num_beams
+        self.truncated: dict[int, bool] = {}
+
+    def _prompts(self, examples: Sequence[Example]):
+        prompts = self.inference.prompts(examples)
+        for example, prompt in zip(examples, prompts, strict=True):
+            self.truncated[id(example)] = prompt.truncated
+        return prompts
+
+    def rank_all(self, examples, exclude, k):
+        prompts = self._prompts(examples)
+        return self.inference.rank_items(prompts, k, self.num_beams, exclude=exclude)
+
+    def score_candidates(self, examples):
+        prompts = self._prompts(examples)
+        return self.inference.score_items(prompts, [e.candidates for e in examples])
 
 
 # ------------------------------------------------------------------------- evaluate
@@ -232,36 +464,35 @@ def evaluate(
     catalog: EntityCatalog,
     examples: Sequence[Example],
     *,
+    protocol: EvalProtocol,
+    max_length: int,
+    answer_budget: AnswerBudget | None = None,
     families: Sequence[str] | None = None,
     batch_size: int = 16,
     num_beams: int = 20,
-    ks: tuple[int, ...] = (1, 5, 10),
-    max_length: int = 1024,
-    max_new_tokens: int = 64,
-    exclude_history: bool = False,
-    rating_scale: tuple[float, float] = (1.0, 5.0),
-    seed: int = 0,
+    max_new_tokens: int = DEFAULT_TEXT_ANSWER_TOKENS,
     prompts: PromptSet | None = None,
     progress: bool = True,
 ) -> EvaluationResults:
     """Score a model on task examples, batched, with one outcome per example.
+
+    Before any decoding, every prompt is laid out once: a template whose candidates
+    cannot fit ``max_length`` stops the run here, naming the template and both lengths.
 
     Args:
         model: a GLM (optionally PEFT-wrapped), put in eval mode here.
         tokenizer: the checkpoint's tokenizer.
         catalog: the entity catalog the items come from (builds the item trie).
         examples: evaluation examples (pretraining documents are rejected).
+        protocol: cut-offs, exclusion setting and history, rating scale, seed.
+        max_length: the training sequence length.
+        answer_budget: the training answer budget (default: the catalog's, text
+            answers ``max_new_tokens``).
         families: task families to keep (None: all families present).
         batch_size: prompts per forward/generation batch.
         num_beams: beams of the constrained item search; must be >= max(ks).
-        ks: ranking cut-offs; HR@k for every k, NDCG@k for k > 1.
-        max_length: prompt length budget (as in training; prompts are left-truncated).
-        max_new_tokens: generation budget for text answers (ratings get at most
+        max_new_tokens: generation budget for text answers (ratings get
             RATING_MAX_NEW_TOKENS).
-        exclude_history: also rank all items with the user's history excluded.
-        rating_scale: (min, max) rating, for the unparseable-rating rule.
-        seed: passed to text generation; decoding here is deterministic (beam search,
-            exact scoring, greedy text), so it only matters to sampling strategies.
         prompts: the checkpoint's prompt set, for the answer words of yes/no templates
             (None: every yes/no template answers "yes" / "no").
         progress: show a tqdm bar over examples.
@@ -272,10 +503,10 @@ def evaluate(
     Raises:
         ValueError: a pretraining document, an example without target, a rating
             target that is not a number, or ``num_beams < max(ks)``; the message
-            names the example.
+            names the example. PromptTooLongError: candidates that cannot fit.
     """
-    if num_beams < max(ks):
-        raise ValueError(f"num_beams ({num_beams}) must be >= max(ks) ({max(ks)})")
+    if num_beams < max(protocol.ks):
+        raise ValueError(f"num_beams ({num_beams}) must be >= max(ks) ({max(protocol.ks)})")
     selected = [e for e in examples if families is None or e.task in families]
     if not selected:
         raise ValueError(f"no examples to evaluate (families={families})")
@@ -284,65 +515,79 @@ def evaluate(
             raise ValueError(f"{example.describe()}: not a task example (no target/answer type)")
         if example.answer_type == "rating":
             _parse_target_rating(example)
-
-    model.eval()
-    # Task examples involve no masking randomness; a [MASK]-only config keeps the
-    # collator valid for tokenizers without [sMASK]/[gMASK] (wordpiece).
-    prompt_builder = BlankInfillingCollator(
-        tokenizer,
-        max_length=max_length,
-        masking=MaskingConfig(mask_prob=1.0, smask_prob=0.0, gmask_prob=0.0),
-        packing=False,
+    if answer_budget is None:
+        answer_budget = AnswerBudget.for_catalog(catalog, tokenizer, text=max_new_tokens)
+    inference = Inference(
+        model, tokenizer, catalog, max_length=max_length, answer_budget=answer_budget
     )
-    item_trie = EntityTrie.from_catalog(catalog, tokenizer)
-    # Free text (explanations, reviews) mentions attribute values and items: the full
-    # entity trie gives its tokens the intra-positions training used.
-    entity_trie = EntityTrie.from_catalog(catalog, tokenizer, items_only=False)
-    results = EvaluationResults(
-        system="model", ks=tuple(ks), exclude_history=exclude_history, rating_scale=rating_scale
+    check_prompts_fit(
+        (tokenizer.tokenize_example(e) for e in selected),
+        inference.special,
+        answer_budget,
+        max_length,
+        where="evaluation (the checkpoint's data.max_length)",
     )
-    by_variant: dict[str, list[int]] = {}
-    for index, example in enumerate(selected):
-        by_variant.setdefault(example_variant(example), []).append(index)
 
-    outcomes: dict[int, ExampleOutcome] = {}
     bar = tqdm(total=len(selected), desc="evaluate", unit="example", disable=not progress)
-    for variant in VARIANTS:
-        indices = by_variant.get(variant, [])
-        for start in range(0, len(indices), batch_size):
-            batch_indices = indices[start : start + batch_size]
-            batch = [selected[i] for i in batch_indices]
-            tokenized = [tokenizer.tokenize_example(e) for e in batch]
-            inputs = [prompt_builder.build_prompt(t) for t in tokenized]
-            if variant == "all_items":
-                fields = _rank_all_items(
-                    model, tokenizer, inputs, batch, item_trie, num_beams, max(ks), exclude_history
-                )
-            elif variant == "candidates":
-                fields = _rank_candidates(model, tokenizer, inputs, batch, item_trie)
-            elif variant == "yesno":
-                fields = _answer_yes_no(model, tokenizer, inputs, batch, tokenized, prompts)
-            else:
-                # A rating is a number and a few characters: a short budget saves most
-                # of the decoding cost, and a longer answer is unparseable anyway.
-                budget = (
-                    min(max_new_tokens, RATING_MAX_NEW_TOKENS)
-                    if variant == "rating"
-                    else max_new_tokens
-                )
-                texts = generate_text(
-                    model, inputs, tokenizer, budget, entity_trie=entity_trie, seed=seed
-                )
+    ranker = ModelRanker(inference, num_beams)
+    ranking = [e for e in selected if example_variant(e) in RANKING_VARIANTS]
+    ranked = evaluate_ranker("model", _Progress(ranker, bar), ranking, protocol, batch_size)
+    by_example = {
+        id(e): outcome for e, outcome in zip(_ranking_order(ranking), ranked.outcomes, strict=True)
+    }
+    for example in ranking:
+        outcome = by_example[id(example)]
+        by_example[id(example)] = dataclasses.replace(
+            outcome, truncated=ranker.truncated[id(example)]
+        )
+
+    others = [e for e in selected if example_variant(e) not in RANKING_VARIANTS]
+    for variant in ("yesno", "rating", "text"):
+        chosen = [e for e in others if example_variant(e) == variant]
+        for start in range(0, len(chosen), batch_size):
+            batch = chosen[start : start + batch_size]
+            batch_prompts = inference.prompts(batch)
+            if variant == "yesno":
+                fields = _answer_yes_no(inference, batch_prompts, batch, prompts)
+            elif variant == "rating":
                 fields = [
-                    {"rating": parse_rating(t), "text": t} if variant == "rating" else {"text": t}
-                    for t in texts
+                    {"rating": value, "text": text}
+                    for text, value in inference.ratings(batch_prompts)
                 ]
-            for index, example, values in zip(batch_indices, batch, fields, strict=True):
-                outcomes[index] = _outcome(example, variant, **values)
+            else:
+                texts = inference.texts(batch_prompts, max_new_tokens, seed=protocol.seed)
+                fields = [{"text": text} for text in texts]
+            for example, prompt, values in zip(batch, batch_prompts, fields, strict=True):
+                by_example[id(example)] = _outcome(
+                    example, variant, truncated=prompt.truncated, **values
+                )
             bar.update(len(batch))
     bar.close()
-    results.outcomes = [outcomes[i] for i in range(len(selected))]
-    return results
+    return EvaluationResults(
+        system="model", protocol=protocol, outcomes=[by_example[id(e)] for e in selected]
+    )
+
+
+class _Progress:
+    """An ItemRanker wrapper that advances a progress bar."""
+
+    def __init__(self, ranker: ItemRanker, bar: tqdm) -> None:
+        self.ranker, self.bar = ranker, bar
+
+    def rank_all(self, examples, exclude, k):
+        result = self.ranker.rank_all(examples, exclude, k)
+        self.bar.update(len(examples))
+        return result
+
+    def score_candidates(self, examples):
+        result = self.ranker.score_candidates(examples)
+        self.bar.update(len(examples))
+        return result
+
+
+def _ranking_order(examples: Sequence[Example]) -> list[Example]:
+    """The order :func:`evaluate_ranker` emits outcomes in."""
+    return [e for v in RANKING_VARIANTS for e in examples if example_variant(e) == v]
 
 
 def _outcome(example: Example, variant: str, **fields: object) -> ExampleOutcome:
@@ -366,123 +611,43 @@ def _parse_target_rating(example: Example) -> float:
         ) from None
 
 
-def _rank_all_items(
-    model: torch.nn.Module,
-    tokenizer: GLMTokenizer,
-    prompts: Sequence[PromptInputs],
-    batch: Sequence[Example],
-    item_trie: EntityTrie,
-    num_beams: int,
-    k: int,
-    exclude_history: bool,
-) -> list[dict]:
-    """Constrained beam search over all items; with ``exclude_history`` a second search."""
-    ranked = recommend_items(model, prompts, item_trie, k, num_beams=num_beams, tokenizer=tokenizer)
-    fields = [
-        {"rank": metrics.rank_of(e.target or "", [key for key, _ in items])}
-        for e, items in zip(batch, ranked, strict=True)
-    ]
-    if exclude_history:
-        # A separate search, not a filter of the first: excluded items must not use up beams.
-        ranked = recommend_items(
-            model,
-            prompts,
-            item_trie,
-            k,
-            num_beams=num_beams,
-            exclude=[set(e.history) for e in batch],
-            tokenizer=tokenizer,
-        )
-        for values, example, items in zip(fields, batch, ranked, strict=True):
-            values["rank_excluding_history"] = metrics.rank_of(
-                example.target or "", [key for key, _ in items]
-            )
-    return fields
-
-
-def _rank_candidates(
-    model: torch.nn.Module,
-    tokenizer: GLMTokenizer,
-    prompts: Sequence[PromptInputs],
-    batch: Sequence[Example],
-    item_trie: EntityTrie,
-) -> list[dict]:
-    """Exact log-likelihood of every candidate; the target's rank among them."""
-    candidate_ids = []
-    for example in batch:
-        if example.target not in example.candidates:
-            raise ValueError(
-                f"{example.describe()}: target {example.target!r} is not among its candidates"
-            )
-        try:
-            candidate_ids.append([item_trie.ids_of(key) for key in example.candidates])
-        except KeyError as error:
-            raise ValueError(f"{example.describe()}: candidate {error.args[0]}") from None
-    scores = score_candidates(model, prompts, candidate_ids, tokenizer=tokenizer)
-    fields = []
-    for example, example_scores in zip(batch, scores, strict=True):
-        target_score = example_scores[example.candidates.index(example.target)]
-        # Pessimistic on ties: every other candidate scoring as high as the target ranks
-        # before it, so a model that scores all candidates alike earns nothing.
-        higher = sum(
-            1
-            for key, score in zip(example.candidates, example_scores, strict=True)
-            if key != example.target and score >= target_score
-        )
-        fields.append({"rank": 1 + higher})
-    return fields
-
-
 def _answer_yes_no(
-    model: torch.nn.Module,
-    tokenizer: GLMTokenizer,
-    prompts: Sequence[PromptInputs],
+    inference: Inference,
+    prompts: Sequence,
     batch: Sequence[Example],
-    tokenized: Sequence[TokenizedExample],
     prompt_set: PromptSet | None,
 ) -> list[dict]:
-    """Compare the log-likelihoods of the gold answer word and the opposite one.
-
-    Both answers are tokenized exactly as training tokenizes the answer segment (the
-    example itself, and a copy with the answer word swapped), so neither answer is
-    favoured by a different whitespace convention. A tie counts as wrong.
-    """
-    pairs = []
-    for example, tokens in zip(batch, tokenized, strict=True):
-        words = ("yes", "no")
+    """Log-likelihoods of the template's two answer words; a tie counts as wrong."""
+    words = []
+    for example in batch:
+        pair = DEFAULT_YES_NO_WORDS
         if prompt_set is not None:
-            words = prompt_set.get(example.template_id).answer_words or words
-        opposite = tokenizer.tokenize_example(_swap_answer_word(example, words))
-        pairs.append([_answer_ids(tokens), _answer_ids(opposite)])
-    scores = score_candidates(model, prompts, pairs, tokenizer=tokenizer)
-    return [{"correct": gold > other} for gold, other in scores]
-
-
-def _answer_ids(tokenized: TokenizedExample) -> tuple[int, ...]:
-    if tokenized.answer_span is None:
-        raise ValueError(f"{tokenized.describe()}: no answer span")
-    start, end = tokenized.answer_span
-    return tuple(tokenized.input_ids[start:end])
-
-
-def _swap_answer_word(example: Example, words: tuple[str, str]) -> Example:
-    """The example with its answer segment's text replaced by the other answer word.
-
-    Args:
-        example: a yes/no example whose (one) answer segment holds one of ``words``
-            (surrounding whitespace is kept).
-        words: (positive, negative) answer words of its template.
-    """
-    answers = [i for i, segment in enumerate(example.segments) if segment.answer]
-    if len(answers) != 1:
-        raise ValueError(f"{example.describe()}: a yes/no example needs one answer segment")
-    segment = example.segments[answers[0]]
-    word = segment.text.strip()
-    if word.lower() not in (w.lower() for w in words):
-        raise ValueError(
-            f"{example.describe()}: answer {segment.text!r} is none of the template's answer words {list(words)}"
+            pair = tuple(prompt_set.get(example.template_id).answer_words) or pair
+        if (example.target or "").strip().lower() not in (w.lower() for w in pair):
+            raise ValueError(
+                f"{example.describe()}: answer {example.target!r} is none of the template's "
+                f"answer words {list(pair)}"
+            )
+        words.append((pair[0], pair[1]))
+    scores = inference.yes_no_scores(prompts, batch, words)
+    fields = []
+    for example, (positive, negative), pair in zip(batch, scores, words, strict=True):
+        is_positive = (example.target or "").strip().lower() == pair[0].lower()
+        gold, other = (positive, negative) if is_positive else (negative, positive)
+        fields.append(
+            {"correct": gold > other, "yes_score": positive - negative, "positive": is_positive}
         )
-    other = words[1] if word.lower() == words[0].lower() else words[0]
-    swapped = dataclasses.replace(segment, text=segment.text.replace(word, other))
-    segments = (*example.segments[: answers[0]], swapped, *example.segments[answers[0] + 1 :])
-    return dataclasses.replace(example, segments=segments)
+    return fields
+
+
+def history_items(splits, split: str) -> dict[str, frozenset[str]]:
+    """user -> every item the user interacted with before the ``split`` target.
+
+    Test: the train events and the valid target; valid: the train events. Short users
+    (all events in one split): their events before their target.
+    """
+    history = {}
+    for user in splits.split_users(split):
+        position = splits.target_index(split, user)
+        history[user] = frozenset(event.item for event in splits.sequences[user][:position])
+    return history

@@ -11,8 +11,9 @@ Text metrics wrap sacrebleu and rouge-score; nothing here re-implements them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import sacrebleu
 from rouge_score import rouge_scorer
 
@@ -209,3 +210,121 @@ def _check_pairs(predictions: Sequence[object], targets: Sequence[object]) -> No
         raise ValueError(
             f"{len(predictions)} predictions but {len(targets)} targets: they must pair up"
         )
+
+
+# ------------------------------------------------------------------ uncertainty
+
+
+def mean_stderr(values: Sequence[float], clusters: Sequence[object] | None = None) -> float | None:
+    """Standard error of the mean; None when it is undefined (< 2 values or clusters).
+
+    Without ``clusters``: sample std (ddof=1) / sqrt(n). With ``clusters`` (e.g. the
+    user of each example: one user answers several templates, so their examples are
+    not independent), the cluster-robust form
+    ``sqrt(G / (G - 1) * sum_g (sum_{i in g} (x_i - mean))^2) / n`` over G clusters,
+    which equals the plain form when every cluster holds one value.
+
+    Example:
+        >>> mean_stderr([0.0, 1.0, 0.0, 1.0])  # std 0.5774 / 2
+        0.28867513459481287
+        >>> mean_stderr([0.0, 1.0, 0.0, 1.0], clusters=["a", "b", "c", "d"])
+        0.28867513459481287
+    """
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    if clusters is None:
+        variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+        return math.sqrt(variance / n)
+    _check_pairs(values, clusters)
+    sums: dict[object, float] = {}
+    for value, cluster in zip(values, clusters, strict=True):
+        sums[cluster] = sums.get(cluster, 0.0) + (value - mean)
+    groups = len(sums)
+    if groups < 2:
+        return None
+    return math.sqrt(groups / (groups - 1) * sum(d * d for d in sums.values())) / n
+
+
+def rmse_stderr(errors: Sequence[float], clusters: Sequence[object] | None = None) -> float | None:
+    """Standard error of RMSE by the delta method: SE(MSE) / (2 RMSE); None if undefined.
+
+    MSE is the mean of squared errors, so SE(MSE) is its standard error of the mean
+    (cluster-robust with ``clusters``); RMSE = sqrt(MSE) gives d RMSE / d MSE =
+    1 / (2 RMSE). Zero when every error is 0.
+    """
+    squared = [e * e for e in errors]
+    se_mse = mean_stderr(squared, clusters)
+    if se_mse is None:
+        return None
+    root = math.sqrt(sum(squared) / len(squared))
+    return se_mse / (2 * root) if root > 0 else 0.0
+
+
+def bootstrap_stderr(
+    statistic: Callable[[Sequence[int]], float],
+    n: int,
+    seed: int,
+    resamples: int = 200,
+    clusters: Sequence[object] | None = None,
+) -> float | None:
+    """Standard error of a corpus-level statistic by a seeded bootstrap.
+
+    Args:
+        statistic: the metric computed on a list of example indices (with repeats).
+        n: number of examples.
+        seed: seeds the resampling (numpy PCG64), so the figure is reproducible.
+        resamples: bootstrap replicates.
+        clusters: per example, its cluster (user); whole clusters are resampled.
+
+    Returns:
+        The standard deviation (ddof=1) of the replicates; None with < 2 examples or
+        clusters.
+    """
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        groups = [[i] for i in range(n)]
+    else:
+        members: dict[object, list[int]] = {}
+        for index, cluster in enumerate(clusters):
+            members.setdefault(cluster, []).append(index)
+        groups = list(members.values())
+    if len(groups) < 2:
+        return None
+    values = []
+    for _ in range(resamples):
+        picks = rng.integers(0, len(groups), size=len(groups)).tolist()
+        values.append(float(statistic([i for g in picks for i in groups[g]])))
+    return float(np.std(values, ddof=1))
+
+
+def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties 1/2.
+
+    The Mann-Whitney form (average ranks; ties share their mean rank), which is what
+    TALLRec reports for yes/no answers. None when one class is absent. Written out
+    (ten lines) rather than adding scikit-learn or scipy as a dependency for it.
+
+    Example:
+        >>> auc([0.9, 0.1, 0.4, 0.4], [True, False, True, False])  # 3.5 of 4 pairs
+        0.875
+    """
+    _check_pairs(scores, positive)
+    labels = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    values = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    # Average 1-based rank of each run of equal scores.
+    starts = np.flatnonzero(np.concatenate(([True], sorted_values[1:] != sorted_values[:-1])))
+    ends = np.append(starts[1:], len(values))
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        ranks[order[start:end]] = (start + 1 + end) / 2
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))

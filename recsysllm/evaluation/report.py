@@ -1,24 +1,29 @@
-"""Evaluation reports: results.json, a markdown table and a PNG plot, written atomically.
+"""Evaluation reports: results.json, outcomes.jsonl, a markdown table and a PNG plot.
 
-The JSON holds everything needed to read a number later: metrics per family x
-variant x template and aggregated over seen / unseen / all templates, counts,
-unparseable counts and the rule that scored them, the checkpoint, the config,
-the catalog hash, the seed, and the baseline systems on the same examples.
+The JSON holds everything needed to read a number later: metrics and their standard
+errors per family x variant x template and aggregated over seen / unseen / all
+templates, counts (examples, users, truncated prompts, unparseable and out-of-scale
+ratings) and the rule that scored them, the exclusion setting every row shares, the
+checkpoint, the settings used, the user sample, the catalog hash, the seed, and the
+baseline systems on the same examples. outcomes.jsonl holds one line per (system,
+example): user, family, template, target, top-k with scores, rank or parsed value.
+Every file is written to a temp path and renamed.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from recsysllm.evaluation.evaluator import EvaluationResults
 from recsysllm.evaluation.metrics import UNPARSEABLE_RATING_RULE
+from recsysllm.files import atomic_write
 
 RANKING_VARIANTS = ("all_items", "candidates")
+OUTCOMES_FILENAME = "outcomes.jsonl"
 
 
 def results_document(
@@ -34,13 +39,29 @@ def results_document(
         metadata: run facts to record verbatim (checkpoint, config, catalog_hash,
             seed, split, prompts, ...). Must be JSON-serialisable.
     """
+    protocol = model.protocol
+    for name, results in baselines.items():
+        if results.protocol is not protocol and (
+            results.protocol.exclude_history != protocol.exclude_history
+            or results.protocol.ks != protocol.ks
+        ):
+            raise ValueError(
+                f"baseline {name!r} ran under another protocol than the model "
+                "(exclusion or cut-offs differ): every row of a table must share one"
+            )
     return {
         **metadata,
         "protocol": {
-            "ks": list(model.ks),
-            "exclude_history": model.exclude_history,
-            "rating_scale": list(model.rating_scale),
+            "ks": list(protocol.ks),
+            "exclude_history": protocol.exclude_history,
+            "exclusion": protocol.exclusion_label,
+            "rating_scale": list(protocol.rating_scale),
             "unparseable_rating_rule": UNPARSEABLE_RATING_RULE,
+            "standard_errors": "users are clusters (one user answers several templates): "
+            "per-example means (HR, NDCG, accuracy, MAE): cluster-robust SE of the mean; "
+            "RMSE: delta method; BLEU-4, ROUGE, AUC: seeded bootstrap over users "
+            f"(200 resamples, seed {protocol.seed})",
+            "ties": "a candidate scoring as high as the target ranks before it; a yes/no tie is wrong",
             "aggregation": "seen/unseen/all rows pool the examples of their templates "
             "(micro-average); BLEU-4 is corpus BLEU over the pooled examples",
         },
@@ -51,11 +72,16 @@ def results_document(
 
 def markdown_report(document: Mapping[str, Any]) -> str:
     """Markdown tables from a results document: aggregates with baselines, then per template."""
+    protocol = document["protocol"]
     lines = ["# Evaluation results", ""]
+    lines += [f"**Every row: {protocol['exclusion']}.** Values are metric ± standard error.", ""]
     for key in ("checkpoint", "split", "prompts", "catalog_hash", "seed"):
         if key in document:
             lines.append(f"- {key}: `{document[key]}`")
-    lines += [f"- unparseable ratings: {document['protocol']['unparseable_rating_rule']}", ""]
+    sample = document.get("user_sample")
+    if sample:
+        lines.append(f"- users: {sample['description']}")
+    lines += [f"- unparseable ratings: {protocol['unparseable_rating_rule']}", ""]
 
     systems = {"model": document["model"], **document["baselines"]}
     groups = sorted({(row["family"], row["variant"]) for row in document["model"]["aggregated"]})
@@ -69,31 +95,35 @@ def markdown_report(document: Mapping[str, Any]) -> str:
         ]
         metric_names = list(rows[0][1]["metrics"])
         lines += [f"## {family} ({variant})", ""]
-        header = ["system", "split", "n", *metric_names]
+        header = ["system", "split", "n", "users", *metric_names]
         if variant == "rating":
-            header.append("unparseable")
+            header += ["unparseable", "out of scale"]
         lines += [_md_row(header), _md_row(["---"] * len(header))]
         for name, row in rows:
-            cells = [name, row["split"], str(row["count"])]
-            cells += [_format(row["metrics"].get(m)) for m in metric_names]
+            cells = [name, row["split"], str(row["count"]), str(row["users"])]
+            cells += [_format(row["metrics"].get(m), row["stderr"].get(m)) for m in metric_names]
             if variant == "rating":
-                cells.append(str(row["unparseable"]))
+                cells += [str(row["unparseable"]), str(row["out_of_scale"])]
             lines.append(_md_row(cells))
         lines.append("")
 
     lines += ["## Model per template", ""]
-    header = ["family", "variant", "template", "split", "n", "unparseable", "metrics"]
+    header = ["family", "variant", "template", "split", "n", "truncated prompts", "unparseable"]
+    header.append("metrics")
     lines += [_md_row(header), _md_row(["---"] * len(header))]
     for row in document["model"]["per_template"]:
-        shown = ", ".join(f"{m} {_format(v)}" for m, v in row["metrics"].items())
+        shown = ", ".join(
+            f"{m} {_format(v, row['stderr'].get(m))}" for m, v in row["metrics"].items()
+        )
         cells = [row["family"], row["variant"], row["template_id"], row["split"]]
-        cells += [str(row["count"]), str(row["unparseable"]), shown]
+        cells += [str(row["count"]), str(row["truncated"]), str(row["unparseable"]), shown]
         lines.append(_md_row(cells))
     return "\n".join(lines) + "\n"
 
 
 def plot_ranking(document: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """PNG: HR@k / NDCG@k per family (ranking variants), model seen vs unseen, baselines dashed."""
+    """PNG: HR@k / NDCG@k per family (ranking variants) with standard-error bars, model
+    seen vs unseen, baselines dashed; each panel's title states the exclusion setting."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,17 +158,25 @@ def plot_ranking(document: Mapping[str, Any], path: str | os.PathLike) -> None:
             )
             if row is None:
                 continue
-            # The history-excluded variant stays in the tables; the plot keeps to the protocol's default.
-            metric_names = metric_names or [m for m in row["metrics"] if "excl." not in m]
-            values = [row["metrics"].get(m, float("nan")) for m in metric_names]
+            metric_names = metric_names or list(row["metrics"])
+            values = [_number(row["metrics"].get(m)) for m in metric_names]
+            errors = [_number(row["stderr"].get(m), 0.0) for m in metric_names]
             label = f"{name} ({split})" if name == "model" else name
-            axis.plot(metric_names, values, linestyle=style, marker="o", label=label)
-        axis.set_title(f"{family} ({variant})")
+            axis.errorbar(
+                metric_names,
+                values,
+                yerr=errors,
+                linestyle=style,
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+        axis.set_title(f"{family} ({variant})\n{document['protocol']['exclusion']}", fontsize=9)
         axis.set_ylim(bottom=0)  # top follows the data: HR@k of 0.02 must stay readable
         axis.tick_params(axis="x", labelrotation=45)
         axis.legend(fontsize="small")
     figure.tight_layout()
-    _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     plt.close(figure)
 
 
@@ -151,36 +189,42 @@ def write_reports(
     """Write results.json at ``json_path`` and the .md and .png next to it.
 
     Returns:
-        {"json": ..., "markdown": ..., "plot": ...} paths written.
+        {"json": ..., "outcomes": ..., "markdown": ..., "plot": ...} paths written;
+        outcomes.jsonl sits in the same directory.
     """
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     document = results_document(model, baselines, metadata)
     markdown_path = json_path.with_suffix(".md")
     plot_path = json_path.with_suffix(".png")
+    outcomes_path = json_path.parent / OUTCOMES_FILENAME
     text = json.dumps(document, indent=2, sort_keys=False, allow_nan=False)
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    lines = [
+        json.dumps(record, allow_nan=False)
+        for results in (model, *baselines.values())
+        for record in results.outcome_records()
+    ]
+    atomic_write(outcomes_path, "\n".join(lines) + "\n")
+    atomic_write(json_path, text + "\n")
     markdown = markdown_report(document)
-    _atomic_write(markdown_path, lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8"))
+    atomic_write(markdown_path, markdown)
     plot_ranking(document, plot_path)
-    return {"json": json_path, "markdown": markdown_path, "plot": plot_path}
+    return {
+        "json": json_path,
+        "outcomes": outcomes_path,
+        "markdown": markdown_path,
+        "plot": plot_path,
+    }
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
-    # Temp file in the same directory so os.replace is a same-filesystem rename.
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _format(value: float | None, stderr: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if stderr is None else f"{value:.4f} ± {stderr:.4f}"
 
 
-def _format(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def _number(value: float | None, missing: float = float("nan")) -> float:
+    return missing if value is None else value
 
 
 def _md_row(cells: list[str]) -> str:

@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from recsysllm.files import atomic_directory
 from recsysllm.modeling.configuration_glm import GLMConfig
 from recsysllm.modeling.modeling_glm import GLMForConditionalGeneration
 
@@ -150,21 +149,14 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path) -> Path:
     state_dict = _read_state_dict(src_dir, reference)
     tensors = {_PREFIX + key: _standalone(tensor) for key, tensor in state_dict.items()}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    # Built under a temp name and renamed (an existing out_dir is empty, checked above).
+    with atomic_directory(out_dir) as tmp_dir:
         save_file(tensors, tmp_dir / SAFETENSORS_FILE, metadata={"format": "pt"})
         config.architectures = [GLMForConditionalGeneration.__name__]
         config.dtype = tensors[_PREFIX + "word_embeddings.weight"].dtype
         config.save_pretrained(tmp_dir)
         for name in _tokenizer_files(src_dir):
             shutil.copy2(src_dir / name, tmp_dir / name)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        os.replace(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -282,7 +274,10 @@ def _iter_weight_files(path: Path) -> Iterator[tuple[Path, dict[str, torch.Tenso
 
 def _load_weight_file(file: Path) -> dict[str, torch.Tensor]:
     if file.name.endswith(".safetensors"):
-        return load_file(file)
+        try:
+            return load_file(file)
+        except Exception as error:  # SafetensorError names no file: a truncated or corrupt one
+            raise CheckpointError(f"{file}: cannot be read as safetensors ({error})") from error
     # mmap needs the zip format (torch >= 1.6); older pickles are read into memory.
     mmap = zipfile.is_zipfile(file)
     try:

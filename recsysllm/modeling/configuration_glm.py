@@ -19,6 +19,8 @@ from transformers import PretrainedConfig
 logger = logging.getLogger(__name__)
 
 GELU_APPROXIMATIONS = ("none", "tanh")
+# What THUDM checkpoints compute (GLM's own gelu_impl), for configs without the field.
+THUDM_GELU_APPROXIMATE = "tanh"
 
 # THUDM config.json fields: required ones and ones with a documented default.
 _THUDM_REQUIRED_INT_FIELDS = (
@@ -80,8 +82,9 @@ class GLMConfig(PretrainedConfig):
         initializer_range: std of the normal init (output projections use
             initializer_range / sqrt(2 * num_layers)).
         layernorm_epsilon: LayerNorm epsilon (not a THUDM field; 1e-5 in all checkpoints).
-        gelu_approximate: "none" (exact erf, as the HF remote code) or "tanh" (as the
-            original Megatron code and GPT-2).
+        gelu_approximate: "none" (exact erf) or "tanh" (GLM's own ``gelu_impl``, the
+            Megatron code and GPT-2). ``from_thudm_json`` defaults to "tanh" for a
+            THUDM config.json without the field.
 
     Example:
         >>> config = GLMConfig(vocab_size=320, hidden_size=32, num_layers=2,
@@ -91,7 +94,7 @@ class GLMConfig(PretrainedConfig):
     """
 
     model_type = "recsysllm_glm"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
     # Generic transformers/PEFT code reads the standard names.
     attribute_map = {
         "num_hidden_layers": "num_layers",
@@ -183,13 +186,15 @@ class GLMConfig(PretrainedConfig):
         for name in ("embedding_dropout_prob", "attention_dropout_prob", "output_dropout_prob"):
             if not 0.0 <= kwargs[name] < 1.0:
                 raise ValueError(f"{path}: field {name!r} must be in [0, 1), got {kwargs[name]}")
-        if "gelu_approximate" in raw:
-            if raw["gelu_approximate"] not in GELU_APPROXIMATIONS:
-                raise ValueError(
-                    f"{path}: field 'gelu_approximate' must be one of {GELU_APPROXIMATIONS}, "
-                    f"got {raw['gelu_approximate']!r}"
-                )
-            kwargs["gelu_approximate"] = raw["gelu_approximate"]
+        # THUDM's GLM computes gelu_impl = 0.5 x (1 + tanh(0.79788456 x (1 + 0.044715 x^2))),
+        # the tanh approximation: a THUDM config.json without the field gets it. Ours (the
+        # converter, save_pretrained) always write the field; "none" selects exact erf.
+        kwargs["gelu_approximate"] = raw.get("gelu_approximate", THUDM_GELU_APPROXIMATE)
+        if kwargs["gelu_approximate"] not in GELU_APPROXIMATIONS:
+            raise ValueError(
+                f"{path}: field 'gelu_approximate' must be one of {GELU_APPROXIMATIONS}, "
+                f"got {raw['gelu_approximate']!r}"
+            )
 
         for name, supported in _THUDM_REQUIRED_VALUES.items():
             if name in raw and raw[name] != supported:

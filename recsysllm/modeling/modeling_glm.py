@@ -35,8 +35,17 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 
 from recsysllm.modeling.configuration_glm import GLMConfig
+
+# transformers 5.24 renamed the KV-cache argument and output field past_key_values ->
+# cache (the old name still works there, with a deprecation warning); 5.23 has only the
+# old field. Outputs are built with the name this transformers uses; forward takes
+# `cache` and still accepts `past_key_values` (deprecate_kwarg renames it).
+CACHE_FIELD = (
+    "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+)
 
 # Keyword arguments that HF Trainer / PEFT may pass and that carry nothing for us.
 # `num_items_in_batch` is ignored on purpose: `accepts_loss_kwargs = False` below tells
@@ -156,10 +165,11 @@ class GLMBlock(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         attention_bias: torch.Tensor,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
+        # `cache`: the name GradientCheckpointingLayer drops under checkpointing (5.24).
         hidden_states = hidden_states + self.attention(
-            self.input_layernorm(hidden_states), attention_bias, past_key_values
+            self.input_layernorm(hidden_states), attention_bias, cache
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
@@ -193,7 +203,7 @@ class GLMTransformer(nn.Module):
         hidden_states = self.embedding_dropout(hidden_states)
         for layer in self.layers:
             # hidden_states positional: reentrant checkpointing only tracks positional inputs.
-            hidden_states = layer(hidden_states, attention_bias, past_key_values=past_key_values)
+            hidden_states = layer(hidden_states, attention_bias, cache=past_key_values)
         return self.final_layernorm(hidden_states)
 
 
@@ -204,7 +214,7 @@ class GLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "glm"
     supports_gradient_checkpointing = True
     _no_split_modules = ["GLMBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_FIELD]
     _supports_sdpa = True
     # Our loss is the mean over the batch's labelled tokens; Trainer then scales it for
     # gradient accumulation itself instead of passing num_items_in_batch.
@@ -243,12 +253,13 @@ class GLMModel(GLMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.word_embeddings = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool = False,
     ) -> BaseModelOutputWithPast:
         """Runs the backbone.
@@ -257,12 +268,14 @@ class GLMModel(GLMPreTrainedModel):
             input_ids: [batch, seq] token ids.
             position_ids: [batch, 2, seq]; row 0 position (inter), row 1 block position (intra).
             attention_mask: [batch, 1, seq, cached + seq] bool, True = may attend.
-            past_key_values: a DynamicCache from an earlier call (updated in place).
+            cache: a DynamicCache from an earlier call (updated in place); the old name
+                ``past_key_values`` is accepted too (deprecated by transformers 5.24).
             use_cache: return the cache (a new DynamicCache if none was given).
 
         Returns:
             BaseModelOutputWithPast with last_hidden_state [batch, seq, hidden].
         """
+        past_key_values = cache
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -275,7 +288,7 @@ class GLMModel(GLMPreTrainedModel):
         )
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            **{CACHE_FIELD: past_key_values if use_cache else None},
         )
 
 
@@ -307,13 +320,14 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
         **kwargs: object,
@@ -326,7 +340,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             attention_mask: [batch, 1, seq, cached + seq] bool, True = may attend. Required.
             labels: [batch, seq], aligned with input_ids (labels[b, i] is predicted from
                 position i; not shifted). -100 is ignored.
-            past_key_values: a DynamicCache from an earlier call (updated in place).
+            cache: a DynamicCache from an earlier call (updated in place); the old name
+                ``past_key_values`` is accepted too (deprecated by transformers 5.24).
             use_cache: return the cache (a new DynamicCache if none was given).
             logits_to_keep: 0 = logits for every position; n > 0 = only for the last n
                 (the transformers convention; a prompt pass needs just the last column,
@@ -335,16 +350,13 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 (num_items_in_batch, return_dict, ...). Any other tensor is an error.
 
         Returns:
-            CausalLMOutputWithPast(loss, logits [batch, seq, vocab], past_key_values).
+            CausalLMOutputWithPast(loss, logits [batch, seq, vocab], cache) (the cache
+            field is ``past_key_values`` under transformers 5.23).
             loss is the mean cross-entropy over labelled tokens (0 if there are none).
         """
         _check_extra_kwargs(kwargs)
         outputs = self.glm(
-            input_ids,
-            position_ids,
-            attention_mask,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
+            input_ids, position_ids, attention_mask, cache=cache, use_cache=use_cache
         )
         hidden = outputs.last_hidden_state  # [batch, seq, hidden]
         if logits_to_keep:
@@ -365,7 +377,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             # clamp: a batch without labelled tokens gives 0, not NaN.
             loss = summed / (labels != -100).sum().clamp(min=1)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values
+            loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
         )
 
 

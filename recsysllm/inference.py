@@ -1,0 +1,182 @@
+"""Per-family answering of task examples, shared by the evaluator and ``api.Recommender``.
+
+One :class:`Inference` holds a model, its tokenizer and catalog, the training
+sequence length and answer budget (so prompts are the Part A training built, see
+:mod:`recsysllm.prompt_layout`), and the entity tries (built once per
+(tokenizer, catalog) by ``EntityTrie.from_catalog``, which caches them). Each
+family's decoding is one method:
+
+| answer          | method               | decoding                                             |
+|-----------------|----------------------|------------------------------------------------------|
+| item, all items | :meth:`rank_items`   | trie-constrained beams, steps <= longest item + 1    |
+| item, 1-of-N    | :meth:`score_items`  | exact log-likelihood of each candidate               |
+| yes / no        | :meth:`yes_no_scores`| log-likelihood of the two answer words               |
+| rating          | :meth:`ratings`      | greedy, RATING_MAX_NEW_TOKENS, then ``parse_rating`` |
+| free text       | :meth:`texts`        | greedy (entity trie for intra-positions)             |
+
+Example::
+
+    inference = Inference(model, tokenizer, catalog, max_length=1024,
+                          answer_budget=AnswerBudget.for_catalog(catalog, tokenizer))
+    prompts = inference.prompts(examples)
+    ranked = inference.rank_items(prompts, k=10, num_beams=20)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from recsysllm import generation
+from recsysllm.data.catalog import EntityCatalog
+from recsysllm.prompt_layout import (
+    SHORT_ANSWER_TOKENS,
+    AnswerBudget,
+    PromptInputs,
+    SpecialTokenIds,
+    build_prompt,
+)
+from recsysllm.schema import Example, TokenizedExample
+from recsysllm.trie import EntityTrie
+
+# A rating is a number and a few characters: the short-answer budget prompts reserve.
+RATING_MAX_NEW_TOKENS = SHORT_ANSWER_TOKENS
+DEFAULT_YES_NO_WORDS = ("yes", "no")
+
+
+class Inference:
+    """A model ready to answer task examples of every family.
+
+    Args:
+        model: a GLM (LoRA merged or PEFT-wrapped); put in eval mode here.
+        tokenizer: the checkpoint's GLMTokenizer.
+        catalog: the checkpoint's entity catalog.
+        max_length: the training sequence length (prompts are truncated as in training).
+        answer_budget: the training answer budget (``pipeline.answer_budget``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        catalog: EntityCatalog,
+        *,
+        max_length: int,
+        answer_budget: AnswerBudget,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.catalog = catalog
+        self.max_length = max_length
+        self.answer_budget = answer_budget
+        self.special = SpecialTokenIds.from_tokenizer(tokenizer)
+        self.item_trie = EntityTrie.from_catalog(catalog, tokenizer)
+        # Free text mentions attribute values and items: the full entity trie gives its
+        # tokens the intra-positions training used.
+        self.entity_trie = EntityTrie.from_catalog(catalog, tokenizer, items_only=False)
+
+    # ----------------------------------------------------------------- prompts
+
+    def prompt(self, example: Example | TokenizedExample) -> PromptInputs:
+        """Part A of one task example (its answer tokens are never read)."""
+        tokenized = (
+            example
+            if isinstance(example, TokenizedExample)
+            else self.tokenizer.tokenize_example(example)
+        )
+        return build_prompt(tokenized, self.special, self.answer_budget, self.max_length)
+
+    def prompts(self, examples: Sequence[Example | TokenizedExample]) -> list[PromptInputs]:
+        return [self.prompt(example) for example in examples]
+
+    # ----------------------------------------------------------------- families
+
+    def rank_items(
+        self,
+        prompts: Sequence[PromptInputs],
+        k: int,
+        num_beams: int,
+        exclude: Sequence[set[str] | frozenset[str]] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Top-k distinct catalog items per prompt (constrained beams), best first."""
+        return generation.recommend_items(
+            self.model,
+            prompts,
+            self.item_trie,
+            k,
+            num_beams=max(k, num_beams),
+            exclude=exclude,
+            tokenizer=self.tokenizer,
+        )
+
+    def score_items(
+        self, prompts: Sequence[PromptInputs], candidates: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        """Log-likelihood of each candidate item of each prompt, in the given order."""
+        ids = []
+        for index, keys in enumerate(candidates):
+            try:
+                ids.append([self.item_trie.ids_of(key) for key in keys])
+            except KeyError as error:
+                raise ValueError(f"prompt {index}: candidate {error.args[0]}") from None
+        return generation.score_candidates(self.model, prompts, ids, tokenizer=self.tokenizer)
+
+    def yes_no_scores(
+        self,
+        prompts: Sequence[PromptInputs],
+        examples: Sequence[Example],
+        words: Sequence[tuple[str, str]],
+    ) -> list[tuple[float, float]]:
+        """(log p(positive word), log p(negative word)) per example.
+
+        Both words are tokenized as training tokenizes the answer segment (the example
+        with its answer set to each word), so neither is favoured by whitespace.
+        """
+        pairs = []
+        for example, (positive, negative) in zip(examples, words, strict=True):
+            pairs.append(
+                [
+                    self._answer_ids(_with_answer_word(example, positive)),
+                    self._answer_ids(_with_answer_word(example, negative)),
+                ]
+            )
+        scores = generation.score_candidates(self.model, prompts, pairs, tokenizer=self.tokenizer)
+        return [(positive, negative) for positive, negative in scores]
+
+    def ratings(self, prompts: Sequence[PromptInputs]) -> list[tuple[str, float | None]]:
+        """(generated text, parsed number or None) per prompt."""
+        texts = self.texts(prompts, RATING_MAX_NEW_TOKENS)
+        return [(text, generation.parse_rating(text)) for text in texts]
+
+    def texts(
+        self, prompts: Sequence[PromptInputs], max_new_tokens: int, seed: int = 0
+    ) -> list[str]:
+        """Greedy free text per prompt."""
+        return generation.generate_text(
+            self.model,
+            prompts,
+            self.tokenizer,
+            max_new_tokens,
+            entity_trie=self.entity_trie,
+            seed=seed,
+        )
+
+    def _answer_ids(self, example: Example) -> tuple[int, ...]:
+        tokenized = self.tokenizer.tokenize_example(example)
+        start, end = tokenized.answer_span
+        return tuple(tokenized.input_ids[start:end])
+
+
+def _with_answer_word(example: Example, word: str) -> Example:
+    """The example with its (one) answer segment's word replaced by ``word``."""
+    answers = [i for i, segment in enumerate(example.segments) if segment.answer]
+    if len(answers) != 1:
+        raise ValueError(f"{example.describe()}: a yes/no example needs one answer segment")
+    segment = example.segments[answers[0]]
+    current = segment.text.strip()
+    swapped = dataclasses.replace(segment, text=segment.text.replace(current, word))
+    segments = (*example.segments[: answers[0]], swapped, *example.segments[answers[0] + 1 :])
+    return dataclasses.replace(example, segments=segments)
