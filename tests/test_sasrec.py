@@ -10,12 +10,12 @@ import torch
 
 from recsysllm.data.splits import build_splits
 from recsysllm.data.tables import RecTables
-from recsysllm.evaluation import metrics
+from recsysllm.evaluation import EvalProtocol, evaluate_ranker, history_items, metrics
 from recsysllm.evaluation.sasrec import (
     SASRec,
     SASRecConfig,
+    SASRecItemRanker,
     SASRecRanker,
-    example_ranks,
     fit,
     ranks_of_targets,
     split_histories,
@@ -224,28 +224,37 @@ def test_config_is_validated():
         SASRecConfig(hidden_dropout=1.0)
 
 
-def test_example_ranks_use_the_full_history_and_match_target_ranks(splits, ranker):
+def test_item_ranker_row_in_the_harness(splits, ranker):
+    """Through evaluate_ranker: full histories from the splits, exclusion from the protocol."""
     test = split_histories(splits, "test")
     users = sorted(test)[:3]
-    histories = {user: test[user][0] for user in users}
     examples = [
         # A sequential example whose prompt shows a sampled history of one item.
-        Example((), "sequential", user=users[0], target=test[users[0]][1], answer_type="item",
-                history=test[users[0]][0][-1:]),
-        Example((), "rating", user=users[1], target="4", answer_type="rating"),
-        Example((), "direct", user=users[2], target=test[users[2]][1], answer_type="item",
+        Example((), "sequential", "s-1", user=users[0], target=test[users[0]][1],
+                answer_type="item", history=test[users[0]][0][-1:]),
+        Example((), "rating", "r-1", user=users[1], target="4", answer_type="rating"),
+        Example((), "direct", "d-1", user=users[2], target=test[users[2]][1], answer_type="item",
                 candidates=("Title x00", test[users[2]][1], "Title x19")),
     ]  # fmt: skip
-    ranks = example_ranks(ranker, examples, histories)
+    row = SASRecItemRanker.for_split(ranker, splits, "test")
     history, target = test[users[0]]
-    assert ranks[0] == {
-        "rank": ranker.target_ranks([history], [target], exclude_history=False)[0],
-        "rank_excluding_history": ranker.target_ranks([history], [target])[0],
-    }
-    assert ranks[1] is None
-    candidates = examples[2].candidates
-    expected = ranker.candidate_ranks([test[users[2]][0]], [candidates], [examples[2].target])
-    assert ranks[2] == {"rank": expected[0]}
-    assert "rank_excluding_history" not in example_ranks(ranker, examples, histories, False)[0]
+    for exclude_history in (True, False):
+        protocol = EvalProtocol(
+            ks=(1, 5, 10), exclude_history=exclude_history, history=history_items(splits, "test")
+        )
+        results = evaluate_ranker("SASRec", row, examples, protocol)
+        sequential, direct = sorted(results.outcomes, key=lambda o: o.family, reverse=True)
+        assert sequential.family == "sequential" and direct.family == "direct"
+        expected = ranker.target_ranks([history], [target], exclude_history=exclude_history)[0]
+        assert sequential.rank == (expected if expected <= 10 else None)
+        assert [key for key, _ in sequential.top] == ranker.rank_all(
+            [history], k=10, exclude_history=exclude_history
+        )[0]
+        candidates = examples[2].candidates
+        assert (
+            direct.rank
+            == ranker.candidate_ranks([test[users[2]][0]], [candidates], [examples[2].target])[0]
+        )
+    assert len(results.outcomes) == 2  # the rating example is not a ranking example
     with pytest.raises(ValueError, match="no SASRec history"):
-        example_ranks(ranker, examples, {})
+        SASRecItemRanker(ranker, {}).score_candidates(examples[2:])

@@ -25,9 +25,14 @@ are over all catalog items, with the user's history (every item of that input) e
 by default, and pessimistic on ties: an item scoring exactly as high as the target
 ranks before it.
 
+In the harness, :class:`SASRecItemRanker` is SASRec's ``ItemRanker`` row: the
+protocol decides what is excluded, the splits give each user's chronological history.
+
 Example:
     >>> ranker = fit(splits, SASRecConfig(), seed=0)  # doctest: +SKIP
     >>> ranker.rank_all([["Toy Story (1995)", "Fargo (1996)"]], k=10)  # doctest: +SKIP
+    >>> row = SASRecItemRanker.for_split(ranker, splits, "test")  # doctest: +SKIP
+    >>> evaluate_ranker("SASRec", row, examples, protocol)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -346,52 +351,60 @@ def split_histories(splits: RecSplits, split: str) -> dict[str, tuple[tuple[str,
     return result
 
 
-def example_ranks(
-    ranker: SASRecRanker,
-    examples: Sequence[Example],
-    histories: Mapping[str, Sequence[str]],
-    exclude_history: bool = True,
-) -> list[dict[str, int | None] | None]:
-    """SASRec's ranks for harness examples, in example order (the fields of an outcome).
+class SASRecItemRanker:
+    """SASRec as an ``evaluation.ItemRanker``: one row of the harness's tables.
 
-    The model reads the user's full history from ``histories`` (``split_histories``),
-    not the prompt's sampled ``example.history``. Item examples without candidates
-    (sequential, over all items) get ``rank`` (nothing excluded) and, with
-    ``exclude_history``, ``rank_excluding_history`` (that history excluded); examples
-    with candidates (direct) get ``rank`` among them. Other answer types get None.
+    The harness hands over examples; SASRec reads each example's user's full
+    chronological history from ``histories`` (``split_histories``), not the prompt's
+    sampled ``example.history``. Scores are SASRec's log-softmax over the catalog.
 
     Args:
         ranker: a trained SASRec.
-        examples: evaluation examples of one split.
         histories: user -> chronological item keys before that split's target.
-        exclude_history: also rank with the history excluded (all-items examples).
+
+    Example:
+        >>> row = SASRecItemRanker.for_split(ranker, splits, "test")  # doctest: +SKIP
+        >>> evaluate_ranker("SASRec", row, examples, protocol)  # doctest: +SKIP
     """
-    scored = [i for i, e in enumerate(examples) if e.answer_type == "item"]
-    missing = sorted({examples[i].user for i in scored} - set(histories))
-    if missing:
-        raise ValueError(f"no SASRec history for users {missing[:5]}")
-    results: list[dict[str, int | None] | None] = [None] * len(examples)
-    for start in range(0, len(scored), ranker.config.eval_batch_size):
-        batch = [examples[i] for i in scored[start : start + ranker.config.eval_batch_size]]
-        batch_histories = [tuple(histories[e.user]) for e in batch]
-        scores = ranker.score_all(batch_histories)
-        masked = _mask_histories(scores, batch_histories, ranker.index)
-        for row, (i, example) in enumerate(
-            zip(scored[start : start + len(batch)], batch, strict=True)
-        ):
-            target = ranker.index[example.target or ""]
-            if example.candidates:
-                columns = [ranker.index[key] for key in example.candidates]
-                values = scores[row, columns]
-                results[i] = {"rank": int((values >= scores[row, target]).sum())}
-                continue
-            fields = {"rank": ranks_of_targets(scores[row : row + 1], [target])[0]}
-            if exclude_history:
-                fields["rank_excluding_history"] = ranks_of_targets(
-                    masked[row : row + 1], [target]
-                )[0]
-            results[i] = fields
-    return results
+
+    def __init__(self, ranker: SASRecRanker, histories: Mapping[str, Sequence[str]]) -> None:
+        self.ranker = ranker
+        self.histories = {user: tuple(history) for user, history in histories.items()}
+
+    @classmethod
+    def for_split(cls, ranker: SASRecRanker, splits: RecSplits, split: str) -> SASRecItemRanker:
+        """The adapter for the users of ``split`` ("valid" or "test")."""
+        return cls(ranker, {user: h for user, (h, _) in split_histories(splits, split).items()})
+
+    def scores(self, examples: Sequence[Example]) -> torch.Tensor:
+        """[examples, catalog] log-softmax of the next item after each example's user's history."""
+        missing = sorted({e.user for e in examples} - set(self.histories))
+        if missing:
+            raise ValueError(f"no SASRec history for users {missing[:5]}")
+        return self.ranker.score_all([self.histories[e.user] for e in examples])
+
+    def rank_all(
+        self, examples: Sequence[Example], exclude: Sequence[frozenset[str]], k: int
+    ) -> list[list[tuple[str, float]]]:
+        """Top-``k`` (item key, log-probability) per example, never an item of ``exclude``."""
+        scores = _mask_histories(self.scores(examples), exclude, self.ranker.index)
+        top = torch.topk(scores, min(k, len(self.ranker.items)), dim=-1, sorted=True)
+        return [
+            [
+                (self.ranker.items[i], value)
+                for i, value in zip(indices, values, strict=True)
+                if value > -math.inf
+            ]
+            for indices, values in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        ]
+
+    def score_candidates(self, examples: Sequence[Example]) -> list[list[float]]:
+        """Log-probability of each candidate of each example, in candidate order."""
+        scores = self.scores(examples)
+        return [
+            scores[row, [self.ranker.index[key] for key in example.candidates]].tolist()
+            for row, example in enumerate(examples)
+        ]
 
 
 def _pad(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -404,7 +417,7 @@ def _pad(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _mask_histories(
-    scores: torch.Tensor, histories: Sequence[Sequence[str]], index: Mapping[str, int]
+    scores: torch.Tensor, histories: Sequence[Collection[str]], index: Mapping[str, int]
 ) -> torch.Tensor:
     scores = scores.clone()
     for row, history in enumerate(histories):
