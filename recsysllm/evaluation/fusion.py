@@ -11,7 +11,14 @@ the candidate list stays a miss at every k, whatever the weight.
 
 The weight is chosen on the VALID split only: :func:`choose_weight` takes the valid
 cases and returns the weight that maximises NDCG@k over a grid; apply it to the test
-cases with :func:`fused_ranks`. No function here sees both splits.
+cases with :func:`fused_ranks`, or to a test row with :class:`FusionRanker` (an
+``ItemRanker`` for ``evaluate_ranker``). No function here sees both splits.
+
+In the harness::
+
+    valid_cases = lm_list_cases(lm_valid, sasrec_valid, valid_seq_examples, exclude, 20)
+    weight, _ = choose_weight(valid_cases)
+    row = evaluate_ranker("fusion", FusionRanker(lm_test, sasrec_test, weight), examples, protocol)
 
 Example:
     >>> case = FusionCase(("a", "b"), (-0.1, -0.5), (-3.0, -0.2), target="b")
@@ -27,6 +34,9 @@ from dataclasses import dataclass
 import torch
 
 from recsysllm.evaluation import metrics
+from recsysllm.evaluation.evaluator import ItemRanker
+from recsysllm.evaluation.sasrec import SASRecItemRanker
+from recsysllm.schema import Example
 
 DEFAULT_GRID = tuple(round(0.1 * step, 1) for step in range(11))  # 0.0, 0.1, ..., 1.0
 
@@ -64,15 +74,30 @@ def rerank(case: FusionCase, weight: float) -> list[str]:
         >>> rerank(FusionCase(("a", "b", "c"), (-1.0, -2.0, -3.0), (-3.0, -1.0, -1.0), "c"), 1.0)
         ['b', 'c', 'a']
     """
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"fusion weight must be in [0, 1], got {weight}")
-    fused = [
-        (1.0 - weight) * lm + weight * sasrec
-        for lm, sasrec in zip(case.lm_log_probs, case.sasrec_log_probs, strict=True)
-    ]
+    return [key for key, _ in rerank_scored(case, weight)]
+
+
+def rerank_scored(case: FusionCase, weight: float) -> list[tuple[str, float]]:
+    """(candidate, fused score) by descending fused score (ties: the LM's order)."""
+    fused = fuse(case.lm_log_probs, case.sasrec_log_probs, weight)
     # sorted() is stable: equal fused scores keep the LM's order.
     order = sorted(range(len(fused)), key=lambda i: -fused[i])
-    return [case.candidates[i] for i in order]
+    return [(case.candidates[i], fused[i]) for i in order]
+
+
+def fuse(lm_scores: Sequence[float], sasrec_scores: Sequence[float], weight: float) -> list[float]:
+    """(1 - weight) * LM score + weight * SASRec score, elementwise.
+
+    Example:
+        >>> fuse([-1.0, -2.0], [-3.0, -0.5], 0.25)
+        [-1.5, -1.625]
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"fusion weight must be in [0, 1], got {weight}")
+    return [
+        (1.0 - weight) * lm + weight * sasrec
+        for lm, sasrec in zip(lm_scores, sasrec_scores, strict=True)
+    ]
 
 
 def fused_ranks(cases: Sequence[FusionCase], weight: float) -> list[int | None]:
@@ -145,3 +170,68 @@ def fusion_cases(
             )
         )
     return cases
+
+
+class FusionRanker:
+    """LM + SASRec fusion as an ``evaluation.ItemRanker``: one row of the harness.
+
+    All-item examples: the LM ranks its top ``num_candidates`` (with the protocol's
+    exclusion), SASRec scores them, and they are re-ranked by :func:`fuse`. Candidate
+    examples (direct): every candidate's LM score fused with its SASRec score.
+
+    Args:
+        lm: the language model's ranker (``evaluator.ModelRanker``).
+        sasrec: SASRec's ranker (``sasrec.SASRecItemRanker`` of the same split).
+        weight: the fusion weight, chosen on valid (:func:`choose_weight`).
+        num_candidates: LM list length to rescore (needs that many beams).
+    """
+
+    def __init__(
+        self, lm: ItemRanker, sasrec: SASRecItemRanker, weight: float, num_candidates: int = 20
+    ) -> None:
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"fusion weight must be in [0, 1], got {weight}")
+        self.lm = lm
+        self.sasrec = sasrec
+        self.weight = weight
+        self.num_candidates = num_candidates
+
+    def rank_all(
+        self, examples: Sequence[Example], exclude: Sequence[frozenset[str]], k: int
+    ) -> list[list[tuple[str, float]]]:
+        cases = lm_list_cases(self.lm, self.sasrec, examples, exclude, max(k, self.num_candidates))
+        return [rerank_scored(case, self.weight)[:k] for case in cases]
+
+    def score_candidates(self, examples: Sequence[Example]) -> list[list[float]]:
+        lm = self.lm.score_candidates(examples)
+        sasrec = self.sasrec.score_candidates(examples)
+        return [fuse(a, b, self.weight) for a, b in zip(lm, sasrec, strict=True)]
+
+
+def lm_list_cases(
+    lm: ItemRanker,
+    sasrec: SASRecItemRanker,
+    examples: Sequence[Example],
+    exclude: Sequence[frozenset[str]],
+    num_candidates: int,
+) -> list[FusionCase]:
+    """Cases of all-item examples: the LM's top ``num_candidates`` and SASRec's scores of them."""
+    lm_lists = lm.rank_all(examples, exclude, num_candidates)
+    return fusion_cases(
+        lm_lists,
+        sasrec.scores(examples),
+        sasrec.ranker.index,
+        [example.target or "" for example in examples],
+    )
+
+
+def candidate_cases(
+    lm: ItemRanker, sasrec: SASRecItemRanker, examples: Sequence[Example]
+) -> list[FusionCase]:
+    """Cases of candidate (direct) examples: every candidate scored by both systems."""
+    lm_scores = lm.score_candidates(examples)
+    sasrec_scores = sasrec.score_candidates(examples)
+    return [
+        FusionCase(tuple(e.candidates), tuple(a), tuple(b), e.target or "")
+        for e, a, b in zip(examples, lm_scores, sasrec_scores, strict=True)
+    ]
