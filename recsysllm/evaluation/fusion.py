@@ -1,0 +1,237 @@
+"""Language model + SASRec fusion: rescoring the LM's candidate list.
+
+The language model proposes a candidate list (e.g. the constrained beam's top-N item
+keys with their log-probabilities); each candidate is rescored as
+
+    fused = (1 - weight) * LM log-probability + weight * SASRec log-softmax
+
+and the list is re-ranked by the fused score (ties keep the LM's order). ``weight`` 0
+is the LM alone, 1 is SASRec alone restricted to the LM's candidates. A target outside
+the candidate list stays a miss at every k, whatever the weight.
+
+The weight is chosen on the VALID split only: :func:`choose_weight` takes the valid
+cases and returns the weight that maximises NDCG@k over a grid; apply it to the test
+cases with :func:`fused_ranks`, or to a test row with :class:`FusionRanker` (an
+``ItemRanker`` for ``evaluate_ranker``). No function here sees both splits.
+
+In the harness::
+
+    valid_cases = lm_list_cases(lm_valid, sasrec_valid, valid_seq_examples, exclude, 20)
+    weight, _ = choose_weight(valid_cases)
+    row = evaluate_ranker("fusion", FusionRanker(lm_test, sasrec_test, weight), examples, protocol)
+
+Example:
+    >>> case = FusionCase(("a", "b"), (-0.1, -0.5), (-3.0, -0.2), target="b")
+    >>> fused_ranks([case], weight=0.0), fused_ranks([case], weight=0.5)
+    ([2], [1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from recsysllm.evaluation import metrics
+from recsysllm.evaluation.evaluator import ItemRanker
+from recsysllm.evaluation.sasrec import SASRecItemRanker
+from recsysllm.schema import Example
+
+DEFAULT_GRID = tuple(round(0.1 * step, 1) for step in range(11))  # 0.0, 0.1, ..., 1.0
+
+
+@dataclass(frozen=True)
+class FusionCase:
+    """One evaluated example: the LM's candidates and both systems' scores of them.
+
+    Attributes:
+        candidates: item keys, in the LM's order (best first).
+        lm_log_probs: the LM's log-probability of each candidate.
+        sasrec_log_probs: SASRec's log-softmax (over the whole catalog) of each candidate.
+        target: the gold item key (may be absent from ``candidates``: a miss).
+    """
+
+    candidates: tuple[str, ...]
+    lm_log_probs: tuple[float, ...]
+    sasrec_log_probs: tuple[float, ...]
+    target: str
+
+    def __post_init__(self) -> None:
+        if not len(self.candidates) == len(self.lm_log_probs) == len(self.sasrec_log_probs):
+            raise ValueError(
+                f"fusion case for target {self.target!r}: {len(self.candidates)} candidates, "
+                f"{len(self.lm_log_probs)} LM scores, {len(self.sasrec_log_probs)} SASRec scores"
+            )
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ValueError(f"fusion case for target {self.target!r}: candidates repeat an item")
+
+
+def rerank(case: FusionCase, weight: float) -> list[str]:
+    """The case's candidates by descending fused score (ties: the LM's order).
+
+    Example:
+        >>> rerank(FusionCase(("a", "b", "c"), (-1.0, -2.0, -3.0), (-3.0, -1.0, -1.0), "c"), 1.0)
+        ['b', 'c', 'a']
+    """
+    return [key for key, _ in rerank_scored(case, weight)]
+
+
+def rerank_scored(case: FusionCase, weight: float) -> list[tuple[str, float]]:
+    """(candidate, fused score) by descending fused score (ties: the LM's order)."""
+    fused = fuse(case.lm_log_probs, case.sasrec_log_probs, weight)
+    # sorted() is stable: equal fused scores keep the LM's order.
+    order = sorted(range(len(fused)), key=lambda i: -fused[i])
+    return [(case.candidates[i], fused[i]) for i in order]
+
+
+def fuse(lm_scores: Sequence[float], sasrec_scores: Sequence[float], weight: float) -> list[float]:
+    """(1 - weight) * LM score + weight * SASRec score, elementwise.
+
+    Example:
+        >>> fuse([-1.0, -2.0], [-3.0, -0.5], 0.25)
+        [-1.5, -1.625]
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"fusion weight must be in [0, 1], got {weight}")
+    return [
+        (1.0 - weight) * lm + weight * sasrec
+        for lm, sasrec in zip(lm_scores, sasrec_scores, strict=True)
+    ]
+
+
+def fused_ranks(cases: Sequence[FusionCase], weight: float) -> list[int | None]:
+    """1-based rank of each case's target after fusion (None: not a candidate)."""
+    return [metrics.rank_of(case.target, rerank(case, weight)) for case in cases]
+
+
+def choose_weight(
+    valid_cases: Sequence[FusionCase], grid: Sequence[float] = DEFAULT_GRID, k: int = 10
+) -> tuple[float, dict[float, float]]:
+    """The grid weight with the highest NDCG@k on the valid cases.
+
+    Ties go to the smaller weight (closer to the LM alone).
+
+    Args:
+        valid_cases: cases of the valid split (never the test split).
+        grid: weights to try, each in [0, 1].
+        k: cut-off of the NDCG.
+
+    Returns:
+        (best weight, weight -> valid NDCG@k for every grid weight).
+    """
+    if not valid_cases:
+        raise ValueError("choose_weight needs at least one valid case")
+    if not grid:
+        raise ValueError("choose_weight needs a non-empty grid")
+    scores = {weight: metrics.ndcg_at_k(fused_ranks(valid_cases, weight), k) for weight in grid}
+    best = min(scores, key=lambda weight: (-scores[weight], weight))
+    return best, scores
+
+
+def fusion_cases(
+    lm_lists: Sequence[Sequence[tuple[str, float]]],
+    sasrec_log_probs: torch.Tensor,
+    item_index: dict[str, int],
+    targets: Sequence[str],
+) -> list[FusionCase]:
+    """Cases from the LM's ranked (key, log-prob) lists and SASRec's catalog scores.
+
+    Args:
+        lm_lists: per example, the LM's (item key, log-probability) pairs, best first
+            (``generation.recommend_items`` returns this shape).
+        sasrec_log_probs: [examples, catalog] SASRec log-softmax of the same examples
+            (``SASRecRanker.score_all`` of their histories).
+        item_index: item key -> column of ``sasrec_log_probs`` (``SASRecRanker.index``).
+        targets: per example, the gold item key.
+
+    Raises:
+        ValueError: the counts disagree, or an LM candidate is not in ``item_index``.
+    """
+    if not len(lm_lists) == len(sasrec_log_probs) == len(targets):
+        raise ValueError(
+            f"{len(lm_lists)} LM lists, {len(sasrec_log_probs)} SASRec rows, {len(targets)} targets"
+        )
+    cases = []
+    for row, (pairs, target) in enumerate(zip(lm_lists, targets, strict=True)):
+        unknown = [key for key, _ in pairs if key not in item_index]
+        if unknown:
+            raise ValueError(
+                f"example {row}: LM candidates not in the SASRec catalog: {unknown[:3]}"
+            )
+        cases.append(
+            FusionCase(
+                candidates=tuple(key for key, _ in pairs),
+                lm_log_probs=tuple(float(score) for _, score in pairs),
+                sasrec_log_probs=tuple(
+                    float(sasrec_log_probs[row, item_index[key]]) for key, _ in pairs
+                ),
+                target=target,
+            )
+        )
+    return cases
+
+
+class FusionRanker:
+    """LM + SASRec fusion as an ``evaluation.ItemRanker``: one row of the harness.
+
+    All-item examples: the LM ranks its top ``num_candidates`` (with the protocol's
+    exclusion), SASRec scores them, and they are re-ranked by :func:`fuse`. Candidate
+    examples (direct): every candidate's LM score fused with its SASRec score.
+
+    Args:
+        lm: the language model's ranker (``evaluator.ModelRanker``).
+        sasrec: SASRec's ranker (``sasrec.SASRecItemRanker`` of the same split).
+        weight: the fusion weight, chosen on valid (:func:`choose_weight`).
+        num_candidates: LM list length to rescore (needs that many beams).
+    """
+
+    def __init__(
+        self, lm: ItemRanker, sasrec: SASRecItemRanker, weight: float, num_candidates: int = 20
+    ) -> None:
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"fusion weight must be in [0, 1], got {weight}")
+        self.lm = lm
+        self.sasrec = sasrec
+        self.weight = weight
+        self.num_candidates = num_candidates
+
+    def rank_all(
+        self, examples: Sequence[Example], exclude: Sequence[frozenset[str]], k: int
+    ) -> list[list[tuple[str, float]]]:
+        cases = lm_list_cases(self.lm, self.sasrec, examples, exclude, max(k, self.num_candidates))
+        return [rerank_scored(case, self.weight)[:k] for case in cases]
+
+    def score_candidates(self, examples: Sequence[Example]) -> list[list[float]]:
+        lm = self.lm.score_candidates(examples)
+        sasrec = self.sasrec.score_candidates(examples)
+        return [fuse(a, b, self.weight) for a, b in zip(lm, sasrec, strict=True)]
+
+
+def lm_list_cases(
+    lm: ItemRanker,
+    sasrec: SASRecItemRanker,
+    examples: Sequence[Example],
+    exclude: Sequence[frozenset[str]],
+    num_candidates: int,
+) -> list[FusionCase]:
+    """Cases of all-item examples: the LM's top ``num_candidates`` and SASRec's scores of them."""
+    lm_lists = lm.rank_all(examples, exclude, num_candidates)
+    return fusion_cases(
+        lm_lists,
+        sasrec.scores(examples),
+        sasrec.ranker.index,
+        [example.target or "" for example in examples],
+    )
+
+
+def candidate_cases(
+    lm: ItemRanker, sasrec: SASRecItemRanker, examples: Sequence[Example]
+) -> list[FusionCase]:
+    """Cases of candidate (direct) examples: every candidate scored by both systems."""
+    lm_scores = lm.score_candidates(examples)
+    sasrec_scores = sasrec.score_candidates(examples)
+    return [
+        FusionCase(tuple(e.candidates), tuple(a), tuple(b), e.target or "")
+        for e, a, b in zip(examples, lm_scores, sasrec_scores, strict=True)
+    ]
