@@ -67,8 +67,19 @@ class ModelArgs:
     torch_dtype: str = help_field(
         "dtype the weights are loaded in: " + "|".join(TORCH_DTYPES), default="float32"
     )
+    family: str | None = help_field(
+        "backbone family: glm | decoder (transformers Llama/Qwen2/Qwen3/GLM-4); null: "
+        "detected from base_model's config.json",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
+        _check(
+            self.family in (None, "glm", "decoder"),
+            "model",
+            "family",
+            f"{self.family!r} not in glm | decoder | null",
+        )
         _check(
             (self.base_model is None) != (self.from_scratch is None),
             "model",

@@ -50,10 +50,11 @@ from recsysllm.modeling import (
     GLMConfig,
     GLMForConditionalGeneration,
     check_vocab_compatible,
-    load_glm_checkpoint,
 )
+from recsysllm.modeling.families import family_of_model, get_backbone, resolve_family
 from recsysllm.prompts import PromptSet, load_prompts
 from recsysllm.tokenization import GLMTokenizer, train_sentencepiece_tokenizer
+from recsysllm.tokenization_hf import load_any_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -174,14 +175,14 @@ def build_tokenizer(
     - otherwise: the base model's directory (``base_model``).
 
     Returns:
-        A ``GLMTokenizer``.
+        A ``GLMTokenizer``, or an ``HFTokenizer`` for a fast-tokenizer directory (decoders).
     """
     if tokenizer_args.path is not None:
-        return GLMTokenizer.from_pretrained(tokenizer_args.path)
+        return load_any_tokenizer(tokenizer_args.path)
     if tokenizer_args.sentencepiece_vocab_size is None:
         if base_model is None:
             raise ValueError("config field tokenizer.path: needed when model.base_model is null")
-        return GLMTokenizer.from_pretrained(base_model)
+        return load_any_tokenizer(base_model)
     target = Path(output_dir) / TOKENIZER_DIRNAME
     if target.is_dir():
         logger.info("reusing the sentencepiece tokenizer in %s", target)
@@ -208,7 +209,8 @@ def build_model(
 ) -> BuiltModel:
     """Load or build the GLM and wrap it with LoRA.
 
-    - ``model_args.base_model``: the checkpoint via ``load_glm_checkpoint``; the tokenizer
+    - ``model_args.base_model``: the checkpoint via its family's loader (``model.family``,
+      else detected from the directory, :mod:`recsysllm.modeling.families`); the tokenizer
       must fit its embedding (``check_vocab_compatible``).
     - ``model_args.from_scratch``: a random GLM (seeded by ``seed``) with
       ``vocab_size`` = the tokenizer's size rounded up to a multiple of 64.
@@ -221,7 +223,8 @@ def build_model(
     """
     dtype = TORCH_DTYPES[model_args.torch_dtype]
     if model_args.base_model is not None:
-        model = load_glm_checkpoint(model_args.base_model, torch_dtype=dtype)
+        family = resolve_family(model_args.family, model_args.base_model)
+        model = get_backbone(family).load_checkpoint(model_args.base_model, torch_dtype=dtype)
         where = model_args.base_model
     else:
         # Rounded to a multiple of 64: tensor-core friendly, like THUDM's padding to 128.
@@ -230,7 +233,8 @@ def build_model(
         torch.manual_seed(seed)
         model = GLMForConditionalGeneration(config).to(dtype)
         where = "model.from_scratch"
-    check_vocab_compatible(model.config.vocab_size, tokenizer.vocab_size, where=where)
+    rows = model.get_input_embeddings().weight.shape[0]
+    check_vocab_compatible(rows, tokenizer.vocab_size, where=where)
     fingerprint = model_fingerprint(model)
     if lora_args.enabled:
         model = apply_lora(model, lora_args, fingerprint)
@@ -257,6 +261,8 @@ def apply_lora(
         lora_dropout=lora_args.dropout,
         target_modules=list(lora_args.target_modules),
         bias="none",
+        # decoders: the block-position embedding trains beside LoRA and is saved with it
+        modules_to_save=get_backbone(family_of_model(model)).modules_to_save(model) or None,
     )
     return get_peft_model(model, lora_config)
 
@@ -269,9 +275,9 @@ def load_checkpoint_for_inference(
     """Load a training checkpoint (``checkpoint-N/`` or ``final/``) for generation.
 
     A LoRA checkpoint is applied to its base model (``base_model``, else the path recorded
-    in the checkpoint) and merged into it, so the result is a plain
-    ``GLMForConditionalGeneration``. A base model, tokenizer or catalog different from the
-    ones the checkpoint was trained with is refused.
+    in the checkpoint) and merged into it, so the result is a plain model of its family
+    (``GLMForConditionalGeneration`` or a ``RecSys*ForCausalLM``). A base model, tokenizer
+    or catalog different from the ones the checkpoint was trained with is refused.
 
     Args:
         checkpoint_dir: the checkpoint directory.
@@ -289,7 +295,7 @@ def load_checkpoint_for_inference(
     where = str(checkpoint_dir)
     meta = read_meta(checkpoint_dir)
     config = load_config(checkpoint_dir / CONFIG_FILENAME)
-    tokenizer = GLMTokenizer.from_pretrained(checkpoint_dir / TOKENIZER_DIRNAME)
+    tokenizer = load_any_tokenizer(checkpoint_dir / TOKENIZER_DIRNAME)
     check_compatible(meta, tokenizer_fingerprint=tokenizer.fingerprint, where=where)
     catalog = EntityCatalog.load(checkpoint_dir / CATALOG_FILENAME)
     check_compatible(meta, catalog_hash=catalog.hash, where=where)
@@ -301,10 +307,12 @@ def load_checkpoint_for_inference(
             raise ValueError(
                 f"{where}: a LoRA checkpoint without a recorded base model; pass base_model"
             )
-        model = load_glm_checkpoint(base, torch_dtype=dtype)
+        backbone = get_backbone(resolve_family(config.model.family, base))
+        model = backbone.load_checkpoint(base, torch_dtype=dtype)
         check_compatible(meta, base_model_fingerprint=model_fingerprint(model), where=where)
         model = PeftModel.from_pretrained(model, checkpoint_dir).merge_and_unload()
     else:
-        model = load_glm_checkpoint(checkpoint_dir, torch_dtype=dtype)
+        backbone = get_backbone(resolve_family(config.model.family, checkpoint_dir))
+        model = backbone.load_checkpoint(checkpoint_dir, torch_dtype=dtype)
     model = model.to(device or "cpu").eval()
     return model, tokenizer, catalog, prompts, meta, config

@@ -478,3 +478,57 @@ def test_glm4_surface_names_are_used_and_missing_roles_added(tmp_path):
     small = build_decoder(config)
     resize_model_embeddings(small, tok, pad_multiple=64)
     assert small.get_input_embeddings().weight.shape[0] == 448
+
+
+# ---------------------------------------------------------------- pipeline and training
+
+
+def test_training_and_inference_pipeline_on_a_decoder_directory(tmp_path, bpe_dir):
+    """model.family detected from config.json; LoRA + block embedding trained, saved in the
+    adapter, and merged back by load_checkpoint_for_inference."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from recsysllm.checkpoint_meta import read_meta
+    from recsysllm.pipeline import load_checkpoint_for_inference, prepare_from_tables
+    from recsysllm.training import build_trainer
+    from tests.test_training import tiny_config as training_config
+    from tests.test_training import tiny_tables
+
+    base_dir = tmp_path / "base"
+    torch.manual_seed(0)
+    config = tiny_config("llama")
+    FAMILIES["llama"].base_class(config).save_pretrained(base_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(bpe_dir / name, base_dir / name)
+    overrides = [
+        f"model.base_model={base_dir}",
+        "model.from_scratch=null",
+        "tokenizer.path=null",
+        "lora.enabled=true",
+        "lora.r=4",
+        "lora.dropout=0.0",
+        "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
+        "max_steps=3",
+        "train.save_steps=3",
+    ]
+    run_config = training_config(tmp_path / "run", tmp_path / "unused", overrides)
+    data = prepare_from_tables(tiny_tables(), run_config.data, seed=0)
+    trainer, _ = build_trainer(run_config, data)
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    assert read_meta(checkpoint).lora
+    with safe_open(checkpoint / "adapter_model.safetensors", "pt") as adapter:
+        block = [k for k in adapter.keys() if "block_position_embeddings" in k]  # noqa: SIM118
+        assert block and adapter.get_tensor(block[0]).abs().sum() > 0  # trained, saved
+    model, tokenizer, *_ = load_checkpoint_for_inference(checkpoint)
+    assert type(model).__name__ == "RecSysLlamaForCausalLM"
+    assert isinstance(tokenizer, HFTokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    del batch["batch_examples"]
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(**batch).logits
+        found = model(**batch).logits
+    torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-4)

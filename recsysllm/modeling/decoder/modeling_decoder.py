@@ -394,7 +394,9 @@ def decoder_fingerprint(model: nn.Module) -> str:
         if name not in tensors:
             raise KeyError(f"decoder_fingerprint: the model has no parameter {name!r}")
         flat = tensors[name].detach().reshape(-1)
-        index = torch.linspace(0, flat.numel() - 1, _SAMPLES_PER_TENSOR, device=flat.device).long()
+        # integer spacing: a float32 linspace rounds past the end of tensors > 2**24 values
+        steps = torch.arange(_SAMPLES_PER_TENSOR, device=flat.device)
+        index = steps * (flat.numel() - 1) // (_SAMPLES_PER_TENSOR - 1)
         sample = flat[index].to(torch.bfloat16).view(torch.int16).cpu()
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()
