@@ -127,6 +127,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
             raise KeyError(f"model_fingerprint: the model has no parameter {name!r} (is it a GLM?)")
         flat = tensors[name].detach().reshape(-1)
         index = torch.linspace(0, flat.numel() - 1, _SAMPLES_PER_TENSOR, device=flat.device).long()
+        # float32 rounds the last index up to numel past 2**24 values (glm-10b: 206M);
+        # clamped rather than recomputed so recorded fingerprints stay valid.
+        index = index.clamp_(max=flat.numel() - 1)
         sample = flat[index].to(torch.bfloat16).view(torch.int16).cpu()
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()
