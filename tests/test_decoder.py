@@ -16,7 +16,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import Glm4Config, LlamaConfig, Qwen3Config
+from transformers import Glm4Config, GlmConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
 from recsysllm.collator import BlankInfillingCollator
 from recsysllm.generation import generate_ids, recommend_items, score_candidates
@@ -49,6 +49,8 @@ FAMILY_CONFIGS = {
     "qwen3": Qwen3Config,
     "glm4": Glm4Config,
 }
+# Checked for exactness at intra 0 only (same code path as their siblings above).
+MORE_CONFIGS = {"qwen2": Qwen2Config, "glm": GlmConfig}
 
 
 def train_bpe(specials: list[str], vocab_size: int = 420) -> Tokenizer:
@@ -81,7 +83,7 @@ def tok(bpe_dir):
 
 
 def tiny_config(family: str):
-    return FAMILY_CONFIGS[family](
+    return {**FAMILY_CONFIGS, **MORE_CONFIGS}[family](
         vocab_size=VOCAB_ROWS,
         hidden_size=32,
         intermediate_size=64,
@@ -124,6 +126,7 @@ def test_both_families_satisfy_the_protocol(model):
     assert isinstance(GLMForConditionalGeneration(make_tiny_glm_config()), RecSysCausalLM)
 
 
+@pytest.mark.parametrize("family", sorted({**FAMILY_CONFIGS, **MORE_CONFIGS}))
 def test_intra_zero_gives_the_unmodified_transformers_logits(family):
     torch.manual_seed(0)
     config = tiny_config(family)
