@@ -116,6 +116,11 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     Returns:
         64 hex digits.
     """
+    if getattr(model.config, "model_type", None) != "recsysllm_glm":
+        from recsysllm.modeling.decoder import FAMILIES, decoder_fingerprint
+
+        if model.config.model_type in FAMILIES:  # a transformers decoder: its own sample
+            return decoder_fingerprint(model)
     config = model.config.to_dict()
     arch = {key: config[key] for key in _ARCHITECTURE_KEYS if key in config}
     tensors: dict[str, torch.Tensor] = {}

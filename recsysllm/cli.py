@@ -1,6 +1,7 @@
 """`recsysllm` console entry point: a thin dispatcher to each module's ``main(argv)``.
 
 recsysllm data fetch movielens-100k data/ml-100k
+recsysllm model fetch smollm2-135m data/models/smollm2-135m
 recsysllm train --config configs/tiny_ml100k.yaml
 recsysllm evaluate --config ... --checkpoint DIR --split test --prompts all --out results.json
 recsysllm recommend --checkpoint DIR --user-history "Toy Story (1995)" -k 10
@@ -29,6 +30,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "recsysllm.data.fetch",
         "main",
         "obtain embedded real data sets (data fetch NAME DIR)",
+    ),
+    "model": (
+        "recsysllm.modeling.fetch",
+        "main",
+        "obtain the pretrained SmolLM2-135M (model fetch smollm2-135m DIR)",
     ),
     "train": ("recsysllm.training", "main", "train from a YAML config (same as scripts/train.py)"),
     "evaluate": (

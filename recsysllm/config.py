@@ -94,6 +94,11 @@ class ModelArgs:
         "packed rows; CUDA only, no attention dropout)",
         default="sdpa",
     )
+    family: str | None = help_field(
+        "backbone family: glm | decoder (transformers Llama/Qwen2/Qwen3/GLM-4); null: "
+        "detected from base_model's config.json",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         _check_finite(self, "model")
@@ -107,6 +112,12 @@ class ModelArgs:
                 _check(value > 0, "model", f"from_scratch.{key}", f"must be > 0, got {value}")
             if isinstance(value, float):
                 _check(value >= 0, "model", f"from_scratch.{key}", f"must be >= 0, got {value}")
+        _check(
+            self.family in (None, "glm", "decoder"),
+            "model",
+            "family",
+            f"{self.family!r} not in glm | decoder | null",
+        )
         _check(
             (self.base_model is None) != (self.from_scratch is None),
             "model",

