@@ -58,6 +58,14 @@ AMAZON_CASES = {
         r"line 2: field 'reviewerID': expected a scalar id",
     ),
     "dict id": (_set("asin", {"id": "B1"}, line=4), r"line 4: field 'asin': expected a scalar id"),
+    "list review text": (
+        _set("reviewText", ["great", "kettle"]),
+        r"line 2: field 'reviewText': expected text or a number, got list",
+    ),
+    "dict summary": (
+        _set("summary", {"text": "ok"}, line=3),
+        r"line 3: field 'summary': expected text or a number, got dict",
+    ),
 }
 
 

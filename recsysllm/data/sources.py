@@ -287,10 +287,14 @@ def _iso_seconds(text: str) -> int:
     return int(moment.timestamp())
 
 
-def _as_text(value: Any) -> str:
-    """Optional free text: None / NaN -> ""."""
+def _as_text(value: Any, where: str, field: str) -> str:
+    """Optional free text: None / NaN -> ""; a list or dict is an error, never str()'d."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, (list, tuple, dict, set)):
+        raise _fail(
+            where, field, f"expected text or a number, got {type(value).__name__} {value!r:.60}"
+        )
     return str(value).strip()
 
 
@@ -666,9 +670,11 @@ def load_amazon_reviews(
         timestamp = _as_timestamp(
             _require(record, "unixReviewTime", where), where, "unixReviewTime"
         )
-        review = _as_text(record.get("reviewText"))
+        review = _as_text(record.get("reviewText"), where, "reviewText")
         without_text += not review
-        interactions.add(user, item, timestamp, rating, review, _as_text(record.get("summary")))
+        interactions.add(
+            user, item, timestamp, rating, review, _as_text(record.get("summary"), where, "summary")
+        )
         user_ids[user] = None
         item_ids[item] = None
 
@@ -698,8 +704,8 @@ def load_amazon_reviews(
                 continue
             price = record.get("price")
             meta[asin] = (
-                _as_text(record.get("title")),
-                _as_text(record.get("brand")),
+                _as_text(record.get("title"), where, "title"),
+                _as_text(record.get("brand"), where, "brand"),
                 _amazon_categories(record),
                 "" if price is None else str(price).strip(),
             )
@@ -808,11 +814,17 @@ def load_clothing_reviews(path: str | Path) -> RecTables:
         user = str(index)
         users.add(user, _as_age_bucket(age, where, "Age"))
         interactions.add(
-            user, item, -1, _as_rating(rating, where, "Rating"), _as_text(text), _as_text(title)
+            user,
+            item,
+            -1,
+            _as_rating(rating, where, "Rating"),
+            _as_text(text, where, "Review Text"),
+            _as_text(title, where, "Title"),
         )
         counts = classes.setdefault(item, Counter())
-        if _as_text(class_name):
-            counts[(_as_text(class_name), _as_text(department))] += 1
+        class_text = _as_text(class_name, where, "Class Name")
+        if class_text:
+            counts[(class_text, _as_text(department, where, "Department Name"))] += 1
 
     items = _item_writer(("department", "class"))
     untitled = 0
@@ -1028,8 +1040,16 @@ def load_generic_table(
             rating = _as_rating(
                 _require(record, spec["rating"], where), where, spec["rating"], scale
             )
-        review = _as_text(record.get(spec["review"])) if spec.get("review") else ""
-        summary = _as_text(record.get(spec["summary"])) if spec.get("summary") else ""
+        review = (
+            _as_text(record.get(spec["review"]), where, spec["review"])
+            if spec.get("review")
+            else ""
+        )
+        summary = (
+            _as_text(record.get(spec["summary"]), where, spec["summary"])
+            if spec.get("summary")
+            else ""
+        )
         interactions.add(user, item, timestamp, rating, review, summary)
         user_ids[user] = None
         item_ids[item] = None
@@ -1055,10 +1075,14 @@ def load_generic_table(
             if item in seen:
                 raise _fail(where, item_spec["item"], f"duplicate item id {item!r}")
             seen.add(item)
-            title = _as_text(record.get(item_spec["title"])) if item_spec.get("title") else ""
+            title = (
+                _as_text(record.get(item_spec["title"]), where, item_spec["title"])
+                if item_spec.get("title")
+                else ""
+            )
             if not title:
                 title, untitled = f"item {item}", untitled + 1
-            items.add(item, title, *(_as_text(record.get(a)) for a in attributes))
+            items.add(item, title, *(_as_text(record.get(a), where, a) for a in attributes))
         for item in item_ids:
             if item not in seen:
                 untitled += 1
@@ -1091,7 +1115,7 @@ def load_generic_table(
             if user in seen:
                 raise _fail(where, user_spec["user"], f"duplicate user id {user!r}")
             seen.add(user)
-            users.add(user, *(_as_text(record.get(column)) for column in features))
+            users.add(user, *(_as_text(record.get(column), where, column) for column in features))
         missing_users = [u for u in user_ids if u not in seen]
         for user in missing_users:
             users.add(user, *([""] * len(features)))
