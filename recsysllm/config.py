@@ -102,14 +102,16 @@ class ModelArgs:
 
     def __post_init__(self) -> None:
         _check_finite(self, "model")
-        families = _families()
-        _check(
-            self.family is None or self.family in families.FAMILIES,
-            "model",
-            "family",
-            f"{self.family!r} not in {' | '.join(families.FAMILIES)} | null",
-        )
+        if self.family is not None:
+            names = _families().FAMILIES
+            _check(
+                self.family in names,
+                "model",
+                "family",
+                f"{self.family!r} not in {' | '.join(names)} | null",
+            )
         for key, value in (self.from_scratch or {}).items():
+            families = _families()
             family = families.get_backbone(self.family or families.DEFAULT_FAMILY)
             known = family.from_scratch_fields()
             if key not in known:

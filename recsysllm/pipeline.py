@@ -195,7 +195,7 @@ def build_tokenizer(
     texts = list(data.catalog.entities().values())
     examples = data.tasks.training_examples(mixture or TaskMixture(), seed=seed, epoch=0)
     texts += [_segment_text(e) for e in examples[:_SENTENCEPIECE_TRAINING_TEXTS]]
-    texts += [t.text for family in data.prompts.families for t in data.prompts.templates(family)]
+    texts += [t.text for task in data.prompts.families for t in data.prompts.templates(task)]
     family = get_backbone(family or DEFAULT_FAMILY)
     return family.train_tokenizer(texts, target, tokenizer_args.sentencepiece_vocab_size)
 

@@ -90,17 +90,12 @@ def test_api_takes_feature_templates_from_the_checkpoint_not_the_data_sources():
 
 
 def _glm_base(directory: Path) -> Path:
+    """A saved random tiny GLM (its vocabulary fits conftest's tiny_tokenizer)."""
+    from recsysllm.modeling import GLMForConditionalGeneration
+
     torch.manual_seed(0)
-    FAMILIES["glm"].build_from_scratch(
-        {k: v for k, v in make_tiny_glm_config().to_dict().items() if k in _glm_fields()},
-        vocab_size=320,
-        dtype=torch.float32,
-    ).save_pretrained(directory)
+    GLMForConditionalGeneration(make_tiny_glm_config()).save_pretrained(directory)
     return directory
-
-
-def _glm_fields() -> set[str]:
-    return set(FAMILIES["glm"].from_scratch_fields()) - {"vocab_size"}
 
 
 def _decoder_base(directory: Path, bpe, family: str = "llama", vocab_size: int | None = None):
@@ -266,3 +261,13 @@ def test_a_checkpoint_refuses_a_tokenizer_whose_added_rows_differ(tmp_path):
     write_meta(checkpoint, dataclasses.replace(meta, added_token_ids=meta.added_token_ids[:-1]))
     with pytest.raises(CheckpointMismatchError, match="adds token rows"):
         load_checkpoint_for_inference(checkpoint)
+
+
+def test_config_names_the_registered_families_and_keeps_null_targets():
+    from recsysllm.config import LoraArgs, ModelArgs
+
+    with pytest.raises(ValueError, match=r"model\.family: 'gpt2' not in glm \| decoder \| null"):
+        ModelArgs(base_model="x", family="gpt2")
+    assert LoraArgs().target_modules is None  # null: the family's defaults
+    with pytest.raises(ValueError, match=r"lora\.target_modules: must not be empty"):
+        LoraArgs(target_modules=[])
