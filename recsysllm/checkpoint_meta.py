@@ -217,7 +217,7 @@ def read_meta(directory: str | os.PathLike[str]) -> CheckpointMeta:
     required = {
         f.name for f in dataclasses.fields(CheckpointMeta) if f.default is dataclasses.MISSING
     }
-    required -= {"created"}
+    required -= {"created", "added_token_ids"}  # added_token_ids: absent before it existed
     missing = sorted(required - set(raw))
     if missing:
         raise ValueError(f"{path}: missing fields {missing}")

@@ -184,7 +184,11 @@ def test_a_checkpoint_without_feature_templates_loads_and_refuses_features(
 
     old = tmp_path / "old"
     shutil.copytree(glm_checkpoint, old)
-    (old / FEATURES_FILENAME).unlink()  # as main wrote checkpoints before this file existed
+    # as checkpoints were written before user_features.json and added_token_ids existed
+    (old / FEATURES_FILENAME).unlink()
+    meta = json.loads((old / "recsysllm_meta.json").read_text())
+    del meta["added_token_ids"]
+    (old / "recsysllm_meta.json").write_text(json.dumps(meta))
     rec = Recommender.from_checkpoint(old)
     assert rec.feature_templates is None
     item = rec.catalog.item_keys[0]
