@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from recsysllm.collator import BlankInfillingCollator
+from recsysllm.modeling.glm.tokenization import GPT2_SPECIAL_IDS
 from recsysllm.schema import Example, Segment, TokenizedExample
-from recsysllm.tokenization import GPT2_SPECIAL_IDS
 
 SPECIAL = SimpleNamespace(
     **{f"{name}_token_id": token_id for name, token_id in GPT2_SPECIAL_IDS.items()}

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
-from recsysllm.checkpoint_meta import _ARCHITECTURE_KEYS, file_sha256, tensors_fingerprint
+from recsysllm.checkpoint_meta import file_sha256, tensors_fingerprint
 from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
+from recsysllm.modeling.glm import _ARCHITECTURE_KEYS
 
 
 def glm10b_shapes() -> dict[str, tuple[int, ...]]:

@@ -31,7 +31,7 @@ import torch
 from recsysllm.collator import PromptInputs
 from recsysllm.generation import generate_ids, recommend_items
 from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
-from recsysllm.tokenization import GPT2_SPECIAL_IDS
+from recsysllm.modeling.glm.tokenization import GPT2_SPECIAL_IDS
 from recsysllm.trie import EntityTrie
 
 # glm-10b's GPT-2 special ids (GLM_REFERENCE.md); rows 50265.. are padding.

@@ -21,10 +21,10 @@ import time
 import numpy as np
 
 from recsysllm.config import DataArgs
+from recsysllm.modeling.glm.tokenization import GLMTokenizer
 from recsysllm.pipeline import answer_budget, prepare_data
 from recsysllm.prompt_layout import PromptTooLongError, SpecialTokenIds, build_prompt
 from recsysllm.schema import Segment
-from recsysllm.tokenization import GLMTokenizer
 
 
 def swapped(example, text, entity):

@@ -62,10 +62,10 @@ import torch
 
 from recsysllm.collator import BlankInfillingCollator
 from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
+from recsysllm.modeling.glm.tokenization import GPT2_SPECIAL_IDS
 from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE
 from recsysllm.packing import pack_rows
 from recsysllm.schema import Example, Segment, TokenizedExample
-from recsysllm.tokenization import GPT2_SPECIAL_IDS
 
 # GLM special ids laid out as in the GPT-2 BPE checkpoints (GLM_REFERENCE.md).
 SPECIALS = SimpleNamespace(

@@ -27,24 +27,15 @@ from typing import Any
 
 import torch
 
-from recsysllm import pipeline
+from recsysllm import checkpoints, pipeline
 from recsysllm.config import Config
 from recsysllm.data.catalog import EntityCatalog
-from recsysllm.data.sources import AGE_FEATURE, ML_USER_FEATURES
 from recsysllm.data.tasks import render_example
 from recsysllm.inference import Inference
 from recsysllm.prompt_layout import PromptInputs
 from recsysllm.prompts import PromptSet, PromptTemplate
 from recsysllm.schema import Example
 
-# The user-feature templates of the built-in sources (RecTables.user_features): a
-# checkpoint does not store them, and profiles must be worded as in training.
-SOURCE_FEATURE_TEMPLATES = {
-    "movielens-100k": ML_USER_FEATURES,
-    "ml-100k": ML_USER_FEATURES,
-    "clothing-reviews": AGE_FEATURE,
-    "amazon": {},
-}
 API_USER = "api"
 
 
@@ -52,13 +43,14 @@ class Recommender:
     """A trained model with its tokenizer, catalog and prompt set, ready for queries.
 
     Args:
-        model: the GLM (LoRA merged), in eval mode.
-        tokenizer: the checkpoint's GLMTokenizer.
+        model: the model (LoRA merged), in eval mode.
+        tokenizer: the checkpoint's tokenizer.
         catalog: the checkpoint's entity catalog.
         prompts: the checkpoint's prompt set.
         config: the checkpoint's training config (max_length, data source).
         feature_templates: user-feature column -> template such as
-            ``"is {value} years old"``, as in training (default: the built-in source's).
+            ``"is {value} years old"``, as in training (``from_checkpoint``: the ones saved
+            in the checkpoint); None: unknown, queries with user features are refused.
         num_beams: beams of the constrained item search (at least k).
         where: the checkpoint directory, named in errors.
     """
@@ -81,8 +73,6 @@ class Recommender:
         self.prompts = prompts
         self.config = config
         self.where = where
-        if feature_templates is None:
-            feature_templates = SOURCE_FEATURE_TEMPLATES.get(config.data.source)
         self.feature_templates = dict(feature_templates) if feature_templates is not None else None
         self.num_beams = num_beams or config.eval.num_beams
         self.max_length = config.data.max_length
@@ -116,7 +106,8 @@ class Recommender:
             checkpoint_dir: a ``checkpoint-N/`` or ``final/`` directory.
             base_model: base checkpoint directory, when it moved since training.
             device: torch device (default CPU).
-            feature_templates: user-feature templates; needed for a "generic" source.
+            feature_templates: user-feature templates instead of the checkpoint's
+                ``user_features.json`` (needed for checkpoints written without one).
             num_beams: beams of the item search (default: the config's eval.num_beams).
         """
         model, tokenizer, catalog, prompts, _, config = pipeline.load_checkpoint_for_inference(
@@ -128,7 +119,11 @@ class Recommender:
             catalog,
             prompts,
             config,
-            feature_templates=feature_templates,
+            feature_templates=(
+                feature_templates
+                if feature_templates is not None
+                else checkpoints.read_feature_templates(checkpoint_dir)
+            ),
             num_beams=num_beams,
             where=str(checkpoint_dir),
         )
@@ -288,8 +283,9 @@ class Recommender:
         templates = self.feature_templates
         if features and templates is None:
             raise ValueError(
-                f"{self.where}: user features given but the feature templates of data source "
-                f"{self.config.data.source!r} are unknown; pass feature_templates= to from_checkpoint"
+                f"{self.where}: user features given but the checkpoint has no "
+                f"{checkpoints.FEATURES_FILENAME} (written by an older recsysllm): its feature "
+                "templates are unknown; pass feature_templates= to from_checkpoint"
             )
         unknown = sorted(set(features) - set(templates or {}))
         if unknown:

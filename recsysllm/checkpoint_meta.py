@@ -6,7 +6,7 @@ refuses a mismatch with an error that says what differs, instead of silently pro
 garbage recommendations.
 
 Example:
-    >>> meta = CheckpointMeta(base_model="/ckpt/glm-10b", base_model_fingerprint=model_fingerprint(model),
+    >>> meta = CheckpointMeta(base_model="/ckpt/base", base_model_fingerprint=model_fingerprint(model),
     ...                       tokenizer_fingerprint=tokenizer.fingerprint, lora=True, step=100)
     >>> write_meta("runs/x/checkpoint-100", meta)
     >>> check_compatible(read_meta("runs/x/checkpoint-100"),
@@ -31,17 +31,6 @@ from recsysllm.files import atomic_write
 FORMAT_VERSION = 2
 META_FILENAME = "recsysllm_meta.json"
 
-# GLMConfig fields that change what the weights mean. Dropouts, dtype and library versions
-# do not, so a base model loaded in bf16 with dropout 0 keeps its fingerprint.
-_ARCHITECTURE_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "num_layers",
-    "num_attention_heads",
-    "max_sequence_length",
-    "layernorm_epsilon",
-    "gelu_approximate",
-)
 # Evenly spaced values hashed from EVERY tensor (all of a tensor with fewer elements).
 _SAMPLES_PER_TENSOR = 512
 # Weight files whose sha256 the meta records (top level of the checkpoint directory).
@@ -65,11 +54,13 @@ class CheckpointMeta:
         base_model: path of the pretrained base checkpoint, or None for a from-scratch model.
         base_model_fingerprint: :func:`model_fingerprint` of the base weights before LoRA
             (for a from-scratch model: of its seeded initial weights).
-        tokenizer_fingerprint: ``GLMTokenizer.fingerprint``.
+        tokenizer_fingerprint: the tokenizer's ``fingerprint``.
         catalog_hash: ``EntityCatalog.hash`` of the items and attribute values trained on.
         prompts_hash: ``PromptSet.hash`` of the prompt templates trained on.
         lora: whether the checkpoint holds a LoRA adapter (else full weights).
         step: optimizer step at which it was written.
+        added_token_ids: token ids whose embedding rows the tokenizer added (special
+            roles without a reserved token); trained and stored with the weights.
         weights_sha256: weight file name -> sha256 hex of its bytes, filled by
             :func:`write_meta` from the files in the directory, checked by
             :func:`verify_weights` before loading.
@@ -84,6 +75,7 @@ class CheckpointMeta:
     prompts_hash: str | None = None
     lora: bool = True
     step: int = 0
+    added_token_ids: list[int] = field(default_factory=list)
     weights_sha256: dict[str, str] = field(default_factory=dict)
     created: str = field(
         default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat()
@@ -91,44 +83,23 @@ class CheckpointMeta:
     format_version: int = FORMAT_VERSION
 
 
-def _strip_runtime_prefixes(name: str) -> str:
-    """Map a runtime parameter name (plain, PEFT-wrapped, or with 'glm.') to the stored name."""
-    name = name.removeprefix("base_model.model.").removeprefix("glm.")
-    return name.replace(".base_layer.", ".")
-
-
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Cheap, deterministic sha256 of a GLM's architecture and weights.
+    """Cheap, deterministic sha256 of a model's architecture and base weights.
 
-    Hashes the architecture fields of ``model.config``, the name and shape of every
-    base parameter, and 512 evenly spaced values of EVERY base parameter (all values of
-    a smaller one), so two bases that differ in any layer differ (unless they agree on
-    all sampled values). On a 10B model this reads about 300k values: see
-    benchmarks/RESULTS.md for the time. Values are rounded to
-    bfloat16 first, so loading the same checkpoint in fp32, fp16 or bf16 gives the same
-    fingerprint. LoRA parameters are skipped and PEFT's ``base_layer`` names are mapped
-    back, so the fingerprint of a model is the same before and after LoRA is applied.
-    Call it before DeepSpeed ZeRO-3 partitions the weights.
-
-    Args:
-        model: a ``GLMForConditionalGeneration``, optionally wrapped by PEFT.
+    Each backbone family defines what it hashes (``recsysllm.modeling.<family>.fingerprint``,
+    built on :func:`tensors_fingerprint`): the architecture fields of the config, the
+    name and shape of the base parameters and a strided sample of their values, rounded
+    to bfloat16 (fp32, fp16 and bf16 loads agree). LoRA parameters are skipped and PEFT's
+    names mapped back, so the fingerprint is the same before and after LoRA is applied.
+    Call it before DeepSpeed ZeRO-3 partitions the weights. See benchmarks/RESULTS.md
+    for the time on a 10B model.
 
     Returns:
         64 hex digits.
     """
-    if getattr(model.config, "model_type", None) != "recsysllm_glm":
-        from recsysllm.modeling.decoder import FAMILIES, decoder_fingerprint
+    from recsysllm.modeling.families import model_fingerprint as family_fingerprint
 
-        if model.config.model_type in FAMILIES:  # a transformers decoder: its own sample
-            return decoder_fingerprint(model)
-    config = model.config.to_dict()
-    arch = {key: config[key] for key in _ARCHITECTURE_KEYS if key in config}
-    tensors: dict[str, torch.Tensor] = {}
-    for name, parameter in model.named_parameters():
-        if "lora_" in name:
-            continue
-        tensors[_strip_runtime_prefixes(name)] = parameter
-    return tensors_fingerprint(arch, tensors)
+    return family_fingerprint(model)
 
 
 def tensors_fingerprint(arch: dict[str, object], tensors: dict[str, torch.Tensor]) -> str:
@@ -246,7 +217,7 @@ def read_meta(directory: str | os.PathLike[str]) -> CheckpointMeta:
     required = {
         f.name for f in dataclasses.fields(CheckpointMeta) if f.default is dataclasses.MISSING
     }
-    required -= {"created"}
+    required -= {"created", "added_token_ids"}  # added_token_ids: absent before it existed
     missing = sorted(required - set(raw))
     if missing:
         raise ValueError(f"{path}: missing fields {missing}")

@@ -34,9 +34,8 @@ import yaml
 from recsysllm.files import atomic_write, load_yaml, read_yaml
 from recsysllm.schema import PRETRAIN_TASK, TASK_FAMILIES
 
-DEFAULT_LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "flex")  # GLMConfig.attention_implementation
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "flex")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 PROMPT_SETS = ("seen", "unseen", "all")
@@ -67,23 +66,24 @@ def _check_finite(args: Any, section: str) -> None:
                 )
 
 
-def _from_scratch_fields() -> tuple[str, ...]:
-    """Keys ``model.from_scratch`` accepts: the architecture fields of GLMConfig."""
-    from recsysllm.modeling.configuration_glm import GLMConfig  # torch-free, but not light
+def _families() -> Any:
+    """:mod:`recsysllm.modeling.families`, imported when a config names model fields."""
+    from recsysllm.modeling import families  # not light: imports the model code
 
-    return tuple(GLMConfig.__annotations__)
+    return families
 
 
 @dataclass
 class ModelArgs:
-    """Which GLM to start from."""
+    """Which backbone to start from (``recsysllm.modeling.families``)."""
 
     base_model: str | None = help_field(
-        "directory of a pretrained GLM checkpoint (THUDM or converted); null to build from scratch",
+        "directory of a pretrained checkpoint of the model family; null to build from scratch",
         default=None,
     )
     from_scratch: dict[str, Any] | None = help_field(
-        "GLMConfig fields for a randomly initialised model (vocab_size is taken from the tokenizer)",
+        "config fields of a randomly initialised model of the family (vocab_size is taken "
+        "from the tokenizer)",
         default=None,
     )
     torch_dtype: str = help_field(
@@ -95,15 +95,25 @@ class ModelArgs:
         default="sdpa",
     )
     family: str | None = help_field(
-        "backbone family: glm | decoder (transformers Llama/Qwen2/Qwen3/GLM-4); null: "
-        "detected from base_model's config.json",
+        "backbone family, a key of recsysllm.modeling.families.FAMILIES; null: detected "
+        "from base_model's config.json (the default family without one)",
         default=None,
     )
 
     def __post_init__(self) -> None:
         _check_finite(self, "model")
+        if self.family is not None:
+            names = _families().FAMILIES
+            _check(
+                self.family in names,
+                "model",
+                "family",
+                f"{self.family!r} not in {' | '.join(names)} | null",
+            )
         for key, value in (self.from_scratch or {}).items():
-            known = _from_scratch_fields()
+            families = _families()
+            family = families.get_backbone(self.family or families.DEFAULT_FAMILY)
+            known = family.from_scratch_fields()
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.0)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -112,12 +122,6 @@ class ModelArgs:
                 _check(value > 0, "model", f"from_scratch.{key}", f"must be > 0, got {value}")
             if isinstance(value, float):
                 _check(value >= 0, "model", f"from_scratch.{key}", f"must be >= 0, got {value}")
-        _check(
-            self.family in (None, "glm", "decoder"),
-            "model",
-            "family",
-            f"{self.family!r} not in glm | decoder | null",
-        )
         _check(
             (self.base_model is None) != (self.from_scratch is None),
             "model",
@@ -163,20 +167,20 @@ class TokenizerArgs:
             self.sentencepiece_vocab_size is None or self.sentencepiece_vocab_size >= 100,
             "tokenizer",
             "sentencepiece_vocab_size",
-            "must be >= 100 (room for the GLM special tokens)",
+            "must be >= 100 (room for the special tokens)",
         )
 
 
 @dataclass
 class LoraArgs:
-    """LoRA adapters (PEFT) on the GLM linear layers."""
+    """LoRA adapters (PEFT) on the backbone's linear layers."""
 
     enabled: bool = help_field("train LoRA adapters; false trains all parameters", default=True)
     r: int = help_field("LoRA rank", default=8)
     alpha: int = help_field("LoRA alpha (scaling = alpha / r)", default=16)
     dropout: float = help_field("dropout on the LoRA input", default=0.05)
-    target_modules: list[str] = help_field(
-        "module names that receive adapters", default_factory=lambda: list(DEFAULT_LORA_TARGETS)
+    target_modules: list[str] | None = help_field(
+        "module names that receive adapters; null: the backbone family's defaults", default=None
     )
     init_adapter: str | None = help_field(
         "directory of a saved adapter to continue training from (loaded as trainable)", default=None
@@ -189,7 +193,12 @@ class LoraArgs:
         _check(
             0.0 <= self.dropout < 1.0, "lora", "dropout", f"must be in [0, 1), got {self.dropout}"
         )
-        _check(bool(self.target_modules), "lora", "target_modules", "must not be empty")
+        _check(
+            self.target_modules is None or bool(self.target_modules),
+            "lora",
+            "target_modules",
+            "must not be empty (null: the family's defaults)",
+        )
         _check(
             self.enabled or self.init_adapter is None,
             "lora",

@@ -9,70 +9,59 @@ Stable entry points (used by evaluation and the API):
 
 - :func:`prepare_data` -> :class:`PreparedData` (tables, splits, catalog, prompts, tasks)
 - :func:`load_checkpoint_for_inference` -> (model, tokenizer, catalog, prompts, meta, config)
+  (:mod:`recsysllm.checkpoints`)
 
-Checkpoint directory layout (every ``checkpoint-N/`` and ``final/``)::
-
-    adapter_model.safetensors, adapter_config.json   LoRA runs (PEFT format)
-    model.safetensors, config.json                   full-parameter runs (from scratch)
-    config.yaml                                      the resolved training config
-    tokenizer/                                       GLMTokenizer.save_pretrained
-    prompts/                                         the prompt set trained on
-    catalog.json                                     EntityCatalog.save
-    candidates.json                                  stored direct candidates (valid/test)
-    recsysllm_meta.json                              CheckpointMeta (fingerprints)
-    README.md                                        model card
-    optimizer.pt, scheduler.pt, rng_state.pth,
-    trainer_state.json (checkpoint-N only)           HF Trainer state for resuming
-    global_stepN/ (checkpoint-N, DeepSpeed runs)     DeepSpeed's partitioned optimizer state
-    training_args.bin                                HF TrainingArguments (pickle, HF's own)
+The checkpoint format (layout, writer, reader) is :mod:`recsysllm.checkpoints`;
+:func:`load_checkpoint_for_inference` is re-exported here for the callers that import
+it from the pipeline.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from recsysllm.checkpoint_meta import (
-    CheckpointMeta,
-    check_compatible,
-    model_fingerprint,
-    read_meta,
-    verify_weights,
-)
-from recsysllm.config import Config, DataArgs, LoraArgs, ModelArgs, TokenizerArgs, load_config
+from recsysllm.checkpoint_meta import META_FILENAME, check_compatible, read_meta, verify_weights
+from recsysllm.checkpoints import TOKENIZER_DIRNAME, load_checkpoint_for_inference
+from recsysllm.config import DataArgs, LoraArgs, ModelArgs, TokenizerArgs
 from recsysllm.data.catalog import EntityCatalog
 from recsysllm.data.sampling import SamplingConfig
 from recsysllm.data.sources import load_dataset_by_name
 from recsysllm.data.splits import RecSplits, build_splits
 from recsysllm.data.tables import RecTables
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
-from recsysllm.modeling import (
-    GLMConfig,
-    GLMForConditionalGeneration,
-    check_vocab_compatible,
+from recsysllm.modeling.families import (
+    DEFAULT_FAMILY,
+    family_of_model,
+    get_backbone,
+    resolve_family,
 )
-from recsysllm.modeling.families import family_of_model, get_backbone, resolve_family
 from recsysllm.prompt_layout import AnswerBudget
 from recsysllm.prompts import PromptSet, load_prompts
-from recsysllm.tokenization import (
-    load_saved_tokenizer,
-    train_sentencepiece_tokenizer,
-)
-from recsysllm.tokenization_hf import load_any_tokenizer
+from recsysllm.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
+__all__ = [
+    "BuiltModel",
+    "PreparedData",
+    "answer_budget",
+    "apply_lora",
+    "build_model",
+    "build_tokenizer",
+    "load_checkpoint_for_inference",
+    "prepare_data",
+    "prepare_from_tables",
+    "sampling_config",
+    "task_mixture",
+    "trainable_token_indices",
+]
 
-CONFIG_FILENAME = "config.yaml"
-TOKENIZER_DIRNAME = "tokenizer"
-PROMPTS_DIRNAME = "prompts"
-CATALOG_FILENAME = "catalog.json"
-CANDIDATES_FILENAME = "candidates.json"
-ADAPTER_CONFIG_FILENAME = "adapter_config.json"
 # Texts fed to sentencepiece training: enough to cover the vocabulary of prompts and titles.
 _SENTENCEPIECE_TRAINING_TEXTS = 50_000
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -177,95 +166,113 @@ def build_tokenizer(
     base_model: str | None = None,
     mixture: TaskMixture | None = None,
     seed: int = 0,
+    family: str | None = None,
 ) -> Any:
     """Load or train the tokenizer.
 
     - ``tokenizer_args.path``: that directory.
-    - ``tokenizer_args.sentencepiece_vocab_size``: a sentencepiece model trained on the
-      catalog's entity names and the texts of epoch 0's training examples, saved under
-      ``output_dir/tokenizer``. If that directory exists (a resumed run) it is reused:
-      the checkpoint's tokenizer fingerprint then guards against a changed data set.
+    - ``tokenizer_args.sentencepiece_vocab_size``: a tokenizer of the family (``family``,
+      default: the default family) trained on the catalog's entity names and the texts
+      of epoch 0's training examples, saved under ``output_dir/tokenizer``. If that
+      directory exists (a resumed run) it is reused: the checkpoint's tokenizer
+      fingerprint then guards against a changed data set.
     - otherwise: the base model's directory (``base_model``).
 
-    Returns:
-        A ``GLMTokenizer``, or an ``HFTokenizer`` for a fast-tokenizer directory (decoders).
+    Each directory is read by the family that owns its layout
+    (:func:`recsysllm.tokenization.load_tokenizer`).
     """
     if tokenizer_args.path is not None:
-        return load_any_tokenizer(tokenizer_args.path)
+        return load_tokenizer(tokenizer_args.path)
     if tokenizer_args.sentencepiece_vocab_size is None:
         if base_model is None:
             raise ValueError("config field tokenizer.path: needed when model.base_model is null")
-        return load_any_tokenizer(base_model)
+        return load_tokenizer(base_model)
     target = Path(output_dir) / TOKENIZER_DIRNAME
     if target.exists():
-        logger.info("reusing the sentencepiece tokenizer in %s", target)
+        logger.info("reusing the trained tokenizer in %s", target)
         # Only a complete save_pretrained directory: a half-written one is refused.
-        return load_saved_tokenizer(target)
+        return load_tokenizer(target, saved=True)
     texts = list(data.catalog.entities().values())
     examples = data.tasks.training_examples(mixture or TaskMixture(), seed=seed, epoch=0)
     texts += [_segment_text(e) for e in examples[:_SENTENCEPIECE_TRAINING_TEXTS]]
-    texts += [t.text for family in data.prompts.families for t in data.prompts.templates(family)]
-    return train_sentencepiece_tokenizer(
-        texts, target, vocab_size=tokenizer_args.sentencepiece_vocab_size
-    )
+    texts += [t.text for task in data.prompts.families for t in data.prompts.templates(task)]
+    family = get_backbone(family or DEFAULT_FAMILY)
+    return family.train_tokenizer(texts, target, tokenizer_args.sentencepiece_vocab_size)
 
 
 @dataclass
 class BuiltModel:
-    """The model to train and the fingerprint of its base weights (taken before LoRA)."""
+    """The model to train and the fingerprint of its base weights (taken before LoRA).
+
+    Attributes:
+        model: the model (PEFT-wrapped with LoRA), in train mode.
+        base_model_fingerprint: the family's fingerprint of the base weights, before any
+            embedding resize or LoRA.
+        added_token_ids: token rows the tokenizer added (special roles without a
+            reserved token); they train beside LoRA and are saved in the adapter.
+    """
 
     model: torch.nn.Module
     base_model_fingerprint: str
+    added_token_ids: list[int] = field(default_factory=list)
 
 
 def build_model(
     model_args: ModelArgs, lora_args: LoraArgs, tokenizer: Any, seed: int = 0
 ) -> BuiltModel:
-    """Load or build the GLM and wrap it with LoRA.
+    """Load or build the backbone and wrap it with LoRA.
 
     - ``model_args.base_model``: the checkpoint via its family's loader (``model.family``,
-      else detected from the directory, :mod:`recsysllm.modeling.families`); the tokenizer
-      must fit its embedding (``check_vocab_compatible``).
-    - ``model_args.from_scratch``: a random GLM (seeded by ``seed``) with
+      else detected from the directory, :mod:`recsysllm.modeling.families`).
+    - ``model_args.from_scratch``: a random model of the family (seeded by ``seed``) with
       ``vocab_size`` = the tokenizer's size rounded up to a multiple of 64.
-    - ``lora_args.enabled``: PEFT LoRA on ``target_modules`` (only adapters train), or the
-      adapter in ``lora_args.init_adapter`` loaded as trainable; its recorded base-model
-      fingerprint must match.
+    - The family's ``prepare_embeddings`` gives every tokenizer id a row (resizing the
+      embedding for role tokens the tokenizer added) and names the added rows.
+    - ``lora_args.enabled``: PEFT LoRA on ``target_modules`` (null: the family's defaults;
+      only adapters, the family's ``modules_to_save`` and the added token rows train), or
+      the adapter in ``lora_args.init_adapter`` loaded as trainable; its recorded
+      base-model fingerprint must match.
 
     Returns:
         :class:`BuiltModel` with the model in train mode.
     """
     dtype = TORCH_DTYPES[model_args.torch_dtype]
     if model_args.base_model is not None:
-        family = resolve_family(model_args.family, model_args.base_model)
-        model = get_backbone(family).load_checkpoint(model_args.base_model, torch_dtype=dtype)
+        family = get_backbone(resolve_family(model_args.family, model_args.base_model))
+        model = family.load_checkpoint(model_args.base_model, torch_dtype=dtype)
         where = model_args.base_model
     else:
+        family = get_backbone(model_args.family or DEFAULT_FAMILY)
         # Rounded to a multiple of 64: tensor-core friendly, like THUDM's padding to 128.
         vocab_size = -(-tokenizer.vocab_size // 64) * 64
-        config = GLMConfig(**{"vocab_size": vocab_size, **model_args.from_scratch})
         torch.manual_seed(seed)
-        model = GLMForConditionalGeneration(config).to(dtype)
+        model = family.build_from_scratch(model_args.from_scratch, vocab_size, dtype)
         where = "model.from_scratch"
-    rows = model.get_input_embeddings().weight.shape[0]
-    check_vocab_compatible(rows, tokenizer.vocab_size, where=where)
-    if family_of_model(model) == "glm":
-        # A runtime choice, not architecture: the fingerprint does not depend on it.
-        model.config.attention_implementation = model_args.attention_implementation
-    fingerprint = model_fingerprint(model)
+    # A runtime choice, not architecture: the fingerprint does not depend on it.
+    family.set_attention_implementation(model, model_args.attention_implementation)
+    fingerprint = family.fingerprint(model)
+    added = family.prepare_embeddings(model, tokenizer, where=where)
     if lora_args.enabled:
-        model = apply_lora(model, lora_args, fingerprint)
+        model = apply_lora(model, lora_args, fingerprint, added)
     model.train()
-    return BuiltModel(model=model, base_model_fingerprint=fingerprint)
+    return BuiltModel(model=model, base_model_fingerprint=fingerprint, added_token_ids=added)
 
 
 def apply_lora(
-    model: torch.nn.Module, lora_args: LoraArgs, base_model_fingerprint: str
+    model: torch.nn.Module,
+    lora_args: LoraArgs,
+    base_model_fingerprint: str,
+    added_token_ids: Sequence[int] = (),
 ) -> torch.nn.Module:
-    """Freeze ``model`` and add trainable LoRA adapters (new, or ``lora_args.init_adapter``)."""
+    """Freeze ``model`` and add trainable LoRA adapters (new, or ``lora_args.init_adapter``).
+
+    Besides the adapters, the family's ``modules_to_save`` train fully and the rows of
+    ``added_token_ids`` train through PEFT's ``trainable_token_indices`` (only those rows
+    of the embedding, and of an untied output head, are stored in the adapter).
+    """
     if lora_args.init_adapter is not None:
         adapter_dir = Path(lora_args.init_adapter)
-        if (adapter_dir / "recsysllm_meta.json").is_file():
+        if (adapter_dir / META_FILENAME).is_file():
             adapter_meta = read_meta(adapter_dir)
             check_compatible(
                 adapter_meta,
@@ -274,66 +281,30 @@ def apply_lora(
             )
             verify_weights(adapter_dir, adapter_meta)
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    family = get_backbone(family_of_model(model))
     lora_config = LoraConfig(
         r=lora_args.r,
         lora_alpha=lora_args.alpha,
         lora_dropout=lora_args.dropout,
-        target_modules=list(lora_args.target_modules),
+        target_modules=list(lora_args.target_modules or family.lora_targets(model)),
         bias="none",
         # decoders: the block-position embedding trains beside LoRA and is saved with it
-        modules_to_save=get_backbone(family_of_model(model)).modules_to_save(model) or None,
+        modules_to_save=family.modules_to_save(model) or None,
+        trainable_token_indices=trainable_token_indices(model, added_token_ids),
     )
     return get_peft_model(model, lora_config)
 
 
-def load_checkpoint_for_inference(
-    checkpoint_dir: str | Path,
-    base_model: str | None = None,
-    device: str | torch.device | None = None,
-) -> tuple[torch.nn.Module, Any, EntityCatalog, PromptSet, CheckpointMeta, Config]:
-    """Load a training checkpoint (``checkpoint-N/`` or ``final/``) for generation.
-
-    A LoRA checkpoint is applied to its base model (``base_model``, else the path recorded
-    in the checkpoint) and merged into it, so the result is a plain model of its family
-    (``GLMForConditionalGeneration`` or a ``RecSys*ForCausalLM``). A base model, tokenizer
-    or catalog different from the ones the checkpoint was trained with is refused.
-
-    Args:
-        checkpoint_dir: the checkpoint directory.
-        base_model: base checkpoint directory, when it moved since training.
-        device: where to put the model (default: CPU).
-
-    Returns:
-        ``(model, tokenizer, catalog, prompts, meta, config)``; the model is in eval mode.
-
-    Raises:
-        FileNotFoundError / ValueError: a missing or corrupt file, named.
-        CheckpointMismatchError: the base model or tokenizer differs from the recorded one.
-        CorruptWeightsError: a weight file differs from its recorded sha256.
-    """
-    checkpoint_dir = Path(checkpoint_dir)
-    where = str(checkpoint_dir)
-    meta = read_meta(checkpoint_dir)
-    verify_weights(checkpoint_dir, meta)  # flipped bytes are refused, not evaluated
-    config = load_config(checkpoint_dir / CONFIG_FILENAME)
-    tokenizer = load_any_tokenizer(checkpoint_dir / TOKENIZER_DIRNAME, saved=True)
-    check_compatible(meta, tokenizer_fingerprint=tokenizer.fingerprint, where=where)
-    catalog = EntityCatalog.load(checkpoint_dir / CATALOG_FILENAME)
-    check_compatible(meta, catalog_hash=catalog.hash, where=where)
-    prompts = load_prompts(checkpoint_dir / PROMPTS_DIRNAME)
-    dtype = TORCH_DTYPES[config.model.torch_dtype]
-    if meta.lora:
-        base = base_model or meta.base_model
-        if base is None:
-            raise ValueError(
-                f"{where}: a LoRA checkpoint without a recorded base model; pass base_model"
-            )
-        backbone = get_backbone(resolve_family(config.model.family, base))
-        model = backbone.load_checkpoint(base, torch_dtype=dtype)
-        check_compatible(meta, base_model_fingerprint=model_fingerprint(model), where=where)
-        model = PeftModel.from_pretrained(model, checkpoint_dir).merge_and_unload()
-    else:
-        backbone = get_backbone(resolve_family(config.model.family, checkpoint_dir))
-        model = backbone.load_checkpoint(checkpoint_dir, torch_dtype=dtype)
-    model = model.to(device or "cpu").eval()
-    return model, tokenizer, catalog, prompts, meta, config
+def trainable_token_indices(
+    model: torch.nn.Module, token_ids: Sequence[int]
+) -> dict[str, list[int]] | None:
+    """PEFT's ``trainable_token_indices`` for ``token_ids``: the input embedding's rows, and
+    the output head's when it is not tied to the embedding (an added [eop] is predicted)."""
+    if not token_ids:
+        return None
+    names = {id(module): name for name, module in model.named_modules()}
+    layers = [model.get_input_embeddings()]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not layers[0].weight:
+        layers.append(head)
+    return {names[id(layer)]: list(token_ids) for layer in layers}

@@ -56,27 +56,17 @@ from typing import Any, NamedTuple
 
 import torch
 from transformers import Trainer, TrainingArguments
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
-from recsysllm.checkpoint_meta import (
-    CheckpointMeta,
-    check_compatible,
-    read_meta,
-    verify_weights,
-    write_meta,
-)
+from recsysllm.checkpoint_meta import CheckpointMeta, check_compatible, read_meta, verify_weights
+from recsysllm.checkpoints import write_extras
 from recsysllm.collator import BlankInfillingCollator, MaskingConfig
 from recsysllm.config import Config, DataArgs, load_config
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
-from recsysllm.files import atomic_write
-from recsysllm.modeling.modeling_glm import TRAINING_PAD_MULTIPLE, GLMBlock
+from recsysllm.modeling.families import get_backbone, resolve_family
 from recsysllm.packing import PackedDataset
 from recsysllm.pipeline import (
-    CANDIDATES_FILENAME,
-    CATALOG_FILENAME,
-    CONFIG_FILENAME,
-    PROMPTS_DIRNAME,
-    TOKENIZER_DIRNAME,
     PreparedData,
     answer_budget,
     build_model,
@@ -300,65 +290,23 @@ def publish_directory(staged: Path, final: Path) -> None:
 # --------------------------------------------------------------------------- checkpoint contents
 
 
-def model_card(config: Config, meta: CheckpointMeta) -> str:
-    """README.md of a checkpoint: what it is and how to load it."""
-    base = meta.base_model or "none (trained from scratch)"
-    kind = "LoRA adapter (PEFT, safetensors)" if meta.lora else "full model weights (safetensors)"
-    peft_usage = (
-        f"""
-With PEFT directly:
-
-```python
-from peft import PeftModel
-from recsysllm.modeling import load_glm_checkpoint
-
-base = load_glm_checkpoint("{meta.base_model}")
-model = PeftModel.from_pretrained(base, "path/to/this/checkpoint")
-```
-"""
-        if meta.lora
-        else ""
-    )
-    return f"""# RecSysLLM checkpoint (step {meta.step})
-
-- Contents: {kind}, tokenizer/, prompts/, catalog.json, config.yaml, recsysllm_meta.json
-- Base model: {base}
-- Data: {config.data.source} ({config.data.path}{", " + config.data.category if config.data.category else ""}), {config.data.k_core}-core, leave-one-out
-- Task mixture: {config.data.mixture}
-- Max length: {config.data.max_length}, packing: {config.data.packing}
-- LoRA: {f"r={config.lora.r}, alpha={config.lora.alpha}, on {config.lora.target_modules}" if config.lora.enabled else "off"}
-- Optimisation: AdamW, peak lr {config.train.learning_rate}, {config.train.precision}
-- Fingerprints: base {meta.base_model_fingerprint[:16]}, tokenizer {meta.tokenizer_fingerprint[:16]}, catalog {(meta.catalog_hash or "")[:16]}
-
-## Load with recsysllm
-
-```python
-from recsysllm.pipeline import load_checkpoint_for_inference
-
-model, tokenizer, catalog, prompts, meta, config = load_checkpoint_for_inference("path/to/this/checkpoint")
-```
-
-```python
-from recsysllm.api import Recommender
-
-rec = Recommender.from_checkpoint("path/to/this/checkpoint")
-```
-
-Loading refuses a base model, tokenizer or catalog other than the ones recorded in
-`recsysllm_meta.json`.
-{peft_usage}"""
-
-
 class CheckpointExtras:
-    """Writes everything besides weights and Trainer state into a checkpoint directory."""
+    """Writes everything besides weights and Trainer state into a checkpoint directory
+    (:func:`recsysllm.checkpoints.write_extras`)."""
 
     def __init__(
-        self, config: Config, data: PreparedData, tokenizer: Any, base_model_fingerprint: str
+        self,
+        config: Config,
+        data: PreparedData,
+        tokenizer: Any,
+        base_model_fingerprint: str,
+        added_token_ids: list[int],
     ) -> None:
         self.config = config
         self.data = data
         self.tokenizer = tokenizer
         self.base_model_fingerprint = base_model_fingerprint
+        self.added_token_ids = list(added_token_ids)
 
     def meta(self, step: int) -> CheckpointMeta:
         return CheckpointMeta(
@@ -369,19 +317,20 @@ class CheckpointExtras:
             prompts_hash=self.data.prompts.hash,
             lora=self.config.lora.enabled,
             step=step,
+            added_token_ids=self.added_token_ids,
         )
 
     def __call__(self, directory: Path, step: int) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.save_yaml(directory / CONFIG_FILENAME)
-        self.tokenizer.save_pretrained(directory / TOKENIZER_DIRNAME)
-        self.data.prompts.save(directory / PROMPTS_DIRNAME)
-        self.data.catalog.save(directory / CATALOG_FILENAME)
-        self.data.splits.save_candidates(directory / CANDIDATES_FILENAME)
-        meta = self.meta(step)
-        write_meta(directory, meta)
-        # Last: PEFT's save_pretrained writes its own generic README.md first.
-        atomic_write(directory / "README.md", model_card(self.config, meta))
+        write_extras(
+            directory,
+            config=self.config,
+            tokenizer=self.tokenizer,
+            prompts=self.data.prompts,
+            catalog=self.data.catalog,
+            splits=self.data.splits,
+            feature_templates=self.data.tables.user_features,
+            meta=self.meta(step),
+        )
 
 
 # --------------------------------------------------------------------------- wiring
@@ -536,8 +485,10 @@ def training_data(
         masking=masking_config(config.data),
         packing=config.data.packing,
         seed=config.train.seed,
-        # Few distinct batch shapes: cuDNN attention plans once per shape (modeling_glm).
-        pad_to_multiple_of=TRAINING_PAD_MULTIPLE,
+        # Few distinct batch shapes: attention kernels plan once per shape (the family's).
+        pad_to_multiple_of=get_backbone(
+            resolve_family(config.model.family, config.model.base_model)
+        ).TRAINING_PAD_MULTIPLE,
         # FlexAttention builds its block mask from per-token key intervals.
         attention_layout="intervals" if config.model.attention_implementation == "flex" else "mask",
     )
@@ -584,15 +535,18 @@ def build_trainer(
             base_model=config.model.base_model,
             mixture=mixture,
             seed=config.data.seed,
+            family=config.model.family,
         )
     built = build_model(config.model, config.lora, tokenizer, seed=config.train.seed)
     if config.train.compile_blocks:
         # Each block on its own (compiled lazily, on its first call): activation
         # checkpointing, LoRA and the loss stay outside the compiled graphs.
         for module in built.model.modules():
-            if isinstance(module, GLMBlock):
+            if isinstance(module, GradientCheckpointingLayer):  # every family's blocks
                 module.compile()
-    extras = CheckpointExtras(config, data, tokenizer, built.base_model_fingerprint)
+    extras = CheckpointExtras(
+        config, data, tokenizer, built.base_model_fingerprint, built.added_token_ids
+    )
     resume = resolve_resume(config)
     if resume is not None:
         # Refuse to continue an adapter on other base weights, tokenizer or items.

@@ -55,7 +55,7 @@ TINY_CORPUS = (
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     """A sentencepiece GLMTokenizer trained on TINY_CORPUS (all GLM special tokens)."""
-    from recsysllm.tokenization import train_sentencepiece_tokenizer
+    from recsysllm.modeling.glm.tokenization import train_sentencepiece_tokenizer
 
     out_dir = tmp_path_factory.mktemp("tiny_spm")
     return train_sentencepiece_tokenizer(TINY_CORPUS, out_dir, vocab_size=300)

@@ -126,7 +126,7 @@ def test_refuses_a_different_catalog(lora_checkpoint, tmp_path):
 
 
 def test_refuses_a_different_tokenizer(lora_checkpoint, tmp_path):
-    from recsysllm.tokenization import train_sentencepiece_tokenizer
+    from recsysllm.modeling.glm.tokenization import train_sentencepiece_tokenizer
 
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(lora_checkpoint["checkpoint"], checkpoint)

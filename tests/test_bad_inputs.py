@@ -458,7 +458,7 @@ def test_half_written_output_tokenizer_is_refused_not_read_as_another_kind(
 
 def test_sentencepiece_training_writes_its_directory_atomically(tmp_path, monkeypatch):
     """A crash while saving leaves no output_dir/tokenizer at all (nothing half-written)."""
-    from recsysllm import tokenization
+    from recsysllm.modeling.glm import tokenization
 
     def crash(self, directory):
         Path(directory).mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from recsysllm.config import (
-    DEFAULT_LORA_TARGETS,
     Config,
     TrainArgs,
     config_from_dict,
@@ -62,13 +61,8 @@ def test_every_recipe_loads_and_starts_with_its_launch_command(path: Path):
     if config.train.deepspeed is not None:
         assert (REPO / config.train.deepspeed).is_file()
     if config.lora.enabled:
-        if config.model.family == "decoder":  # one of the decoder families' own defaults
-            from recsysllm.modeling.decoder import FAMILIES
-
-            targets = {family.lora_targets for family in FAMILIES.values()}
-            assert tuple(config.lora.target_modules) in targets
-        else:
-            assert config.lora.target_modules == DEFAULT_LORA_TARGETS
+        # null: the family's own defaults (recsysllm.modeling.<family>.lora_targets)
+        assert config.lora.target_modules is None
         assert config.model.base_model is not None
 
 

@@ -30,10 +30,11 @@ from recsysllm.modeling.decoder import (
     lora_modules_to_save,
     wrap_pretrained,
 )
+from recsysllm.modeling.decoder.tokenization import HFTokenizer, resize_model_embeddings
 from recsysllm.modeling.protocol import RecSysCausalLM
 from recsysllm.positions import span_intra_positions
 from recsysllm.schema import Example, Segment
-from recsysllm.tokenization_hf import HFTokenizer, load_any_tokenizer, resize_model_embeddings
+from recsysllm.tokenization import load_tokenizer
 from recsysllm.trie import EntityTrie
 from tests.conftest import TINY_CORPUS, TINY_TITLES, make_tiny_glm_config
 
@@ -477,7 +478,7 @@ def test_entity_ids_are_the_same_everywhere(tok):
 
 def test_save_load_round_trip_and_tamper_check(tok, tmp_path):
     tok.save_pretrained(tmp_path / "t")
-    loaded = load_any_tokenizer(tmp_path / "t")
+    loaded = load_tokenizer(tmp_path / "t")
     assert isinstance(loaded, HFTokenizer)
     assert loaded.fingerprint == tok.fingerprint and loaded.special_tokens == tok.special_tokens
     assert loaded.encode_entity("Fargo (1996)") == tok.encode_entity("Fargo (1996)")

@@ -131,8 +131,8 @@ def tiny_setup(tmp_path_factory):
     from recsysllm.data.catalog import EntityCatalog, attribute_key
     from recsysllm.data.tasks import render_example
     from recsysllm.modeling import GLMForConditionalGeneration
+    from recsysllm.modeling.glm.tokenization import train_sentencepiece_tokenizer
     from recsysllm.prompts import load_prompts
-    from recsysllm.tokenization import train_sentencepiece_tokenizer
 
     tokenizer = train_sentencepiece_tokenizer(
         TINY_CORPUS, tmp_path_factory.mktemp("spm"), vocab_size=300

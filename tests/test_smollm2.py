@@ -22,8 +22,8 @@ from recsysllm.modeling.decoder import (
     load_decoder_checkpoint,
     lora_modules_to_save,
 )
+from recsysllm.modeling.decoder.tokenization import HFTokenizer
 from recsysllm.schema import Example, Segment
-from recsysllm.tokenization_hf import HFTokenizer
 from tests.conftest import REPO_DATA
 
 ENGLISH = (

@@ -1,4 +1,4 @@
-"""Tests for recsysllm.tokenization: GLM special ids, kind detection, segment tokenization."""
+"""Tests for the GLM tokenizer (recsysllm.modeling.glm.tokenization) and the shared segment rules: GLM special ids, kind detection, segment tokenization."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from conftest import TINY_CORPUS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsysllm.schema import Example, Segment
-from recsysllm.tokenization import (
+from recsysllm.modeling.glm.tokenization import (
     GLMTokenizer,
     load_tokenizer,
     train_sentencepiece_tokenizer,
 )
+from recsysllm.schema import Example, Segment
 
 GPT2_DIR = Path(__file__).parent / "assets" / "gpt2"
 REPO_ROOT = Path(__file__).parent.parent
@@ -464,7 +464,7 @@ def test_save_load_round_trip_keeps_fingerprint(which, tmp_path, gpt2, tiny_toke
 
 def test_fingerprint_is_stable_across_processes(gpt2):
     code = (
-        "from recsysllm.tokenization import load_tokenizer; "
+        "from recsysllm.modeling.glm.tokenization import load_tokenizer; "
         f"print(load_tokenizer({str(GPT2_DIR)!r}).fingerprint)"
     )
     result = subprocess.run(

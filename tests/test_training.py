@@ -33,6 +33,7 @@ from transformers import TrainerCallback  # noqa: E402
 from recsysllm.checkpoint_meta import CheckpointMismatchError, read_meta  # noqa: E402
 from recsysllm.config import Config, apply_overrides, config_from_dict  # noqa: E402
 from recsysllm.data.tables import RecTables  # noqa: E402
+from recsysllm.modeling.glm.tokenization import GLMTokenizer  # noqa: E402
 from recsysllm.packing import PackedDataset  # noqa: E402
 from recsysllm.pipeline import (  # noqa: E402
     build_model,
@@ -40,7 +41,6 @@ from recsysllm.pipeline import (  # noqa: E402
     prepare_from_tables,
     task_mixture,
 )
-from recsysllm.tokenization import GLMTokenizer  # noqa: E402
 from recsysllm.training import (  # noqa: E402
     STAGING_DIRNAME,
     NonFiniteLossError,

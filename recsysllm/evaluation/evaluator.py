@@ -61,7 +61,7 @@ from recsysllm.prompt_layout import (
 )
 from recsysllm.prompts import PromptSet
 from recsysllm.schema import Example
-from recsysllm.tokenization import GLMTokenizer
+from recsysllm.tokenization import SegmentTokenizer
 
 VARIANTS = ("all_items", "candidates", "yesno", "rating", "text")
 RANKING_VARIANTS = ("all_items", "candidates")
@@ -460,7 +460,7 @@ class ModelRanker:
 
 def evaluate(
     model: torch.nn.Module,
-    tokenizer: GLMTokenizer,
+    tokenizer: SegmentTokenizer,
     catalog: EntityCatalog,
     examples: Sequence[Example],
     *,

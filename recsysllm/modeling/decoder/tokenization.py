@@ -39,10 +39,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from tokenizers import AddedToken, Tokenizer
 
 from recsysllm.files import atomic_write
-from recsysllm.tokenization import GLMTokenizer, _read_json, load_saved_tokenizer
+from recsysllm.tokenization import SegmentTokenizer, read_json
 
 KIND = "hf"
 TOKENIZER_FILE = "tokenizer.json"
@@ -135,7 +136,7 @@ def assign_roles(
     return roles, new_tokens
 
 
-class HFTokenizer:
+class HFTokenizer(SegmentTokenizer):
     """GLMTokenizer's interface over a ``tokenizers.Tokenizer`` (see the module doc).
 
     Attributes:
@@ -202,6 +203,12 @@ class HFTokenizer:
     eop_token_id = property(lambda self: self.special_tokens["eop"])
 
     @property
+    def added_role_ids(self) -> list[int]:
+        """Ids of the role tokens this tokenizer added after the vocabulary (new embedding rows)."""
+        first = self._backend_size - self.added_roles
+        return sorted(i for i in self.special_tokens.values() if i >= first)
+
+    @property
     def special_token_ids(self) -> frozenset[int]:
         return self._special_ids
 
@@ -257,13 +264,6 @@ class HFTokenizer:
             pieces.append(self._hf.decode(run, skip_special_tokens=False))
         return "".join(pieces)
 
-    # Entity and segment tokenization: GLMTokenizer's rules, which only call
-    # self.encode / self.encode_entity, so one implementation serves both classes.
-    encode_entity = GLMTokenizer.encode_entity
-    tokenize_segments = GLMTokenizer.tokenize_segments
-    tokenize_example = GLMTokenizer.tokenize_example
-    _tokenize = GLMTokenizer._tokenize
-
     # ------------------------------------------------------------------ save / load
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
@@ -297,7 +297,7 @@ class HFTokenizer:
         content = tokenizer_path.read_bytes()
         roles_path = directory / ROLES_FILE
         if roles_path.is_file():
-            record = _read_json(roles_path)
+            record = read_json(roles_path)
             for key in ("special_tokens", "banned_generation_ids", "fingerprint"):
                 if not isinstance(record, dict) or key not in record:
                     raise ValueError(f"{roles_path}: missing field {key!r}")
@@ -322,7 +322,7 @@ class HFTokenizer:
                 )
             return tokenizer
         config_path = directory / HF_CONFIG_FILE
-        hf_config = _read_json(config_path) if config_path.is_file() else {}
+        hf_config = read_json(config_path) if config_path.is_file() else {}
         return cls.from_backend(
             Tokenizer.from_str(content.decode("utf-8")), hf_config, role_overrides
         )
@@ -357,29 +357,22 @@ def is_hf_tokenizer_dir(path: str | os.PathLike) -> bool:
     )
 
 
-def load_any_tokenizer(
-    path: str | os.PathLike, saved: bool = False
-) -> GLMTokenizer | HFTokenizer:
-    """HFTokenizer for a fast-tokenizer directory, else a GLMTokenizer.
-
-    Args:
-        path: the tokenizer directory.
-        saved: the directory was written by recsysllm's own ``save_pretrained`` (a
-            checkpoint's ``tokenizer/``): one without the file that save writes last
-            is an incomplete save and is refused, never read as another layout.
-    """
-    if is_hf_tokenizer_dir(path):
-        if saved and not (Path(path) / ROLES_FILE).is_file():
-            raise ValueError(
-                f"{Path(path) / ROLES_FILE}: missing; {str(path)!r} is an incomplete "
-                "tokenizer save (interrupted run?)"
-            )
-        return HFTokenizer.from_pretrained(path)
-    return load_saved_tokenizer(path) if saved else GLMTokenizer.from_pretrained(path)
-
-
 def resize_model_embeddings(model: Any, tokenizer: HFTokenizer, pad_multiple: int = 64) -> None:
-    """Grows the model's (tied) embeddings to cover the tokenizer's ids, if they do not."""
+    """Grows the model's (tied) embeddings to cover the tokenizer's ids, if they do not.
+
+    New rows (input embedding and an untied head) are set to the mean of the pretrained
+    rows, without random noise: the same base and tokenizer always give the same model,
+    so an adapter saved with trained role rows reloads onto identical padding rows.
+    """
     rows = model.get_input_embeddings().weight.shape[0]
-    if rows < tokenizer.vocab_size:
-        model.resize_token_embeddings(tokenizer.vocab_size, pad_to_multiple_of=pad_multiple)
+    if rows >= tokenizer.vocab_size:
+        return
+    model.resize_token_embeddings(
+        tokenizer.vocab_size, pad_to_multiple_of=pad_multiple, mean_resizing=False
+    )
+    with torch.no_grad():
+        for layer in {
+            id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+        }.values():
+            if layer is not None:
+                layer.weight[rows:] = layer.weight[:rows].mean(dim=0)
