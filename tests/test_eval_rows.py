@@ -234,3 +234,65 @@ def test_every_ranking_aggregate_carries_diversity():
     rating = ExampleOutcome("rating", "r", True, "rating", "u0", "4", rating=4.0)
     assert "diversity" not in EvaluationResults("x", [rating], protocol).aggregated()[0]
     assert "diversity" not in EvaluationResults("x", results.outcomes).aggregated()[0]
+
+
+# ------------------------------------------------------------------ bench_quality rows
+
+
+def _bench_quality():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_quality.py"
+    spec = importlib.util.spec_from_file_location("bench_quality", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_quality_rows_and_append(tmp_path):
+    bench = _bench_quality()
+
+    def aggregate(family, variant, hr10, split="all"):
+        metrics = {"HR@1": 0.1, "HR@5": 0.2, "HR@10": hr10, "NDCG@5": 0.15, "NDCG@10": 0.18}
+        return {
+            "family": family, "variant": variant, "split": split, "count": 40, "users": 10,
+            "metrics": metrics, "stderr": {m: 0.01 for m in metrics},
+            "diversity": {"coverage": 0.25},
+        }  # fmt: skip
+
+    document = {
+        "model": {
+            "aggregated": [
+                aggregate("sequential", "all_items", 0.3, split="seen"),
+                aggregate("sequential", "all_items", 0.3),
+                {"family": "rating", "variant": "rating", "split": "all"},
+            ]
+        },
+        "baselines": {
+            "SASRec": {"aggregated": [aggregate("sequential", "all_items", 0.2)]},
+            "fusion": {"aggregated": [aggregate("sequential", "all_items", 0.4)]},
+        },
+        "rows": {"SASRec": {"capped": True}, "fusion": {"weights": {"all_items": 0.3}}},
+    }
+    facts = {
+        "date": "2026-11-30", "config": "c.yaml", "backbone": "b", "steps": 7, "seed": 1,
+        "train_s": "5", "eval_s": "6", "machine": "m",
+    }  # fmt: skip
+    (row,) = bench.table_rows(document, facts)
+    cells = dict(zip(bench.COLUMNS, row, strict=True))
+    assert cells["family (variant)"] == "sequential (all_items)" and cells["n (users)"] == "40 (10)"
+    assert cells["HR@10"] == "0.3000 ± 0.0100" and cells["coverage@10"] == "0.250"
+    assert cells["SASRec"] == "0.2000 ± 0.0100 / 0.1800 ± 0.0100 (lower bound)"
+    assert cells["fusion (w)"].endswith("(w 0.3)") and cells["popularity"] == "-"
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n## Speed\n\n| a |\n|---|\n| 1 |\n")
+    bench.append_rows(results, [row])
+    results.write_text(results.read_text() + "\n## Later\n\n| z |\n|---|\n")
+    bench.append_rows(results, [row])
+    text = results.read_text()
+    assert text.count(bench.TABLE_HEADING) == 1 and text.count("| date |") == 1
+    section = text[text.index(bench.TABLE_HEADING) : text.index("## Later")]
+    assert section.count("| 2026-11-30 |") == 2
+    assert text.endswith("## Later\n\n| z |\n|---|\n") and "| 1 |\n" in text
