@@ -296,3 +296,36 @@ def test_bench_quality_rows_and_append(tmp_path):
     section = text[text.index(bench.TABLE_HEADING) : text.index("## Later")]
     assert section.count("| 2026-11-30 |") == 2
     assert text.endswith("## Later\n\n| z |\n|---|\n") and "| 1 |\n" in text
+
+
+def test_weights_are_chosen_on_the_evaluated_users_valid_targets():
+    from types import SimpleNamespace
+
+    from recsysllm.evaluation.cli import valid_selection
+
+    valid_examples = [sequential(f"u{i}", A) for i in range(10)]
+    data = SimpleNamespace(
+        tasks=SimpleNamespace(examples=lambda split, families, prompts, seed: valid_examples),
+        splits=SPLITS,
+    )
+    test, _ = protocols()
+
+    def select(users, limit=None):
+        examples = [sequential(user, C) for user in users]
+        return valid_selection(data, examples, ["sequential"], "all", None, [], test, limit, 0)
+
+    chosen, protocol = select(["u0", "u2"])
+    assert [e.user for e in chosen] == ["u0", "u2"]
+    assert protocol.history == history_items(SPLITS, "valid") and protocol.ks == test.ks
+    assert len(select(["u0", "u2", "u3"], limit=2)[0]) == 2
+    # Users without valid targets (short users): as many other valid users instead.
+    chosen, _ = select(["new1", "new2", "new3"])
+    assert len({e.user for e in chosen}) == 3 and {e.user for e in chosen} < {
+        e.user for e in valid_examples
+    }
+    assert (
+        select(["u0"], limit=None)[0]
+        and not valid_selection(
+            data, [sequential("u0", C)], ["rating"], "all", None, [], test, None, 0
+        )[0]
+    )

@@ -333,14 +333,24 @@ def valid_selection(
     seed: int,
 ) -> tuple[list[Example], EvalProtocol]:
     """VALID-split ranking examples of the evaluated users and templates (a seeded sample
-    of ``valid_limit`` users with it), and their protocol: where weights are chosen."""
+    of ``valid_limit`` users with it), and their protocol: where weights are chosen.
+
+    When none of the evaluated users has a valid target (every user sits whole in one
+    split), a seeded sample of as many valid users stands in.
+    """
     ranking = [f for f in families if f in ("sequential", "direct")]
     if not ranking:
         return [], protocol
     valid = data.tasks.examples("valid", ranking, prompts=prompt_set_name, seed=seed)
     valid = select_templates(valid, templates, known)
     users = {e.user for e in examples}
-    valid = [e for e in valid if e.user in users]
+    overlap = [e for e in valid if e.user in users]
+    if overlap:
+        valid = overlap
+    else:
+        # Users with fewer than three events sit whole in one split (clothing reviews):
+        # the evaluated users have no valid target, so as many other users' do.
+        valid, _ = sample_users(valid, len(users), seed)
     valid, _ = sample_users(valid, valid_limit, seed)
     valid_protocol = dataclasses.replace(protocol, history=history_items(data.splits, "valid"))
     return valid, valid_protocol
