@@ -153,14 +153,15 @@ def append_rows(path: Path, rows: list[list[str]]) -> None:
         block = [TABLE_HEADING, "", TABLE_INTRO, md_row(COLUMNS), md_row(["---"] * len(COLUMNS))]
         text = text.rstrip("\n") + "\n\n" + "\n".join(block + lines) + "\n"
     else:
-        # After the last table line of this section (which ends at the next "## ").
+        # After the last line of this section's first table (the one under COLUMNS;
+        # notes below it may hold tables of their own).
         start = text.index(TABLE_HEADING)
-        end = text.find("\n## ", start + len(TABLE_HEADING))
-        end = len(text) if end < 0 else end
-        section_lines = text[start:end].split("\n")
-        last = max(i for i, line in enumerate(section_lines) if line.startswith("|"))
+        section_lines = text[start:].split("\n")
+        last = section_lines.index(md_row(COLUMNS))
+        while last + 1 < len(section_lines) and section_lines[last + 1].startswith("|"):
+            last += 1
         section_lines[last + 1 : last + 1] = lines
-        text = text[:start] + "\n".join(section_lines) + text[end:]
+        text = text[:start] + "\n".join(section_lines)
     atomic_write(path, text)
 
 

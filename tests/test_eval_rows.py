@@ -289,13 +289,28 @@ def test_bench_quality_rows_and_append(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Results\n\n## Speed\n\n| a |\n|---|\n| 1 |\n")
     bench.append_rows(results, [row])
-    results.write_text(results.read_text() + "\n## Later\n\n| z |\n|---|\n")
+    # Notes with a table of their own under the rows, then a later section.
+    notes = "\nNotes.\n\n| note |\n|---|\n\n## Later\n\n| z |\n|---|\n"
+    results.write_text(results.read_text() + notes)
     bench.append_rows(results, [row])
     text = results.read_text()
     assert text.count(bench.TABLE_HEADING) == 1 and text.count("| date |") == 1
-    section = text[text.index(bench.TABLE_HEADING) : text.index("## Later")]
-    assert section.count("| 2026-11-30 |") == 2
-    assert text.endswith("## Later\n\n| z |\n|---|\n") and "| 1 |\n" in text
+    lines = text.splitlines()
+    header = lines.index(bench.md_row(bench.COLUMNS))
+    assert lines[header + 2].startswith("| 2026-11-30 |") and lines[header + 3] == lines[header + 2]
+    assert lines[header + 4 :] == [
+        "",
+        "Notes.",
+        "",
+        "| note |",
+        "|---|",
+        "",
+        "## Later",
+        "",
+        "| z |",
+        "|---|",
+    ]
+    assert "| 1 |" in text
 
 
 def test_weights_are_chosen_on_the_evaluated_users_valid_targets():

@@ -442,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         valid_protocol=valid_protocol,
         settings=settings_rows,
         prompt_set=prompts,
+        report=lambda message: print(f"recsysllm evaluate: {message}", file=sys.stderr, flush=True),
     )
     item_counts, user_ratings = training_statistics(data.splits, split)
     has_ratings = any(ratings for ratings in user_ratings.values())

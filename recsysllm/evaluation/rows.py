@@ -94,6 +94,7 @@ def extra_rows(
     valid_protocol: EvalProtocol,
     settings: RowSettings,
     prompt_set: PromptSet | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, EvaluationResults], dict[str, Any]]:
     """The extra rows on ``examples`` (the model row's), and their facts for results.json.
 
@@ -108,6 +109,7 @@ def extra_rows(
         valid_protocol: their protocol (the valid split's history).
         settings: which rows.
         prompt_set: the checkpoint's templates (needed by ``pmi``).
+        report: called with one line per step (what is being built, what was chosen).
 
     Returns:
         (row name -> results, {"SASRec": ..., "fusion": ..., "model+pmi": ...,
@@ -115,6 +117,12 @@ def extra_rows(
     """
     rows: dict[str, EvaluationResults] = {}
     facts: dict[str, Any] = {}
+
+    def say(message: str) -> None:
+        logger.info(message)
+        if report is not None:
+            report(message)
+
     ranking = [e for e in examples if example_variant(e) in RANKING_VARIANTS]
     if not ranking:
         return rows, facts
@@ -127,12 +135,22 @@ def extra_rows(
     }
     k = max(protocol.ks)
     if settings.sasrec:
+        say(
+            f"SASRec: weights from {settings.sasrec_cache_dir} or trained (seed {settings.sasrec_seed})"
+        )
         ranker, facts["SASRec"] = fit_cached(
             splits, settings.sasrec_config, settings.sasrec_seed, settings.sasrec_cache_dir
+        )
+        sasrec_facts = facts["SASRec"]
+        say(
+            f"SASRec: {sasrec_facts['cache']}, {sasrec_facts['epochs']} epochs, stopped by "
+            f"{sasrec_facts['stopped']}"
+            + (" (capped: a lower bound)" if sasrec_facts["capped"] else "")
         )
         sasrec = SASRecItemRanker.for_split(ranker, splits, split)
         rows["SASRec"] = evaluate_ranker("SASRec", sasrec, ranking, protocol, settings.batch_size)
         if settings.fusion:
+            say(f"fusion: choosing the weight on {len(valid)} valid examples")
             sasrec_valid = SASRecItemRanker.for_split(ranker, splits, "valid")
             weights, grids = _choose_per_variant(
                 valid,
@@ -162,6 +180,7 @@ def extra_rows(
     if settings.pmi:
         if prompt_set is None:
             raise ValueError("the model+pmi row needs the checkpoint's prompt set")
+        say(f"model+pmi: priors and alpha on {len(valid)} valid examples")
         priors = ItemPriors(lm.inference, prompt_set)
         chooser = PMIRanker(lm, priors, 0.0, 0.0, settings.num_candidates)
         alphas, grids = _choose_per_variant(
@@ -175,6 +194,7 @@ def extra_rows(
         pmi = PMIRanker(
             lm, priors, alphas["all_items"], alphas["candidates"], settings.num_candidates
         )
+        say(f"model+pmi: alphas {alphas}")
         rows["model+pmi"] = evaluate_ranker(
             "model+pmi", pmi, ranking, protocol, settings.batch_size
         )
@@ -190,6 +210,7 @@ def extra_rows(
             "chosen_on": valid_facts,
         }
     if settings.length_norm:
+        say("model+lennorm: decoding with length normalisation")
         normalized = ModelRanker(lm.inference, lm.num_beams, length_normalize=True)
         rows["model+lennorm"] = evaluate_ranker(
             "model+lennorm", normalized, ranking, protocol, settings.batch_size
@@ -234,5 +255,4 @@ def _choose_per_variant(
         best, scores = choose(cases)
         chosen[variant] = best
         grids[variant] = {f"{value:g}": score for value, score in scores.items()}
-        logger.info("%s: chose %g on %d valid examples", variant, best, len(members))
     return chosen, grids
