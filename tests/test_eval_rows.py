@@ -81,7 +81,13 @@ def test_fusion_weight_is_chosen_on_valid_not_test(monkeypatch):
     """Valid and test have opposite optima: valid wants SASRec (w >= 0.6), test the LM
     alone (w = 0). The row must use valid's weight, so it loses on test."""
     sasrec = FixedSASRec({A: 0.6, B: 0.3, C: 0.04, D: 0.04})
-    facts = {"cache": "reused", "seed": 0}
+    facts = {
+        "cache": "reused",
+        "seed": 0,
+        "epochs": 3,
+        "stopped": "early stopping",
+        "capped": False,
+    }
     monkeypatch.setattr(rows_module, "fit_cached", lambda *args, **kwargs: (sasrec, facts))
     # Valid: the target A is the LM's third, SASRec's first. Fused at w (log .6 = -0.511,
     # log .04 = -3.219): A = -3 + 2.489w, C = -0.1 - 3.119w, D = -0.5 - 2.719w: A is
@@ -137,7 +143,8 @@ def test_fusion_weight_is_chosen_on_valid_not_test(monkeypatch):
 
 def test_no_valid_examples_of_a_variant_keeps_the_model_alone(monkeypatch):
     sasrec = FixedSASRec({A: 0.6})
-    monkeypatch.setattr(rows_module, "fit_cached", lambda *a, **k: (sasrec, {}))
+    facts = {"cache": "trained", "epochs": 1, "stopped": "time cap", "capped": True}
+    monkeypatch.setattr(rows_module, "fit_cached", lambda *a, **k: (sasrec, facts))
     lm = FixedLM({C: [(C, -0.1), (A, -2.0)]}, {})
     test, valid = protocols()
     rows, facts = extra_rows(
