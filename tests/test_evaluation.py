@@ -672,3 +672,28 @@ def test_cli_pmi_and_length_norm_rows(cli_checkpoint, tmp_path):
     for o in pmi:
         twin = model[(o["user"], o["template_id"])]
         assert sorted(k for k, _ in o["top"]) == sorted(k for k, _ in twin["top"])
+
+
+def test_cli_on_the_valid_split_chooses_fusion_on_the_evaluated_examples(
+    cli_checkpoint, tmp_path, capsys
+):
+    from recsysllm.evaluation.cli import main
+
+    out = tmp_path / "results.json"
+    cache = tmp_path / "cache"
+    argv = [
+        "--checkpoint", str(cli_checkpoint["checkpoint"]), "--out", str(out), "--split", "valid",
+        "--families", "sequential", "--templates", "sequential-1", "--limit", "2",
+        "--num-beams", "10", "--sasrec-cache", str(cache), "--sasrec-max-epochs", "3",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    facts = json.loads(out.read_text())["rows"]
+    assert facts["fusion"]["chosen_on"] == {
+        "split": "valid", "examples": 2, "users": 2, "same_as_evaluated": True
+    }  # fmt: skip
+    assert facts["SASRec"]["cache"] == "trained" and facts["SASRec"]["stopped"] == "max_epochs"
+    assert "a lower bound" in out.with_suffix(".md").read_text()
+    # Evaluated again: SASRec's weights come from the cache.
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["rows"]["SASRec"]["cache"] == "reused"
+    assert "SASRec: reused" in capsys.readouterr().err

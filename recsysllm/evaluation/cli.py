@@ -426,11 +426,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     valid_examples: list[Example] = []
     valid_protocol = protocol
-    if settings_rows.needs_valid:
+    valid_limit = args.valid_limit if args.valid_limit is not None else eval_args.valid_limit
+    if settings_rows.needs_valid and split == "valid":
+        # Weights chosen on the evaluated examples themselves (recorded as such); the
+        # same objects, so the model's answers are reused.
+        valid_examples, _ = sample_users(examples, valid_limit, data_args.seed)
+    elif settings_rows.needs_valid:
         valid_examples, valid_protocol = valid_selection(
             data, examples, families, prompt_set_name, args.templates, known, protocol,
-            args.valid_limit if args.valid_limit is not None else eval_args.valid_limit,
-            data_args.seed,
+            valid_limit, data_args.seed,
         )  # fmt: skip
     rows, row_facts = extra_rows(
         lm=lm,
