@@ -5,12 +5,14 @@ Every row goes through ``evaluate_ranker`` with the model's examples and
 :class:`EvalProtocol`, so it has the model row's users, exclusion, metrics, standard
 errors and diversity columns:
 
-| row             | what                                                               | chosen on valid      |
-|-----------------|--------------------------------------------------------------------|----------------------|
-| `SASRec`        | ``sasrec.fit_cached`` on the same splits (train; early stopping on valid), weights cached | -  |
-| `fusion`        | (1 - w) * LM log p + w * SASRec log-softmax: the beam's top-N (all items), every candidate (direct) | w per variant |
-| `model+pmi`     | log p(item | prompt) - alpha * log p(item | user-free prompt): the beam's top-N rescored (all items), every candidate (direct) | alpha per variant |
-| `model+lennorm` | the model ranking by log-probability per token (ablation)          | -                    |
+- ``SASRec``: ``sasrec.fit_cached`` on the same splits (train events, early stopping
+  on valid), weights cached.
+- ``fusion``: (1 - w) * LM log-probability + w * SASRec log-softmax, over the model's
+  constrained-beam top-N (all items) or every candidate (direct); w per variant.
+- ``model+pmi``: log p(item given the prompt) - alpha * log p(item given the user-free
+  prompt of the template), over the beam's top-N (all items: exact priors, a rescoring,
+  not a new search) or every candidate (direct); alpha per variant.
+- ``model+lennorm``: the model ranking by log-probability per token (the ablation).
 
 Weights and alphas are chosen on the VALID split's examples only (the evaluated
 users' valid targets, or a seeded sample of them), over a grid, by NDCG@max(ks); a
