@@ -548,9 +548,62 @@ class EvalArgs:
         "(false: nothing excluded)",
         default=True,
     )
+    sasrec: bool = help_field(
+        "add a SASRec row (trained on the same splits, weights cached) to every ranking table",
+        default=True,
+    )
+    fusion: bool = help_field(
+        "add an LM + SASRec fusion row (weight chosen on the valid split); needs sasrec",
+        default=True,
+    )
+    pmi: bool = help_field(
+        "add a prior-corrected model+pmi row: log p(item | prompt) - alpha * log p(item | "
+        "user-free prompt), alpha chosen on the valid split",
+        default=False,
+    )
+    length_norm_row: bool = help_field(
+        "add a model+lennorm ablation row (log-probability per token)", default=False
+    )
+    sasrec_max_epochs: int | None = help_field(
+        "SASRec epochs at most (null: 200, RecBole's; a capped run is a lower bound)",
+        default=None,
+    )
+    sasrec_max_seconds: float | None = help_field(
+        "stop SASRec training after the epoch that ends past this many seconds (null: no "
+        "cap; a capped run is reported as a lower bound)",
+        default=None,
+    )
+    sasrec_cache_dir: str | None = help_field(
+        "directory of cached SASRec weights (null: <checkpoint>/sasrec, or beside the "
+        "results when the checkpoint is not writable)",
+        default=None,
+    )
+    valid_limit: int | None = help_field(
+        "choose the fusion weight and the PMI alpha on the valid examples of a seeded "
+        "sample of N of the evaluated users (null: all evaluated users)",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         _check_finite(self, "eval")
+        _check(
+            self.sasrec_max_epochs is None or self.sasrec_max_epochs >= 1,
+            "eval",
+            "sasrec_max_epochs",
+            "must be >= 1 (null: no cap)",
+        )
+        _check(
+            self.sasrec_max_seconds is None or self.sasrec_max_seconds > 0,
+            "eval",
+            "sasrec_max_seconds",
+            "must be > 0 (null: no cap)",
+        )
+        _check(
+            self.valid_limit is None or self.valid_limit >= 1,
+            "eval",
+            "valid_limit",
+            "must be >= 1 (null: all evaluated users)",
+        )
         _check(self.limit is None or self.limit >= 1, "eval", "limit", "must be >= 1 (null: all)")
         for family in self.families:
             _check(

@@ -32,6 +32,7 @@ import torch
 
 from recsysllm import generation
 from recsysllm.data.catalog import EntityCatalog
+from recsysllm.data.tasks import render_example
 from recsysllm.prompt_layout import (
     SHORT_ANSWER_TOKENS,
     AnswerBudget,
@@ -39,6 +40,7 @@ from recsysllm.prompt_layout import (
     SpecialTokenIds,
     build_prompt,
 )
+from recsysllm.prompts import PromptTemplate
 from recsysllm.schema import Example, TokenizedExample
 from recsysllm.trie import EntityTrie
 
@@ -100,8 +102,13 @@ class Inference:
         k: int,
         num_beams: int,
         exclude: Sequence[set[str] | frozenset[str]] | None = None,
+        length_normalize: bool = False,
     ) -> list[list[tuple[str, float]]]:
-        """Top-k distinct catalog items per prompt (constrained beams), best first."""
+        """Top-k distinct catalog items per prompt (constrained beams), best first.
+
+        ``length_normalize`` ranks (and scores) by log-probability / tokens (+ [eop]):
+        the ablation; off by default, as D3 found it hurts item generation.
+        """
         return generation.recommend_items(
             self.model,
             prompts,
@@ -109,20 +116,27 @@ class Inference:
             k,
             num_beams=max(k, num_beams),
             exclude=exclude,
+            length_normalize=length_normalize,
             tokenizer=self.tokenizer,
         )
 
     def score_items(
-        self, prompts: Sequence[PromptInputs], candidates: Sequence[Sequence[str]]
+        self,
+        prompts: Sequence[PromptInputs],
+        candidates: Sequence[Sequence[str]],
+        length_normalize: bool = False,
     ) -> list[list[float]]:
-        """Log-likelihood of each candidate item of each prompt, in the given order."""
+        """Log-likelihood of each candidate item of each prompt, in the given order
+        (per token, [eop] included, with ``length_normalize``)."""
         ids = []
         for index, keys in enumerate(candidates):
             try:
                 ids.append([self.item_trie.ids_of(key) for key in keys])
             except KeyError as error:
                 raise ValueError(f"prompt {index}: candidate {error.args[0]}") from None
-        return generation.score_candidates(self.model, prompts, ids, tokenizer=self.tokenizer)
+        return generation.score_candidates(
+            self.model, prompts, ids, length_normalize=length_normalize, tokenizer=self.tokenizer
+        )
 
     def yes_no_scores(
         self,
@@ -168,6 +182,33 @@ class Inference:
         tokenized = self.tokenizer.tokenize_example(example)
         start, end = tokenized.answer_span
         return tuple(tokenized.input_ids[start:end])
+
+
+def user_free_example(
+    example: Example, template: PromptTemplate, catalog: EntityCatalog
+) -> Example:
+    """The example's template rendered without its user: no profile, an empty history
+    (EMPTY_HISTORY_TEXT), the same candidates (1-of-N prompts), no answer.
+
+    log p(item | this prompt) is the template's prior of the item, for prior-corrected
+    (PMI / contextual calibration) scores: log p(item | prompt) - alpha * prior.
+    All-item templates give one such prompt per template; candidate templates one per
+    (template, candidate list).
+
+    Raises:
+        ValueError: the template needs a value a ranking example does not carry (an
+            {item}, {hint} or {review}); the message names the template.
+    """
+    return render_example(
+        template,
+        catalog,
+        user=example.user,
+        user_features={},
+        feature_templates={},
+        history=(),
+        candidates=example.candidates,
+        target=None,
+    )
 
 
 def _with_answer_word(example: Example, word: str) -> Example:

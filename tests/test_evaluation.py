@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -375,6 +376,79 @@ def test_evaluate_rejects_bad_examples(tiny_setup):
         )  # fmt: skip
 
 
+def _inference(tiny_setup):
+    from recsysllm.inference import Inference
+    from recsysllm.prompt_layout import AnswerBudget
+
+    model, tokenizer, catalog, prompts, examples = tiny_setup
+    budget = AnswerBudget.for_catalog(catalog, tokenizer, text=8)
+    return Inference(model, tokenizer, catalog, max_length=128, answer_budget=budget)
+
+
+def test_model_ranker_decodes_once_and_a_longer_list_keeps_the_top_k(tiny_setup, monkeypatch):
+    from recsysllm.evaluation.evaluator import ModelRanker
+
+    inference = _inference(tiny_setup)
+    examples = [e for e in tiny_setup[4] if e.template_id == "sequential-1"]
+    exclude = [frozenset(e.history) for e in examples]
+    short = ModelRanker(inference, num_beams=12).rank_all(examples, exclude, 5)
+    ranker = ModelRanker(inference, num_beams=12, list_length=12)
+    calls = []
+    original = inference.rank_items
+    monkeypatch.setattr(
+        inference, "rank_items", lambda *a, **k: calls.append(a[1]) or original(*a, **k)
+    )
+    long = ranker.rank_all(examples, exclude, 12)
+    # The constrained search's top 5 is the prefix of its top 12 (same beams).
+    assert [items[:5] for items in long] == short
+    assert ranker.rank_all(examples, exclude, 5) == short and calls == [12]
+    # Another exclusion for the same example is decoded again.
+    ranker.rank_all(examples[:1], [frozenset()], 5)
+    assert calls == [12, 12]
+
+
+def test_length_normalised_row_divides_by_the_scored_tokens(tiny_setup):
+    from recsysllm.evaluation.evaluator import ModelRanker
+
+    inference = _inference(tiny_setup)
+    direct = [e for e in tiny_setup[4] if e.candidates][:2]
+    summed = ModelRanker(inference, 10).score_candidates(direct)
+    normalized = ModelRanker(inference, 10, length_normalize=True).score_candidates(direct)
+    for example, sums, means in zip(direct, summed, normalized, strict=True):
+        lengths = [len(inference.item_trie.ids_of(key)) + 1 for key in example.candidates]
+        assert means == pytest.approx([s / n for s, n in zip(sums, lengths, strict=True)])
+
+
+def test_item_priors_score_the_user_free_prompt(tiny_setup):
+    from recsysllm.evaluation.evaluator import ItemPriors
+    from recsysllm.inference import user_free_example
+
+    inference = _inference(tiny_setup)
+    model, tokenizer, catalog, prompts, examples = tiny_setup
+    sequential = [e for e in examples if e.template_id == "sequential-1"]
+    direct = next(e for e in examples if e.candidates)
+    free = user_free_example(sequential[0], prompts.get("sequential-1"), catalog)
+    # No history items, no profile attribute: no entity but the answer's placeholder.
+    assert not [s for s in free.segments if s.entity is not None and not s.answer]
+    assert "no items yet" in "".join(s.text for s in free.segments)
+    # The same prompt for both users of a template: one prior, every catalog item.
+    assert user_free_example(sequential[1], prompts.get("sequential-1"), catalog).segments == (
+        free.segments
+    )
+    priors = ItemPriors(inference, prompts)
+    prior = priors.all_items(sequential[0])
+    assert set(prior) == set(catalog.item_keys) and priors.all_items(sequential[1]) is prior
+    keys = list(catalog.item_keys)[:3]
+    expected = inference.score_items([inference.prompt(free)], [keys])[0]
+    assert [prior[k] for k in keys] == pytest.approx(expected, abs=1e-5)
+    # Candidate templates keep their candidates in the user-free prompt.
+    free_direct = user_free_example(direct, prompts.get(direct.template_id), catalog)
+    shown = [s.entity for s in free_direct.segments if s.entity is not None and not s.answer]
+    assert shown == list(direct.candidates)
+    expected = inference.score_items([inference.prompt(free_direct)], [direct.candidates])[0]
+    assert priors.candidates(direct) == pytest.approx(expected, abs=1e-5)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -454,6 +528,7 @@ def test_cli_uses_the_checkpoint_config_and_a_seeded_user_sample(cli_checkpoint,
         "--checkpoint", str(cli_checkpoint["checkpoint"]),  # no --config: the checkpoint's
         "--split", "test", "--prompts", "all", "--families", "sequential", "direct", "rating",
         "--limit", "3", "--batch-size", "4", "--num-beams", "10", "--out", str(out),
+        "--sasrec-cache", str(out.parent / "sasrec-cache"), "--sasrec-max-epochs", "5",
     ]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -483,11 +558,41 @@ def test_cli_uses_the_checkpoint_config_and_a_seeded_user_sample(cli_checkpoint,
     assert {row["template_id"] for row in document["model"]["per_template"]} == templates
     splits = {row["split"] for row in document["model"]["aggregated"]}
     assert splits == {"seen", "unseen", "all"}
-    assert {"popularity", "random", "global_mean", "user_mean"} == set(document["baselines"])
+    assert {"popularity", "random", "global_mean", "user_mean", "SASRec", "fusion"} == set(
+        document["baselines"]
+    )
+    # SASRec and fusion by default: every ranking row of the model has theirs, with the
+    # same examples and users, standard errors and diversity columns.
+    for name in ("SASRec", "fusion", "popularity"):
+        rows = {
+            (r["family"], r["variant"], r["split"]): r
+            for r in document["baselines"][name]["aggregated"]
+        }
+        for row in document["model"]["aggregated"]:
+            if row["variant"] not in ("all_items", "candidates"):
+                continue
+            other = rows[(row["family"], row["variant"], row["split"])]
+            assert (other["count"], other["users"]) == (row["count"], row["users"])
+            assert set(other["stderr"]) == set(other["metrics"]) == set(row["metrics"])
+            assert {"coverage", "top item share", "top 1% share", "Gini"} <= set(other["diversity"])
+            assert other["diversity"]["k"] == 10 and row["diversity"]["lists"] == row["count"]
+    facts = document["rows"]
+    assert facts["enabled"] == {
+        "SASRec": True, "fusion": True, "model+pmi": False, "model+lennorm": False
+    }  # fmt: skip
+    assert facts["SASRec"]["cache"] == "trained" and facts["SASRec"]["seed"] == 42
+    assert Path(facts["SASRec"]["cache_entry"]).parent == out.parent / "sasrec-cache"
+    assert set(facts["fusion"]["weights"]) == {"all_items", "candidates"}
+    assert facts["fusion"]["chosen_on"]["split"] == "valid"
+    assert facts["fusion"]["chosen_on"]["users"] == 3  # the evaluated users' valid targets
+    markdown = out.with_suffix(".md").read_text()
+    assert "| SASRec |" in markdown and "| fusion |" in markdown and "coverage@10" in markdown
     outcomes = [
         json.loads(line) for line in (out.parent / "outcomes.jsonl").read_text().splitlines()
     ]
     assert {o["user"] for o in outcomes} == set(sample["users"])
+    for system in ("SASRec", "fusion"):
+        assert {o["user"] for o in outcomes if o["system"] == system} == set(sample["users"])
     model_ranked = [o for o in outcomes if o["system"] == "model" and o["variant"] == "all_items"]
     assert model_ranked and all(len(o["top"]) == 10 for o in model_ranked)
     assert out.with_suffix(".md").stat().st_size > 0
@@ -533,3 +638,62 @@ def test_cli_refuses_a_changed_catalog(cli_checkpoint, tmp_path):
     ]  # fmt: skip
     with pytest.raises(CheckpointMismatchError, match="entity catalog differs"):
         main(argv)
+
+
+def test_cli_pmi_and_length_norm_rows(cli_checkpoint, tmp_path):
+    from recsysllm.evaluation.cli import main
+
+    out = tmp_path / "results.json"
+    argv = [
+        "--checkpoint", str(cli_checkpoint["checkpoint"]), "--out", str(out),
+        "--families", "sequential", "direct", "--templates", "sequential-1", "direct-1",
+        "--limit", "3", "--num-beams", "10", "--no-sasrec", "--pmi", "--length-norm-row",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    document = json.loads(out.read_text())
+    assert {"model+pmi", "model+lennorm", "popularity", "random"} == set(document["baselines"])
+    facts = document["rows"]
+    assert facts["enabled"]["SASRec"] is False and "fusion" not in facts
+    assert set(facts["model+pmi"]["alphas"]) == {"all_items", "candidates"}
+    assert all(0.0 <= a <= 1.0 for a in facts["model+pmi"]["alphas"].values())
+    assert set(facts["model+pmi"]["valid_ndcg"]["all_items"]) == {f"{0.1 * i:g}" for i in range(11)}
+    assert facts["model+pmi"]["chosen_on"]["users"] == 3
+    model_rows = {(r["family"], r["split"]): r for r in document["model"]["aggregated"]}
+    for name in ("model+pmi", "model+lennorm"):
+        for row in document["baselines"][name]["aggregated"]:
+            twin = model_rows[(row["family"], row["split"])]
+            assert (row["count"], row["users"]) == (twin["count"], twin["users"])
+    # The model+pmi ranking rescores the model's own list (num_beams 10 = the 10 kept):
+    # the same items, another order.
+    outcomes = [json.loads(line) for line in (tmp_path / "outcomes.jsonl").read_text().splitlines()]
+    model = {(o["user"], o["template_id"]): o for o in outcomes if o["system"] == "model"}
+    pmi = [o for o in outcomes if o["system"] == "model+pmi" and o["variant"] == "all_items"]
+    assert len(pmi) == 3
+    for o in pmi:
+        twin = model[(o["user"], o["template_id"])]
+        assert sorted(k for k, _ in o["top"]) == sorted(k for k, _ in twin["top"])
+
+
+def test_cli_on_the_valid_split_chooses_fusion_on_the_evaluated_examples(
+    cli_checkpoint, tmp_path, capsys
+):
+    from recsysllm.evaluation.cli import main
+
+    out = tmp_path / "results.json"
+    cache = tmp_path / "cache"
+    argv = [
+        "--checkpoint", str(cli_checkpoint["checkpoint"]), "--out", str(out), "--split", "valid",
+        "--families", "sequential", "--templates", "sequential-1", "--limit", "2",
+        "--num-beams", "10", "--sasrec-cache", str(cache), "--sasrec-max-epochs", "3",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    facts = json.loads(out.read_text())["rows"]
+    assert facts["fusion"]["chosen_on"] == {
+        "split": "valid", "examples": 2, "users": 2, "same_as_evaluated": True
+    }  # fmt: skip
+    assert facts["SASRec"]["cache"] == "trained" and facts["SASRec"]["stopped"] == "max_epochs"
+    assert "a lower bound" in out.with_suffix(".md").read_text()
+    # Evaluated again: SASRec's weights come from the cache.
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["rows"]["SASRec"]["cache"] == "reused"
+    assert "SASRec: reused" in capsys.readouterr().err

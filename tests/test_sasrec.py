@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import datasets
 import pytest
@@ -17,8 +19,10 @@ from recsysllm.evaluation.sasrec import (
     SASRecItemRanker,
     SASRecRanker,
     fit,
+    fit_cached,
     ranks_of_targets,
     split_histories,
+    splits_fingerprint,
     training_windows,
 )
 from recsysllm.schema import Example
@@ -258,3 +262,61 @@ def test_item_ranker_row_in_the_harness(splits, ranker):
     assert len(results.outcomes) == 2  # the rating example is not a ranking example
     with pytest.raises(ValueError, match="no SASRec history"):
         SASRecItemRanker(ranker, {}).score_candidates(examples[2:])
+
+
+# --------------------------------------------------------------------------- weights cache
+
+
+def test_weights_cache_is_reused_and_invalidated(splits, tmp_path, caplog):
+    config = SASRecConfig(**{**FAST.__dict__, "max_epochs": 2})
+    histories = [["Title x03", "Title x04"], ["Title x10"]]
+    first, facts = fit_cached(splits, config, seed=3, cache_dir=tmp_path)
+    assert facts["cache"] == "trained" and facts["epochs"] == 2
+    assert facts["splits_fingerprint"] == splits_fingerprint(splits)
+    entry = Path(facts["cache_entry"])
+    record = json.loads(entry.read_text())
+    assert record["seed"] == 3 and record["config"]["max_epochs"] == 2
+    weights = entry.with_suffix(".safetensors")
+    assert weights.exists() and record["weights"] == weights.name
+
+    # Same splits, config and seed: the weights are read back, not retrained.
+    again, facts_again = fit_cached(splits, config, seed=3, cache_dir=tmp_path)
+    assert facts_again["cache"] == "reused" and facts_again["cache_entry"] == str(entry)
+    assert torch.equal(again.score_all(histories), first.score_all(histories))
+    assert [r.loss for r in again.log] == [r.loss for r in first.log]
+    assert again.best_epoch == first.best_epoch and again.stopped == first.stopped
+
+    # Another split (one user fewer), another seed or config: a new entry, trained.
+    other_splits = successor_splits(num_users=59)
+    assert splits_fingerprint(other_splits) != splits_fingerprint(splits)
+    _, facts_other = fit_cached(other_splits, config, seed=3, cache_dir=tmp_path)
+    assert facts_other["cache"] == "trained" and facts_other["cache_entry"] != str(entry)
+    _, facts_seed = fit_cached(splits, config, seed=4, cache_dir=tmp_path)
+    assert facts_seed["cache"] == "trained" and facts_seed["cache_entry"] != str(entry)
+    capped = SASRecConfig(**{**config.__dict__, "max_epochs": 1})
+    assert fit_cached(splits, capped, seed=3, cache_dir=tmp_path)[1]["cache"] == "trained"
+
+    # Corrupt weights (or a JSON whose identity was edited): retrained and rewritten.
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
+    with caplog.at_level("WARNING"):
+        _, facts_corrupt = fit_cached(splits, config, seed=3, cache_dir=tmp_path)
+    assert facts_corrupt["cache"] == "trained" and "not as recorded" in caplog.text
+    assert fit_cached(splits, config, seed=3, cache_dir=tmp_path)[1]["cache"] == "reused"
+    record = json.loads(entry.read_text())
+    record["splits_fingerprint"] = "0" * 64
+    entry.write_text(json.dumps(record))
+    assert fit_cached(splits, config, seed=3, cache_dir=tmp_path)[1]["cache"] == "trained"
+    assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
+
+
+def test_a_time_cap_stops_training_and_marks_a_lower_bound(splits):
+    config = SASRecConfig(**{**FAST.__dict__, "max_epochs": 50, "max_seconds": 1e-6})
+    ranker = fit(splits, config, seed=0)
+    assert len(ranker.log) == 1 and ranker.stopped == "time cap" and ranker.capped
+    uncapped = fit(splits, SASRecConfig(**{**FAST.__dict__, "max_epochs": 2}), seed=0)
+    assert uncapped.stopped == "max_epochs" and uncapped.capped
+    patient = SASRecConfig(**{**FAST.__dict__, "learning_rate": 0.3, "patience": 2})
+    stopped = fit(splits, patient, seed=0)
+    assert stopped.stopped == "early stopping" and not stopped.capped
+    with pytest.raises(ValueError, match="max_seconds"):
+        SASRecConfig(max_seconds=0)

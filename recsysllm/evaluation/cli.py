@@ -8,15 +8,21 @@ overrides, but a value that changes the examples differs from training only with
 ``--allow-config-override``) -> rebuild the data (the same split as training; a
 catalog whose hash differs from the checkpoint's is refused) -> build the examples,
 keep the chosen families/templates and a seeded sample of users -> evaluate the
-model and the baselines under one protocol -> write results.json, outcomes.jsonl,
-results.md and results.png next to ``--out``.
+model, SASRec, fusion (and, when asked, model+pmi and model+lennorm; weights chosen
+on the valid split) and the baselines under one protocol -> write results.json,
+outcomes.jsonl, results.md and results.png next to ``--out``. SASRec weights are
+cached under ``<checkpoint>/sasrec`` (``--sasrec-cache``), keyed by the splits, the
+SASRec config and the seed, so re-evaluating does not retrain.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,8 +32,11 @@ from recsysllm.checkpoint_meta import check_compatible
 from recsysllm.config import Config, config_from_dict, load_config
 from recsysllm.config import apply_overrides as apply_override_strings
 from recsysllm.evaluation.baselines import evaluate_baselines, training_statistics
-from recsysllm.evaluation.evaluator import EvalProtocol, evaluate, history_items
+from recsysllm.evaluation.evaluator import EvalProtocol, ModelRanker, evaluate, history_items
 from recsysllm.evaluation.report import write_reports
+from recsysllm.evaluation.rows import RowSettings, extra_rows
+from recsysllm.evaluation.sasrec import SASRecConfig
+from recsysllm.inference import Inference
 from recsysllm.schema import TASK_FAMILIES, Example
 
 # data fields that change which examples exist or how their prompts read: evaluation
@@ -112,6 +121,61 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="all-item rankings of every row exclude the user's training history "
         "(default: eval.exclude_history, true); --no-exclude-history excludes nothing",
+    )
+    parser.add_argument(
+        "--sasrec",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a SASRec row in every ranking table, trained on the same splits (seed data.seed) "
+        "and cached (default: eval.sasrec, true); --no-sasrec drops it and the fusion row",
+    )
+    parser.add_argument(
+        "--fusion",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="an LM + SASRec fusion row, its weight chosen on the valid split "
+        "(default: eval.fusion, true)",
+    )
+    parser.add_argument(
+        "--pmi",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a model+pmi row: log p(item | prompt) - alpha * log p(item | user-free prompt), "
+        "alpha chosen on the valid split (default: eval.pmi, false)",
+    )
+    parser.add_argument(
+        "--length-norm-row",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a model+lennorm ablation row (log-probability per token; default: "
+        "eval.length_norm_row, false)",
+    )
+    parser.add_argument(
+        "--sasrec-max-epochs",
+        type=int,
+        default=None,
+        help="SASRec epochs at most (default: eval.sasrec_max_epochs, else 200); a capped "
+        "SASRec is reported as a lower bound",
+    )
+    parser.add_argument(
+        "--sasrec-max-seconds",
+        type=float,
+        default=None,
+        help="SASRec training time cap in seconds (default: eval.sasrec_max_seconds, none)",
+    )
+    parser.add_argument(
+        "--sasrec-cache",
+        default=None,
+        metavar="DIR",
+        help="cache of SASRec weights (default: eval.sasrec_cache_dir, else <checkpoint>/sasrec, "
+        "or beside --out when the checkpoint is not writable)",
+    )
+    parser.add_argument(
+        "--valid-limit",
+        type=int,
+        default=None,
+        help="choose fusion weights / PMI alphas on the valid examples of a seeded sample of "
+        "N evaluated users (default: eval.valid_limit, all)",
     )
     parser.add_argument(
         "--max-new-tokens",
@@ -220,6 +284,78 @@ def sample_users(
     return [e for e in examples if e.user in kept], info
 
 
+def row_settings(args, eval_args, num_beams: int, batch_size: int, seed: int) -> RowSettings:
+    """The extra rows asked for by the flags, else by the config's eval section."""
+
+    def pick(flag, field_name):
+        return getattr(eval_args, field_name) if flag is None else flag
+
+    sasrec_config = SASRecConfig()
+    max_epochs = pick(args.sasrec_max_epochs, "sasrec_max_epochs")
+    max_seconds = pick(args.sasrec_max_seconds, "sasrec_max_seconds")
+    if max_epochs is not None:
+        sasrec_config = dataclasses.replace(sasrec_config, max_epochs=max_epochs)
+    if max_seconds is not None:
+        sasrec_config = dataclasses.replace(sasrec_config, max_seconds=max_seconds)
+    return RowSettings(
+        sasrec=pick(args.sasrec, "sasrec"),
+        fusion=pick(args.fusion, "fusion"),
+        pmi=pick(args.pmi, "pmi"),
+        length_norm=pick(args.length_norm_row, "length_norm_row"),
+        sasrec_config=sasrec_config,
+        sasrec_seed=seed,
+        num_candidates=num_beams,
+        batch_size=batch_size,
+    )
+
+
+def sasrec_cache_dir(args, eval_args) -> Path:
+    """--sasrec-cache, else eval.sasrec_cache_dir, else <checkpoint>/sasrec when the
+    checkpoint directory is writable, else ``sasrec`` beside --out."""
+    chosen = args.sasrec_cache or eval_args.sasrec_cache_dir
+    if chosen:
+        return Path(chosen)
+    checkpoint = Path(args.checkpoint)
+    if os.access(checkpoint, os.W_OK):
+        return checkpoint / "sasrec"
+    return Path(args.out).parent / "sasrec"
+
+
+def valid_selection(
+    data,
+    examples: Sequence[Example],
+    families: Sequence[str],
+    prompt_set_name: str,
+    templates: Sequence[str] | None,
+    known: Sequence[str],
+    protocol: EvalProtocol,
+    valid_limit: int | None,
+    seed: int,
+) -> tuple[list[Example], EvalProtocol]:
+    """VALID-split ranking examples of the evaluated users and templates (a seeded sample
+    of ``valid_limit`` users with it), and their protocol: where weights are chosen.
+
+    When none of the evaluated users has a valid target (every user sits whole in one
+    split), a seeded sample of as many valid users stands in.
+    """
+    ranking = [f for f in families if f in ("sequential", "direct")]
+    if not ranking:
+        return [], protocol
+    valid = data.tasks.examples("valid", ranking, prompts=prompt_set_name, seed=seed)
+    valid = select_templates(valid, templates, known)
+    users = {e.user for e in examples}
+    overlap = [e for e in valid if e.user in users]
+    if overlap:
+        valid = overlap
+    else:
+        # Users with fewer than three events sit whole in one split (clothing reviews):
+        # the evaluated users have no valid target, so as many other users' do.
+        valid, _ = sample_users(valid, len(users), seed)
+    valid, _ = sample_users(valid, valid_limit, seed)
+    valid_protocol = dataclasses.replace(protocol, history=history_items(data.splits, "valid"))
+    return valid, valid_protocol
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model, tokenizer, catalog, prompts, meta, checkpoint_config = (
@@ -262,8 +398,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         exclude_history=exclude_history,
         history=history_items(data.splits, split),
         seed=data_args.seed,
+        catalog_size=len(catalog.item_keys),
     )
     budget = pipeline.answer_budget(data_args, catalog, tokenizer)
+    settings_rows = row_settings(args, eval_args, num_beams, batch_size, data_args.seed)
+    settings_rows = dataclasses.replace(
+        settings_rows, sasrec_cache_dir=sasrec_cache_dir(args, eval_args)
+    )
+    lm = ModelRanker(
+        Inference(model, tokenizer, catalog, max_length=data_args.max_length, answer_budget=budget),
+        num_beams,
+        list_length=settings_rows.num_candidates if settings_rows.needs_valid else 0,
+    )
     results = evaluate(
         model,
         tokenizer,
@@ -276,6 +422,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_beams=num_beams,
         max_new_tokens=max_new_tokens,
         prompts=prompts,
+        ranker=lm,
+    )
+    valid_examples: list[Example] = []
+    valid_protocol = protocol
+    valid_limit = args.valid_limit if args.valid_limit is not None else eval_args.valid_limit
+    if settings_rows.needs_valid and split == "valid":
+        # Weights chosen on the evaluated examples themselves (recorded as such); the
+        # same objects, so the model's answers are reused.
+        valid_examples, _ = sample_users(examples, valid_limit, data_args.seed)
+    elif settings_rows.needs_valid:
+        valid_examples, valid_protocol = valid_selection(
+            data, examples, families, prompt_set_name, args.templates, known, protocol,
+            valid_limit, data_args.seed,
+        )  # fmt: skip
+    rows, row_facts = extra_rows(
+        lm=lm,
+        splits=data.splits,
+        split=split,
+        examples=examples,
+        protocol=protocol,
+        valid_examples=valid_examples,
+        valid_protocol=valid_protocol,
+        settings=settings_rows,
+        prompt_set=prompts,
+        report=lambda message: print(f"recsysllm evaluate: {message}", file=sys.stderr, flush=True),
     )
     item_counts, user_ratings = training_statistics(data.splits, split)
     has_ratings = any(ratings for ratings in user_ratings.values())
@@ -286,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         protocol=protocol,
         user_ratings=user_ratings if has_ratings else None,
     )
+    baselines = {**rows, **baselines}
     settings = {name: getattr(data_args, name) for name in EXAMPLE_FIELDS}
     settings |= {
         "answer_budget": {"item": budget.item, "short": budget.short, "text": budget.text},
@@ -312,6 +484,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # 1-of-(N+1) direct lists; N < data.num_negatives on a small catalog.
         "direct_negatives": data.splits.num_negatives,
         "data_notes": dict(data.splits.tables.notes),
+        "rows": {
+            "enabled": {
+                "SASRec": settings_rows.sasrec,
+                "fusion": settings_rows.sasrec and settings_rows.fusion,
+                "model+pmi": settings_rows.pmi,
+                "model+lennorm": settings_rows.length_norm,
+            },
+            **row_facts,
+        },
         "config": config.to_dict(),
     }
     paths = write_reports(results, baselines, metadata, args.out)

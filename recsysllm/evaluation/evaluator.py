@@ -53,7 +53,8 @@ from tqdm.auto import tqdm
 
 from recsysllm.data.catalog import EntityCatalog
 from recsysllm.evaluation import metrics
-from recsysllm.inference import DEFAULT_YES_NO_WORDS, Inference
+from recsysllm.evaluation.diversity import diversity_metrics
+from recsysllm.inference import DEFAULT_YES_NO_WORDS, Inference, user_free_example
 from recsysllm.prompt_layout import (
     DEFAULT_TEXT_ANSWER_TOKENS,
     AnswerBudget,
@@ -93,6 +94,10 @@ class EvalProtocol:
             target (``history_items``); used when ``exclude_history``.
         rating_scale: (min, max) rating, for the worst-case rule.
         seed: seeds the bootstrap standard errors (and sampling decoders).
+        catalog_size: items in the catalog; when set, every ranking row of the
+            aggregates carries ``diversity`` (``diversity.diversity_metrics`` of its
+            top-max(ks) lists: coverage, top item / top 1% / largest prefix group
+            shares, Gini).
     """
 
     ks: tuple[int, ...] = (1, 5, 10)
@@ -100,6 +105,7 @@ class EvalProtocol:
     history: Mapping[str, Collection[str]] = field(default_factory=dict)
     rating_scale: tuple[float, float] = (1.0, 5.0)
     seed: int = 0
+    catalog_size: int | None = None
 
     def excluded(self, example: Example) -> frozenset[str]:
         """Items never to return for this example's all-item ranking."""
@@ -314,7 +320,7 @@ class EvaluationResults:
         low, high = self.protocol.rating_scale
         ratings = [o for o in outcomes if o.variant == "rating"]
         values, errors = self.group_metrics(outcomes)
-        return {
+        row = {
             "count": len(outcomes),
             "users": len({o.user for o in outcomes}),
             "truncated": sum(o.truncated for o in outcomes),
@@ -325,6 +331,14 @@ class EvaluationResults:
             "metrics": values,
             "stderr": errors,
         }
+        if self.protocol.catalog_size is not None and outcomes[0].variant in RANKING_VARIANTS:
+            k = max(self.ks)
+            lists = [[key for key, _ in o.top[:k]] for o in outcomes]
+            row["diversity"] = {
+                "k": k,
+                **diversity_metrics(lists, self.protocol.catalog_size),
+            }
+        return row
 
 
 def _auc_or_half(scores: Sequence[float], labels: Sequence[bool]) -> float:
@@ -433,12 +447,37 @@ def _candidate_fields(example: Example, scores: Sequence[float], k: int) -> dict
 
 
 class ModelRanker:
-    """The model as an :class:`ItemRanker` (prompts built by :class:`Inference`)."""
+    """The model as an :class:`ItemRanker` (prompts built by :class:`Inference`).
 
-    def __init__(self, inference: Inference, num_beams: int) -> None:
+    Answers are remembered per example object, so the rows built on the model's
+    answers (fusion, prior-corrected scores) reuse the model row's decoding:
+    ``rank_all`` always decodes ``max(k, list_length)`` items (the constrained
+    search's top-k is a prefix of its top-``list_length``: beams evolve the same and
+    an item found later never outscores the k kept) and returns the first ``k``.
+
+    Args:
+        inference: the model's :class:`Inference`.
+        num_beams: beams of the constrained search (>= every list length asked).
+        list_length: items decoded per all-item example at least (the longest list a
+            row built on this one rescored; 0: just ``k``).
+        length_normalize: rank by log-probability per token (the ablation row).
+    """
+
+    def __init__(
+        self,
+        inference: Inference,
+        num_beams: int,
+        list_length: int = 0,
+        length_normalize: bool = False,
+    ) -> None:
         self.inference = inference
         self.num_beams = num_beams
+        self.list_length = list_length
+        self.length_normalize = length_normalize
         self.truncated: dict[int, bool] = {}
+        # id(example) -> (example kept alive, exclude, length asked, answer)
+        self._lists: dict[int, tuple[Example, frozenset[str], int, list[tuple[str, float]]]] = {}
+        self._scores: dict[int, tuple[Example, list[float]]] = {}
 
     def _prompts(self, examples: Sequence[Example]):
         prompts = self.inference.prompts(examples)
@@ -447,12 +486,218 @@ class ModelRanker:
         return prompts
 
     def rank_all(self, examples, exclude, k):
-        prompts = self._prompts(examples)
-        return self.inference.rank_items(prompts, k, self.num_beams, exclude=exclude)
+        length = max(k, self.list_length)
+        todo = [
+            i
+            for i, (example, excluded) in enumerate(zip(examples, exclude, strict=True))
+            if not self._known_list(example, frozenset(excluded), length)
+        ]
+        if todo:
+            prompts = self._prompts([examples[i] for i in todo])
+            ranked = self.inference.rank_items(
+                prompts,
+                length,
+                max(self.num_beams, length),
+                exclude=[exclude[i] for i in todo],
+                length_normalize=self.length_normalize,
+            )
+            for i, items in zip(todo, ranked, strict=True):
+                self._lists[id(examples[i])] = (examples[i], frozenset(exclude[i]), length, items)
+        return [self._lists[id(e)][3][:k] for e in examples]
+
+    def _known_list(self, example: Example, excluded: frozenset[str], length: int) -> bool:
+        known = self._lists.get(id(example))
+        if known is None or known[0] is not example or known[1] != excluded:
+            return False
+        return known[2] >= length
 
     def score_candidates(self, examples):
-        prompts = self._prompts(examples)
-        return self.inference.score_items(prompts, [e.candidates for e in examples])
+        todo = [e for e in examples if id(e) not in self._scores or self._scores[id(e)][0] is not e]
+        if todo:
+            prompts = self._prompts(todo)
+            scores = self.inference.score_items(
+                prompts, [e.candidates for e in todo], length_normalize=self.length_normalize
+            )
+            for example, values in zip(todo, scores, strict=True):
+                self._scores[id(example)] = (example, values)
+        return [list(self._scores[id(e)][1]) for e in examples]
+
+
+# ------------------------------------------------------------- prior-corrected scores (PMI)
+
+DEFAULT_ALPHA_GRID = tuple(round(0.1 * step, 1) for step in range(11))  # 0.0, 0.1, ..., 1.0
+
+
+class ItemPriors:
+    """log p(item | a user-free prompt of the example's template): the template's prior.
+
+    The user-free prompt is :func:`inference.user_free_example` (no profile, empty
+    history, same candidates). All-item templates: one prompt per template, every
+    catalog item scored exactly once (teacher-forced log-likelihood, as
+    ``Inference.score_items``); candidate templates: one prompt per (template,
+    candidate list), its candidates scored. Both are cached.
+
+    Args:
+        inference: the model's :class:`Inference` (the same model as the row).
+        prompt_set: the checkpoint's prompt set (the templates to render).
+    """
+
+    def __init__(self, inference: Inference, prompt_set: PromptSet) -> None:
+        self.inference = inference
+        self.prompt_set = prompt_set
+        self._all: dict[str, dict[str, float]] = {}
+        self._candidates: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+
+    def _prompt(self, example: Example):
+        template = self.prompt_set.get(example.template_id)
+        return self.inference.prompt(user_free_example(example, template, self.inference.catalog))
+
+    def all_items(self, example: Example) -> dict[str, float]:
+        """item key -> prior log-probability, for every catalog item (once per template)."""
+        if example.template_id not in self._all:
+            keys = list(self.inference.catalog.item_keys)
+            scores = self.inference.score_items([self._prompt(example)], [keys])[0]
+            self._all[example.template_id] = dict(zip(keys, scores, strict=True))
+        return self._all[example.template_id]
+
+    def candidates(self, example: Example) -> list[float]:
+        """Prior log-probability of each candidate, in candidate order."""
+        key = (example.template_id, tuple(example.candidates))
+        if key not in self._candidates:
+            prompt = self._prompt(example)
+            self._candidates[key] = self.inference.score_items([prompt], [example.candidates])[0]
+        return self._candidates[key]
+
+
+@dataclass(frozen=True)
+class PriorCase:
+    """One example's candidate items with their model and prior log-probabilities.
+
+    Attributes:
+        candidates: item keys (all-item: the model's list, best first; direct: the
+            prompt's candidates).
+        log_probs: log p(item | prompt) of each.
+        prior_log_probs: log p(item | user-free prompt) of each.
+        target: the gold item key (a miss when not among the candidates).
+    """
+
+    candidates: tuple[str, ...]
+    log_probs: tuple[float, ...]
+    prior_log_probs: tuple[float, ...]
+    target: str
+
+
+def pmi_scores(
+    log_probs: Sequence[float], prior_log_probs: Sequence[float], alpha: float
+) -> list[float]:
+    """log p(item | prompt) - alpha * log p(item | user-free prompt), elementwise.
+
+    Example:
+        >>> pmi_scores([-1.0, -2.0], [-0.5, -4.0], 0.5)
+        [-0.75, 0.0]
+    """
+    return [s - alpha * p for s, p in zip(log_probs, prior_log_probs, strict=True)]
+
+
+def pmi_rerank(case: PriorCase, alpha: float) -> list[tuple[str, float]]:
+    """(candidate, PMI score), best first; equal scores keep the candidates' order."""
+    scores = pmi_scores(case.log_probs, case.prior_log_probs, alpha)
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return [(case.candidates[i], scores[i]) for i in order]
+
+
+def choose_alpha(
+    valid_cases: Sequence[PriorCase], grid: Sequence[float] = DEFAULT_ALPHA_GRID, k: int = 10
+) -> tuple[float, dict[float, float]]:
+    """The grid alpha with the highest NDCG@k on VALID cases (ties: the smaller alpha).
+
+    Candidate cases rank pessimistically on ties, as the harness does.
+
+    Returns:
+        (best alpha, alpha -> valid NDCG@k).
+    """
+    if not valid_cases:
+        raise ValueError("choose_alpha needs at least one valid case")
+    if not grid:
+        raise ValueError("choose_alpha needs a non-empty grid")
+    scores = {}
+    for alpha in grid:
+        ranks = [_pessimistic_rank(case, alpha) for case in valid_cases]
+        scores[alpha] = metrics.ndcg_at_k(ranks, k)
+    best = min(scores, key=lambda alpha: (-scores[alpha], alpha))
+    return best, scores
+
+
+def _pessimistic_rank(case: PriorCase, alpha: float) -> int | None:
+    if case.target not in case.candidates:
+        return None
+    scores = pmi_scores(case.log_probs, case.prior_log_probs, alpha)
+    target = scores[case.candidates.index(case.target)]
+    return 1 + sum(
+        1
+        for key, s in zip(case.candidates, scores, strict=True)
+        if key != case.target and s >= target
+    )
+
+
+class PMIRanker:
+    """The model with prior-corrected scores, as an :class:`ItemRanker` (row "model+pmi").
+
+    All-item examples: the model's constrained beam top-``num_candidates`` (under the
+    protocol's exclusion) rescored by :func:`pmi_scores` with ``alpha_all`` (a
+    rescoring of the beam's list, not a search under the corrected score: an item
+    the beam did not reach stays a miss). Candidate examples: every candidate's
+    score corrected with ``alpha_candidates``. Both alphas come from
+    :func:`choose_alpha` on the valid split.
+    """
+
+    def __init__(
+        self,
+        lm: ModelRanker,
+        priors: ItemPriors,
+        alpha_all: float,
+        alpha_candidates: float,
+        num_candidates: int = 20,
+    ) -> None:
+        self.lm, self.priors = lm, priors
+        self.alpha_all, self.alpha_candidates = alpha_all, alpha_candidates
+        self.num_candidates = num_candidates
+
+    def cases(self, examples, exclude, length: int | None = None) -> list[PriorCase]:
+        """PriorCases of all-item examples: the model's list and its priors."""
+        lists = self.lm.rank_all(examples, exclude, length or self.num_candidates)
+        cases = []
+        for example, items in zip(examples, lists, strict=True):
+            prior = self.priors.all_items(example)
+            cases.append(
+                PriorCase(
+                    tuple(key for key, _ in items),
+                    tuple(score for _, score in items),
+                    tuple(prior[key] for key, _ in items),
+                    example.target or "",
+                )
+            )
+        return cases
+
+    def candidate_cases(self, examples) -> list[PriorCase]:
+        """PriorCases of candidate examples: every candidate's score and prior."""
+        scores = self.lm.score_candidates(examples)
+        return [
+            PriorCase(
+                tuple(e.candidates), tuple(s), tuple(self.priors.candidates(e)), e.target or ""
+            )
+            for e, s in zip(examples, scores, strict=True)
+        ]
+
+    def rank_all(self, examples, exclude, k):
+        cases = self.cases(examples, exclude, max(k, self.num_candidates))
+        return [pmi_rerank(case, self.alpha_all)[:k] for case in cases]
+
+    def score_candidates(self, examples):
+        return [
+            pmi_scores(case.log_probs, case.prior_log_probs, self.alpha_candidates)
+            for case in self.candidate_cases(examples)
+        ]
 
 
 # ------------------------------------------------------------------------- evaluate
@@ -473,6 +718,7 @@ def evaluate(
     max_new_tokens: int = DEFAULT_TEXT_ANSWER_TOKENS,
     prompts: PromptSet | None = None,
     progress: bool = True,
+    ranker: ModelRanker | None = None,
 ) -> EvaluationResults:
     """Score a model on task examples, batched, with one outcome per example.
 
@@ -496,6 +742,9 @@ def evaluate(
         prompts: the checkpoint's prompt set, for the answer words of yes/no templates
             (None: every yes/no template answers "yes" / "no").
         progress: show a tqdm bar over examples.
+        ranker: the model's :class:`ModelRanker` to rank with (its ``inference`` then
+            answers every family), so rows built on the model's answers (fusion,
+            prior-corrected scores) reuse them; None: one is made here.
 
     Returns:
         The model's :class:`EvaluationResults` (``system="model"``).
@@ -515,11 +764,15 @@ def evaluate(
             raise ValueError(f"{example.describe()}: not a task example (no target/answer type)")
         if example.answer_type == "rating":
             _parse_target_rating(example)
-    if answer_budget is None:
-        answer_budget = AnswerBudget.for_catalog(catalog, tokenizer, text=max_new_tokens)
-    inference = Inference(
-        model, tokenizer, catalog, max_length=max_length, answer_budget=answer_budget
-    )
+    if ranker is None:
+        if answer_budget is None:
+            answer_budget = AnswerBudget.for_catalog(catalog, tokenizer, text=max_new_tokens)
+        inference = Inference(
+            model, tokenizer, catalog, max_length=max_length, answer_budget=answer_budget
+        )
+        ranker = ModelRanker(inference, num_beams)
+    inference = ranker.inference
+    answer_budget = inference.answer_budget
     check_prompts_fit(
         (tokenizer.tokenize_example(e) for e in selected),
         inference.special,
@@ -529,7 +782,6 @@ def evaluate(
     )
 
     bar = tqdm(total=len(selected), desc="evaluate", unit="example", disable=not progress)
-    ranker = ModelRanker(inference, num_beams)
     ranking = [e for e in selected if example_variant(e) in RANKING_VARIANTS]
     ranked = evaluate_ranker("model", _Progress(ranker, bar), ranking, protocol, batch_size)
     by_example = {

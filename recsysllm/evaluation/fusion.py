@@ -184,16 +184,26 @@ class FusionRanker:
         sasrec: SASRec's ranker (``sasrec.SASRecItemRanker`` of the same split).
         weight: the fusion weight, chosen on valid (:func:`choose_weight`).
         num_candidates: LM list length to rescore (needs that many beams).
+        candidate_weight: the weight of candidate (direct) examples, chosen on their
+            own valid cases (None: ``weight``).
     """
 
     def __init__(
-        self, lm: ItemRanker, sasrec: SASRecItemRanker, weight: float, num_candidates: int = 20
+        self,
+        lm: ItemRanker,
+        sasrec: SASRecItemRanker,
+        weight: float,
+        num_candidates: int = 20,
+        candidate_weight: float | None = None,
     ) -> None:
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"fusion weight must be in [0, 1], got {weight}")
+        candidate_weight = weight if candidate_weight is None else candidate_weight
+        for value in (weight, candidate_weight):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"fusion weight must be in [0, 1], got {value}")
         self.lm = lm
         self.sasrec = sasrec
         self.weight = weight
+        self.candidate_weight = candidate_weight
         self.num_candidates = num_candidates
 
     def rank_all(
@@ -205,7 +215,7 @@ class FusionRanker:
     def score_candidates(self, examples: Sequence[Example]) -> list[list[float]]:
         lm = self.lm.score_candidates(examples)
         sasrec = self.sasrec.score_candidates(examples)
-        return [fuse(a, b, self.weight) for a, b in zip(lm, sasrec, strict=True)]
+        return [fuse(a, b, self.candidate_weight) for a, b in zip(lm, sasrec, strict=True)]
 
 
 def lm_list_cases(

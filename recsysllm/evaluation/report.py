@@ -24,6 +24,14 @@ from recsysllm.files import atomic_write
 
 RANKING_VARIANTS = ("all_items", "candidates")
 OUTCOMES_FILENAME = "outcomes.jsonl"
+# (key of a row's "diversity", markdown column); the first column is coverage@k.
+DIVERSITY_COLUMNS = (
+    ("coverage", "coverage"),
+    ("top item share", "top item share"),
+    ("top 1% share", "top 1% share"),
+    ("largest prefix group share", "largest prefix group share"),
+    ("Gini", "Gini"),
+)
 
 
 def results_document(
@@ -98,14 +106,21 @@ def markdown_report(document: Mapping[str, Any]) -> str:
         header = ["system", "split", "n", "users", *metric_names]
         if variant == "rating":
             header += ["unparseable", "out of scale"]
+        diversity_k = next((r["diversity"]["k"] for _, r in rows if "diversity" in r), None)
+        if diversity_k is not None:
+            header += [f"coverage@{diversity_k}", *(label for _, label in DIVERSITY_COLUMNS[1:])]
         lines += [_md_row(header), _md_row(["---"] * len(header))]
         for name, row in rows:
             cells = [name, row["split"], str(row["count"]), str(row["users"])]
             cells += [_format(row["metrics"].get(m), row["stderr"].get(m)) for m in metric_names]
             if variant == "rating":
                 cells += [str(row["unparseable"]), str(row["out_of_scale"])]
+            if diversity_k is not None:
+                diversity = row.get("diversity", {})
+                cells += [_format(diversity.get(key)) for key, _ in DIVERSITY_COLUMNS]
             lines.append(_md_row(cells))
         lines.append("")
+    lines += _row_notes(document.get("rows", {}))
 
     lines += ["## Model per template", ""]
     header = ["family", "variant", "template", "split", "n", "truncated prompts", "unparseable"]
@@ -119,6 +134,37 @@ def markdown_report(document: Mapping[str, Any]) -> str:
         cells += [str(row["count"]), str(row["truncated"]), str(row["unparseable"]), shown]
         lines.append(_md_row(cells))
     return "\n".join(lines) + "\n"
+
+
+def _row_notes(facts: Mapping[str, Any]) -> list[str]:
+    """One line per extra row: how it was made and what was chosen on valid."""
+    lines = []
+    sasrec = facts.get("SASRec")
+    if sasrec:
+        bound = (
+            f" **Capped ({sasrec['stopped']}): a lower bound of SASRec.**"
+            if sasrec["capped"]
+            else ""
+        )
+        lines.append(
+            f"- SASRec: seed {sasrec['seed']}, {sasrec['epochs']} epochs, best valid "
+            f"NDCG@{sasrec['config']['valid_k']} at epoch {sasrec['best_epoch']}, stopped by "
+            f"{sasrec['stopped']}; weights {sasrec['cache']} "
+            f"(`{sasrec['cache_entry']}`).{bound}"
+        )
+    for name, key in (("fusion", "weights"), ("model+pmi", "alphas")):
+        if name in facts:
+            chosen = facts[name][key]
+            valid = facts[name]["chosen_on"]
+            lines.append(
+                f"- {name}: {facts[name]['score']}; {key} chosen on the valid split "
+                f"({valid['examples']} examples, {valid['users']} users) by "
+                f"{facts[name]['metric']}: all items {chosen['all_items']:g}, "
+                f"candidates {chosen['candidates']:g}."
+            )
+    if "model+lennorm" in facts:
+        lines.append(f"- model+lennorm: {facts['model+lennorm']['score']}.")
+    return ["## Rows", "", *lines, ""] if lines else []
 
 
 def plot_ranking(document: Mapping[str, Any], path: str | os.PathLike) -> None:

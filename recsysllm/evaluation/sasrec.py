@@ -38,17 +38,25 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 import logging
 import math
+import os
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recsysllm.data.splits import RecSplits
 from recsysllm.evaluation import metrics
+from recsysllm.files import atomic_write
 from recsysllm.schema import Example
 
 logger = logging.getLogger(__name__)
@@ -77,6 +85,11 @@ class SASRecConfig:
         valid_k: the k of the early-stopping metric NDCG@k.
         exclude_history: rank without the history items when validating.
         eval_batch_size: users per scoring batch.
+        max_seconds: stop after the first epoch that ends past this many seconds of
+            training (None: no time cap). A capped run (``SASRecRanker.capped``) may stop
+            before early stopping would, so its figures are a lower bound of SASRec's;
+            where the cap falls depends on the machine, so a capped fit is not
+            reproducible across machines (the weights cache makes it reusable).
     """
 
     num_layers: int = 2
@@ -95,8 +108,11 @@ class SASRecConfig:
     valid_k: int = 10
     exclude_history: bool = True
     eval_batch_size: int = 256
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"SASRecConfig.max_seconds must be > 0, got {self.max_seconds}")
         for name in ("num_layers", "num_heads", "hidden_size", "inner_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SASRecConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -223,6 +239,9 @@ class SASRecRanker:
         config: the configuration it was trained with.
         log: one record per trained epoch.
         best_epoch: the epoch whose weights the model holds (best valid NDCG@k).
+        stopped: why training ended: "early stopping", "max_epochs" or "time cap"
+            (None: not trained here).
+        train_seconds: wall-clock seconds of training.
     """
 
     def __init__(
@@ -232,6 +251,8 @@ class SASRecRanker:
         config: SASRecConfig,
         log: Sequence[EpochRecord] = (),
         best_epoch: int | None = None,
+        stopped: str | None = None,
+        train_seconds: float | None = None,
     ) -> None:
         if len(items) != model.num_items:
             raise ValueError(f"{len(items)} item keys for a model of {model.num_items} items")
@@ -241,6 +262,14 @@ class SASRecRanker:
         self.config = config
         self.log = list(log)
         self.best_epoch = best_epoch
+        self.stopped = stopped
+        self.train_seconds = train_seconds
+
+    @property
+    def capped(self) -> bool:
+        """Whether a cap (time or epochs) ended training before early stopping did: a
+        capped SASRec's figures are a lower bound."""
+        return self.stopped in ("time cap", "max_epochs")
 
     def encode(self, history: Sequence[str]) -> list[int]:
         """Model input of a history: its last ``max_length`` items as indices (1-based)."""
@@ -495,6 +524,8 @@ def fit(
         ranker = SASRecRanker(model, items, config)
         best_score, best_state, best_epoch = -1.0, copy.deepcopy(model.state_dict()), 0
         log: list[EpochRecord] = []
+        started = time.monotonic()
+        stopped = "max_epochs"
         for epoch in range(1, config.max_epochs + 1):
             model.train()
             order = rng.permutation(len(windows))
@@ -522,9 +553,13 @@ def fit(
             if score > best_score:
                 best_score, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), epoch
             elif epoch - best_epoch >= config.patience:
+                stopped = "early stopping"
+                break
+            if config.max_seconds is not None and time.monotonic() - started > config.max_seconds:
+                stopped = "time cap" if epoch < config.max_epochs else "max_epochs"
                 break
         model.load_state_dict(best_state)
-    return SASRecRanker(model, items, config, log, best_epoch)
+    return SASRecRanker(model, items, config, log, best_epoch, stopped, time.monotonic() - started)
 
 
 def _valid_ndcg(ranker: SASRecRanker, valid: _ValidSet, config: SASRecConfig) -> float:
@@ -532,3 +567,150 @@ def _valid_ndcg(ranker: SASRecRanker, valid: _ValidSet, config: SASRecConfig) ->
         return 0.0
     ranks = ranker.target_ranks(valid.histories, valid.targets, config.exclude_history)
     return metrics.ndcg_at_k(ranks, config.valid_k)
+
+
+# --------------------------------------------------------------------------- weights cache
+
+CACHE_FORMAT = 1
+
+
+def splits_fingerprint(splits: RecSplits) -> str:
+    """sha256 over everything :func:`fit` reads from the splits: the sorted item keys,
+    every user's train item keys and valid (history, target). Equal fingerprints mean
+    the same training and early-stopping data."""
+    payload = {
+        "items": sorted(set(splits.item_keys.values())),
+        "train": {user: [e.item for e in events] for user, events in sorted(splits.train.items())},
+        "valid": {
+            user: [list(history), target]
+            for user, (history, target) in sorted(split_histories(splits, "valid").items())
+        },
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _cache_identity(fingerprint: str, config: SASRecConfig, seed: int) -> dict:
+    return {
+        "format": CACHE_FORMAT,
+        "splits_fingerprint": fingerprint,
+        "config": dataclasses.asdict(config),
+        "seed": seed,
+    }
+
+
+def cache_paths(cache_dir: str | os.PathLike, identity: Mapping) -> tuple[Path, Path]:
+    """(weights, metadata) paths of one cache entry: named by a hash of its identity."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
+    stem = Path(cache_dir) / f"sasrec-{digest[:16]}"
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def fit_cached(
+    splits: RecSplits,
+    config: SASRecConfig | None = None,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> tuple[SASRecRanker, dict]:
+    """:func:`fit`, reusing weights cached in ``cache_dir`` for the same data, config and seed.
+
+    An entry is two files named by a hash of (splits fingerprint, config, seed):
+    ``sasrec-<hash>.safetensors`` (the weights) and ``sasrec-<hash>.json`` (the
+    identity, the sha256 of the weights, the training log). It is reused only when the
+    JSON's identity equals this call's and the weights hash as recorded; otherwise
+    (other splits, another config or seed, a corrupt or edited file) SASRec is trained
+    and the entry written (weights first, the JSON last, each atomically), so a
+    half-written entry is never read.
+
+    Returns:
+        (ranker, facts for results.json: "cache" ("reused" | "trained" | "off"), the
+        entry's path, the identity, epochs, best epoch, why training stopped, capped,
+        training seconds, best valid NDCG).
+    """
+    config = config or SASRecConfig()
+    fingerprint = splits_fingerprint(splits)
+    identity = _cache_identity(fingerprint, config, seed)
+    if cache_dir is None:
+        ranker = fit(splits, config, seed, progress)
+        return ranker, _facts(ranker, identity, "off", None)
+    weights_path, meta_path = cache_paths(cache_dir, identity)
+    ranker = _load_cached(splits, config, identity, weights_path, meta_path)
+    if ranker is not None:
+        return ranker, _facts(ranker, identity, "reused", meta_path)
+    ranker = fit(splits, config, seed, progress)
+    state = {name: tensor.contiguous() for name, tensor in ranker.model.state_dict().items()}
+    atomic_write(weights_path, lambda tmp: save_file(state, str(tmp)))
+    record = {
+        **identity,
+        "weights": weights_path.name,
+        "weights_sha256": _sha256(weights_path),
+        "num_items": len(ranker.items),
+        "log": [dataclasses.asdict(r) for r in ranker.log],
+        "best_epoch": ranker.best_epoch,
+        "stopped": ranker.stopped,
+        "train_seconds": ranker.train_seconds,
+    }
+    atomic_write(meta_path, json.dumps(record, indent=2) + "\n")
+    return ranker, _facts(ranker, identity, "trained", meta_path)
+
+
+def _load_cached(
+    splits: RecSplits, config: SASRecConfig, identity: Mapping, weights_path: Path, meta_path: Path
+) -> SASRecRanker | None:
+    """The cached ranker, or None (with a warning naming the file) when it cannot be used."""
+    if not meta_path.exists():
+        return None
+    try:
+        record = json.loads(meta_path.read_text(encoding="utf-8"))
+        for name, value in identity.items():
+            if record.get(name) != value:
+                logger.warning(
+                    "%s: field %r differs from this run's; retraining SASRec", meta_path, name
+                )
+                return None
+        if not weights_path.exists() or _sha256(weights_path) != record["weights_sha256"]:
+            logger.warning(
+                "%s: weights missing or not as recorded; retraining SASRec", weights_path
+            )
+            return None
+        items = sorted(set(splits.item_keys.values()))
+        model = SASRec(len(items), config)
+        model.load_state_dict(load_file(str(weights_path)), strict=True)
+        log = [EpochRecord(**entry) for entry in record["log"]]
+        return SASRecRanker(
+            model,
+            items,
+            config,
+            log,
+            record["best_epoch"],
+            record["stopped"],
+            record["train_seconds"],
+        )
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        logger.warning("%s: unreadable SASRec cache entry (%s); retraining", meta_path, error)
+        return None
+
+
+def _facts(ranker: SASRecRanker, identity: Mapping, cache: str, path: Path | None) -> dict:
+    best = max((r.valid_ndcg for r in ranker.log), default=None)
+    return {
+        "cache": cache,
+        "cache_entry": None if path is None else str(path),
+        **identity,
+        "epochs": len(ranker.log),
+        "best_epoch": ranker.best_epoch,
+        "best_valid_ndcg": best,
+        "stopped": ranker.stopped,
+        "capped": ranker.capped,
+        "lower_bound": ranker.capped,
+        "train_seconds": ranker.train_seconds,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
