@@ -49,9 +49,12 @@ from transformers import DynamicCache
 from recsysllm.modeling.modeling_glm import CACHE_FIELD
 from recsysllm.positions import IntraPositionTracker, TokenKind
 from recsysllm.prompt_layout import SpecialTokenIds
-from recsysllm.trie import EntityTrie
+from recsysllm.trie import EntityTrie, TrieTensors
 
 STRATEGIES = ("greedy", "sample", "beam")
+# recommend_items / score_candidates: "static" (tensorized trie, the default) or
+# "reference" (per-beam Python over the pygtrie trie; kept to test "static" against).
+DECODERS = ("static", "reference")
 
 
 @dataclass
@@ -179,8 +182,8 @@ class _Decoder:
 
     def step(self, tokens: Sequence[int], intra: Sequence[int]) -> torch.Tensor:
         """Feeds one token per row; returns [rows, V] float32 next-token logits."""
-        input_ids = torch.tensor(tokens, device=self.device)[:, None]  # [rows, 1]
-        intra_ids = torch.tensor(intra, device=self.device)
+        input_ids = torch.as_tensor(tokens, device=self.device)[:, None]  # [rows, 1]
+        intra_ids = torch.as_tensor(intra, device=self.device)
         position_ids = torch.stack([self.mask_inter, intra_ids], 1)[:, :, None]  # [rows, 2, 1]
         self.key_valid = torch.cat([self.key_valid, torch.ones_like(self.key_valid[:, :1])], 1)
         output = self.model(
@@ -412,6 +415,137 @@ def _beam_search(
     return [hypotheses.best_first() for hypotheses in finished]
 
 
+def _static_item_search(
+    decoder: _Decoder,
+    eop_token_id: int,
+    num_beams: int,
+    num_return: int,
+    max_new_tokens: int,
+    length_normalize: bool,
+    trie: TrieTensors,
+    exclude: Sequence[set[str]] | None,
+) -> list[list[tuple[int, float]]]:
+    """:func:`_beam_search` with item constraints, as tensor ops on the model's device.
+
+    Same search, step for step (the same model calls on the same rows, the same
+    scores and the same ``topk``), so the same items, order and scores; per step the
+    only host work is the loop itself and reading which prompts go on. A beam is a
+    trie node: its allowed tokens are the node's CSR children minus those whose
+    subtree holds only excluded items (a per-prompt ``blocked`` node mask), [eop]
+    is allowed where an item not excluded ends, and the next node and its
+    intra-position are gathered from the trie tensors. Finished items are a per-prompt
+    ``[num_return]`` table kept sorted by (score desc, insertion order), which is the
+    order ``_Hypotheses`` keeps; rank scores are float64 as there.
+
+    Returns:
+        Per prompt, up to ``num_return`` (item index into ``trie.item_keys``, rank score).
+    """
+    first_logits = decoder.prompt_pass(with_sop=True)
+    num_prompts, vocab_size = first_logits.shape
+    device = decoder.device
+    decoder.select_rows(torch.arange(num_prompts, device=device).repeat_interleave(num_beams))
+    logits = first_logits.repeat_interleave(num_beams, 0)
+    beam_scores = torch.full((num_prompts, num_beams), -math.inf, device=device)
+    beam_scores[:, 0] = 0.0
+    nodes = torch.zeros(num_prompts * num_beams, dtype=torch.long, device=device)  # the root
+    nodes.view(num_prompts, num_beams)[:, 1:] = trie.dead
+    blocked, item_excluded = _exclusion_masks(trie, exclude, num_prompts, device)
+    active = torch.arange(num_prompts, device=device)  # prompt of each group of beams
+    finished_scores = torch.full((num_prompts, num_return), -math.inf, dtype=torch.float64)
+    finished_scores = finished_scores.to(device)
+    finished_items = torch.full_like(finished_scores, -1, dtype=torch.long)
+
+    for step in range(max_new_tokens):
+        log_probs = torch.log_softmax(logits, -1)  # [rows, V]
+        prompt_of_row = active.repeat_interleave(num_beams)  # [rows]
+        # Children of each beam's node, padded to the most children at this depth.
+        width = max(trie.max_children[step] if step < len(trie.max_children) else 0, 1)
+        first = trie.child_ptr[nodes]
+        offsets = torch.arange(width, device=device)
+        has_child = offsets < (trie.child_ptr[nodes + 1] - first)[:, None]  # [rows, width]
+        slots = torch.where(has_child, first[:, None] + offsets, 0)
+        child_tokens = trie.child_token[slots]
+        child_nodes = trie.child_node[slots]
+        allowed_child = has_child & ~blocked[prompt_of_row[:, None], child_nodes]
+        allowed = torch.zeros_like(log_probs, dtype=torch.bool)
+        # Padding slots write False to the [eop] column, which is set just after.
+        allowed.scatter_(1, torch.where(allowed_child, child_tokens, eop_token_id), allowed_child)
+        items = trie.node_item[nodes]
+        allowed[:, eop_token_id] = (items >= 0) & ~item_excluded[prompt_of_row, items.clamp(min=0)]
+        # Dead beams have score -inf, so all their extensions too.
+        scores = torch.where(allowed, log_probs + beam_scores.view(-1, 1), -math.inf)
+        eop_scores = scores[:, eop_token_id].double().view(-1, num_beams)  # [A, beams]
+        if length_normalize:
+            eop_scores = eop_scores / (step + 1)
+        merged_scores = torch.cat([finished_scores[active], eop_scores], 1)
+        merged_items = torch.cat([finished_items[active], items.view(-1, num_beams)], 1)
+        # Stable: among equal scores, earlier hypotheses (and lower beams) stay first.
+        merged_scores, order = merged_scores.sort(dim=1, descending=True, stable=True)
+        kept_scores = merged_scores[:, :num_return]
+        finished_scores[active] = kept_scores
+        finished_items[active] = merged_items.gather(1, order[:, :num_return])
+        scores[:, eop_token_id] = -math.inf
+        top_scores, top_ids = scores.view(-1, num_beams * vocab_size).topk(num_beams, dim=1)
+        if step == max_new_tokens - 1:
+            break
+        best_live = top_scores[:, 0].double()
+        bound = best_live / (step + 2) if length_normalize else best_live
+        worst = kept_scores[:, -1]  # -inf until num_return items are finished
+        go_on = (best_live > -math.inf) & ~(torch.isfinite(worst) & (bound <= worst))
+        keep = go_on.nonzero()[:, 0]  # the one host sync of a step
+        if keep.numel() == 0:
+            break
+        top_ids = top_ids.index_select(0, keep)
+        beam_scores = top_scores.index_select(0, keep)
+        source_rows = (keep[:, None] * num_beams + top_ids // vocab_size).view(-1)
+        next_tokens = (top_ids % vocab_size).view(-1)
+        # The child reached by each chosen token (dead if the token is no allowed child).
+        matches = (child_tokens[source_rows] == next_tokens[:, None]) & allowed_child[source_rows]
+        chosen = child_nodes[source_rows].gather(1, matches.int().argmax(1, keepdim=True))[:, 0]
+        nodes = torch.where(matches.any(1), chosen, trie.dead)
+        active = active.index_select(0, keep)
+        decoder.select_rows(source_rows)
+        logits = decoder.step(next_tokens, trie.node_intra[nodes])
+    scores_list, items_list = finished_scores.tolist(), finished_items.tolist()
+    return [
+        [(item, score) for item, score in zip(items, scores, strict=True) if score > -math.inf]
+        for items, scores in zip(items_list, scores_list, strict=True)
+    ]
+
+
+def _exclusion_masks(
+    trie: TrieTensors,
+    exclude: Sequence[set[str]] | None,
+    num_prompts: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per prompt: ``blocked`` [prompts, nodes] (every item below the node is excluded)
+    and ``item_excluded`` [prompts, items] bool. Keys that are no item are ignored."""
+    pairs = [
+        (prompt, trie.item_index[key])
+        for prompt, keys in enumerate(exclude or ())
+        for key in keys
+        if key in trie.item_index
+    ]
+    num_nodes, num_items = len(trie.node_item), len(trie.item_keys)
+    item_excluded = torch.zeros(num_prompts, max(num_items, 1), dtype=torch.bool, device=device)
+    blocked = torch.zeros(num_prompts, num_nodes, dtype=torch.bool, device=device)
+    if not pairs:
+        return blocked, item_excluded
+    prompts, items = torch.tensor(pairs, device=device).unbind(1)
+    item_excluded[prompts, items] = True
+    paths = trie.item_path[items]  # [pairs, max_length], -1 past each item's end
+    on_path = paths >= 0
+    counts = torch.zeros(num_prompts, num_nodes, dtype=torch.long, device=device)
+    counts.index_put_(
+        (prompts[:, None].expand_as(paths)[on_path], paths[on_path]),
+        torch.ones((), dtype=torch.long, device=device).expand(int(on_path.sum())),
+        accumulate=True,
+    )
+    blocked = (counts > 0) & (counts == trie.subtree_size)
+    return blocked, item_excluded
+
+
 @torch.inference_mode()
 def recommend_items(
     model: Any,
@@ -424,6 +558,7 @@ def recommend_items(
     max_new_tokens: int | None = None,
     *,
     tokenizer: Any,
+    decoder: str = "static",
 ) -> list[list[tuple[str, float]]]:
     """Top-k distinct catalog items per prompt by trie-constrained beam search.
 
@@ -452,6 +587,9 @@ def recommend_items(
             value is clipped to it; fewer may leave items unfinished (then fewer than k
             are returned).
         tokenizer: the ``GLMTokenizer`` (its sop and eop ids).
+        decoder: "static" (the trie as tensors on the model's device, no Python per
+            beam: ``item_trie.tensors``) or "reference" (per-beam Python over the
+            pygtrie trie); both give the same items, order and scores.
 
     Returns:
         Per prompt, up to ``k`` ``(item key, score)`` best first; the score is the
@@ -464,20 +602,36 @@ def recommend_items(
         raise ValueError(f"num_beams ({num_beams}) must be >= k ({k}) to return k distinct items")
     if exclude is not None and len(exclude) != len(prompts):
         raise ValueError(f"exclude has {len(exclude)} sets for {len(prompts)} prompts")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder {decoder!r} not in {DECODERS}")
+    bound = item_trie.max_length + 1
+    # An item ends within its token count + [eop]: no free-text budget can stretch the
+    # search past the longest item (every beam has completed or died by then).
+    steps = min(max_new_tokens or bound, bound)
+    if decoder == "static":
+        state = _Decoder(model, prompts, tokenizer.sop_token_id)
+        trie = item_trie.tensors(state.device)
+        found = _static_item_search(
+            state,
+            tokenizer.eop_token_id,
+            num_beams=num_beams,
+            num_return=k,
+            max_new_tokens=steps,
+            length_normalize=length_normalize,
+            trie=trie,
+            exclude=exclude,
+        )
+        return [[(trie.item_keys[item], score) for item, score in ranked] for ranked in found]
     constraints = [
         _ItemConstraint(item_trie, set(exclude[i]) if exclude is not None else set())
         for i in range(len(prompts))
     ]
-    decoder = _Decoder(model, prompts, tokenizer.sop_token_id)
-    bound = item_trie.max_length + 1
     results = _beam_search(
-        decoder,
+        _Decoder(model, prompts, tokenizer.sop_token_id),
         tokenizer.eop_token_id,
         num_beams=num_beams,
         num_return=k,
-        # An item ends within its token count + [eop]: no free-text budget can stretch the
-        # search past the longest item (every beam has completed or died by then).
-        max_new_tokens=min(max_new_tokens or bound, bound),
+        max_new_tokens=steps,
         length_normalize=length_normalize,
         constraints=constraints,
         banned_ids=(),

@@ -11,6 +11,7 @@ import torch
 
 from recsysllm.collator import BlankInfillingCollator, PromptInputs
 from recsysllm.generation import (
+    DECODERS,
     generate_ids,
     generate_text,
     parse_rating,
@@ -489,3 +490,93 @@ def test_constrained_item_search_is_bounded_by_the_longest_item(model):
     )  # fmt: skip
     assert len(recorder.calls) - 1 <= longest + 1
     assert all(len(r) == 5 for r in ranked)
+
+
+class CoarseLogits(torch.nn.Module):
+    """Rounds logits to multiples of ``grain``: exact score ties between tokens (and, with
+    a huge grain, all logits 0: every item of a length ties), so tie-breaking must agree."""
+
+    def __init__(self, model: torch.nn.Module, grain: float) -> None:
+        super().__init__()
+        self.model, self.config, self.grain = model, model.config, grain
+
+    def forward(self, **inputs):
+        output = self.model(**inputs)
+        output.logits = (output.logits / self.grain).round() * self.grain
+        return output
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_static_decoder_equals_reference(model, seed):
+    """The tensorized search returns the reference's items, order and scores: random
+    catalogs with shared prefixes and items that prefix others, exclusions (some
+    pruning whole subtrees), k above the reachable items, both rankings, narrow and
+    wide beams, and tied scores."""
+    rng = np.random.default_rng(100 + seed)
+    items = random_items(rng, int(rng.integers(5, 40)), low=10, high=int(rng.integers(13, 40)))
+    assert any(a != b and b[: len(a)] == a for a in items.values() for b in items.values())
+    trie = EntityTrie(items)
+    prompts = [make_prompt(rng, int(n)) for n in rng.integers(3, 14, size=5)]
+    keys = sorted(items)
+    exclude = [set(rng.choice(keys, size=int(rng.integers(0, len(keys) // 2)), replace=False))
+               for _ in prompts]  # fmt: skip
+    exclude[0] = {key for key in keys if items[key][0] == items[keys[0]][0]}  # a whole subtree
+    cases = [
+        dict(k=3),
+        dict(k=5, num_beams=8, exclude=exclude),
+        dict(k=4, length_normalize=True, exclude=exclude),
+        dict(k=len(items) + 3, exclude=exclude),  # more than reachable: all eligible items
+        dict(k=2, num_beams=len(items), length_normalize=True),
+        dict(k=3, max_new_tokens=2),  # too few steps for the longer items
+    ]
+    for wrapped in (model, CoarseLogits(model, 0.5), CoarseLogits(model, 1e9)):
+        for case in cases:
+            reference = recommend_items(
+                wrapped, prompts, trie, tokenizer=SPECIAL, decoder="reference", **case
+            )
+            static = recommend_items(wrapped, prompts, trie, tokenizer=SPECIAL, **case)
+            assert [[key for key, _ in r] for r in static] == [
+                [key for key, _ in r] for r in reference
+            ], case
+            # Same model calls on the same rows: the scores are equal, not just close.
+            assert static == reference, case
+    everything = recommend_items(model, prompts, trie, len(items) + 3, exclude=exclude,
+                                 tokenizer=SPECIAL)  # fmt: skip
+    for excluded, ranked in zip(exclude, everything, strict=True):
+        assert sorted(key for key, _ in ranked) == sorted(set(items) - excluded)
+
+
+def test_static_decoder_feeds_the_reference_inputs(model):
+    """Step for step the same model inputs (ids, 2-D positions, masks) for every live
+    beam, and the same number of model calls."""
+    rng = np.random.default_rng(20)
+    items = random_items(rng, 25, low=10, high=16)
+    trie = EntityTrie(items)
+    prompts = [make_prompt(rng, n) for n in (9, 4, 12)]
+    exclude = [set(sorted(items)[:5]), set(), set(sorted(items)[5:12])]
+    calls = {}
+    for decoder in DECODERS:
+        recorder = Recorder(model)
+        recommend_items(recorder, prompts, trie, 4, num_beams=6, exclude=exclude,
+                        tokenizer=SPECIAL, decoder=decoder)  # fmt: skip
+        calls[decoder] = recorder.calls
+    assert len(calls["static"]) == len(calls["reference"]) > 2
+    for static, reference in zip(calls["static"], calls["reference"], strict=True):
+        assert torch.equal(static["input_ids"], reference["input_ids"])
+        assert torch.equal(static["attention_mask"], reference["attention_mask"])
+        assert torch.equal(static["position_ids"][:, 0], reference["position_ids"][:, 0])
+    # Intra-positions: equal on live beams (dead beams' inputs are never used).
+    for step, (static, reference) in enumerate(
+        zip(calls["static"][1:], calls["reference"][1:], strict=True), start=1
+    ):
+        intra = static["position_ids"][:, 1, 0]
+        live = intra != 1  # a live beam's token at step s has intra s + 1 >= 2
+        assert torch.equal(intra[live], reference["position_ids"][:, 1, 0][live])
+        assert set(intra[live].tolist()) == {step + 1}
+
+
+def test_decoder_switch_is_checked(model):
+    rng = np.random.default_rng(21)
+    trie = EntityTrie(random_items(rng, 5))
+    with pytest.raises(ValueError, match="decoder 'fast' not in"):
+        recommend_items(model, [make_prompt(rng, 4)], trie, 2, tokenizer=SPECIAL, decoder="fast")
