@@ -650,16 +650,20 @@ def score_candidates(
     *,
     tokenizer: Any,
     rows_per_pass: int = 64,
+    decoder: str = "static",
 ) -> list[list[float]]:
     """Exact log-likelihood of each candidate answer of each prompt.
 
     A candidate is one unit: one entity (an item) or one run of plain text (a "yes"
     answer); both get the same intra-positions (1 on [sop], then 2, 3, ...).
 
-    Part A goes through the model once per prompt; its cache is then repeated over
-    the prompt's candidates and all ``[sop] + candidate`` continuations run in one
-    padded pass (per-candidate causal masks), ``rows_per_pass`` candidates at a time.
-    Positions follow generation: inter = mask position, intra from the tracker.
+    Part A goes through the model once per prompt. With ``decoder="static"`` the
+    ``[sop] + candidate`` continuations of a prompt then sit side by side in one row
+    after its cached Part A (each sees the prompt and, causally, itself only), so the
+    prompt's cache is shared, not copied per candidate, and no candidate is padded;
+    ``"reference"`` repeats the cache over the candidates, one padded row each. Either
+    way ``rows_per_pass`` candidates run per forward pass. Positions follow
+    generation: inter = mask position, intra from the tracker.
 
     Args:
         model: a GLMForConditionalGeneration.
@@ -667,13 +671,17 @@ def score_candidates(
         candidates: per prompt, the token ids of each candidate (``tokenizer.encode_entity``).
         length_normalize: divide each sum by the number of scored tokens (candidate + [eop]).
         tokenizer: the ``GLMTokenizer`` (its sop and eop ids).
-        rows_per_pass: candidates per forward pass (bounds the [rows, T, V] logits).
+        rows_per_pass: candidates per forward pass (bounds the logits of a pass).
+        decoder: "static" (candidates packed per prompt) or "reference" (one row per
+            candidate); the same scores to float32 rounding.
 
     Returns:
         Per prompt, per candidate: sum of log p(token) over the candidate's tokens and [eop].
     """
     if len(candidates) != len(prompts):
         raise ValueError(f"{len(candidates)} candidate lists for {len(prompts)} prompts")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder {decoder!r} not in {DECODERS}")
     pairs = []  # (prompt index, candidate index, token ids)
     for prompt_index, prompt_candidates in enumerate(candidates):
         for candidate_index, ids in enumerate(prompt_candidates):
@@ -685,8 +693,17 @@ def score_candidates(
     scores: list[list[float]] = [[0.0] * len(c) for c in candidates]
     if not pairs:
         return scores
-    decoder = _Decoder(model, prompts, tokenizer.sop_token_id)
-    decoder.prompt_pass(with_sop=False)
+    state = _Decoder(model, prompts, tokenizer.sop_token_id)
+    state.prompt_pass(with_sop=False)
+    if decoder == "static":
+        for start in range(0, len(pairs), rows_per_pass):
+            chunk = pairs[start : start + rows_per_pass]
+            sums = _score_packed(model, state, [ids for _, _, ids in chunk],
+                                 [p for p, _, _ in chunk], tokenizer, length_normalize)  # fmt: skip
+            for (prompt_index, candidate_index, _), value in zip(chunk, sums, strict=True):
+                scores[prompt_index][candidate_index] = value
+        return scores
+    decoder = state
     device = decoder.device
     prompt_cache = [(layer.keys, layer.values) for layer in decoder.cache.layers]
     for start in range(0, len(pairs), rows_per_pass):
@@ -741,6 +758,79 @@ def score_candidates(
         for (prompt_index, candidate_index, _), value in zip(chunk, sums.tolist(), strict=True):
             scores[prompt_index][candidate_index] = value
     return scores
+
+
+def _score_packed(
+    model: Any,
+    state: _Decoder,
+    candidates: Sequence[tuple[int, ...]],
+    prompt_of: Sequence[int],
+    tokenizer: Any,
+    length_normalize: bool,
+) -> list[float]:
+    """Log-likelihoods of candidates (grouped by prompt, in order) in one forward pass.
+
+    One row per prompt: its cached Part A, then ``[sop] c_1 [sop] c_2 ...``; a
+    candidate token sees the prompt's non-padded keys and its own candidate's keys up
+    to itself, so each candidate is scored as if alone after the prompt.
+    """
+    device = state.device
+    lengths = np.array([len(ids) + 1 for ids in candidates])  # [sop] + candidate
+    prompt_index = np.asarray(prompt_of)
+    row_starts = np.flatnonzero(np.r_[True, prompt_index[1:] != prompt_index[:-1]])
+    row = np.cumsum(np.r_[0, prompt_index[1:] != prompt_index[:-1]])  # per candidate
+    ends = np.cumsum(lengths)
+    row_offset = (ends - lengths) - (ends - lengths)[row_starts][row]  # candidate start in row
+    width = int(np.bincount(row, weights=lengths).max())
+    num_rows = len(row_starts)
+    # Per candidate token: its row, column and candidate; intra-positions by the tracker.
+    tracker = IntraPositionTracker()
+    kinds = [TokenKind.ENTITY_START] + [TokenKind.ENTITY_CONTINUE] * (int(lengths.max()) - 1)
+    intra_rule = np.array([tracker.start()] + [tracker.step(kind) for kind in kinds[:-1]])
+    candidate_of = np.repeat(np.arange(len(candidates)), lengths)
+    within = np.arange(len(candidate_of)) - np.repeat(ends - lengths, lengths)
+    rows_of_token = row[candidate_of]
+    columns = row_offset[candidate_of] + within
+    inputs = np.concatenate([(tokenizer.sop_token_id, *ids) for ids in candidates])
+    targets = np.concatenate([(*ids, tokenizer.eop_token_id) for ids in candidates])
+
+    def grid(values: np.ndarray, fill: int) -> torch.Tensor:  # [rows, width]
+        out = np.full((num_rows, width), fill, dtype=np.int64)
+        out[rows_of_token, columns] = values
+        return torch.from_numpy(out).to(device)
+
+    input_ids = grid(inputs, 0)
+    target_ids = grid(targets, 0)
+    intra = grid(intra_rule[within], 0)
+    segment = grid(candidate_of, -1)  # [rows, T]: candidate of each column, -1 padding
+    prompt_rows = torch.from_numpy(prompt_index[row_starts]).to(device)
+    inter = state.mask_inter.index_select(0, prompt_rows)[:, None].expand(-1, width)
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0)
+    prompt_keys = state.key_valid.index_select(0, prompt_rows)[:, None, :].expand(-1, width, -1)
+    mask = torch.cat([prompt_keys, same & causal], 2)[:, None]  # [rows, 1, T, P + T]
+    cache = DynamicCache(
+        [
+            (layer.keys.index_select(0, prompt_rows), layer.values.index_select(0, prompt_rows))
+            for layer in state.cache.layers
+        ]
+    )
+    output = model(
+        input_ids=input_ids,
+        position_ids=torch.stack([inter, intra], 1),
+        attention_mask=mask,
+        cache=cache,
+        use_cache=True,
+    )
+    logits = output.logits.float()  # [rows, T, V]
+    token_log_probs = logits.gather(2, target_ids[:, :, None])[:, :, 0] - logits.logsumexp(-1)
+    flat = torch.from_numpy(rows_of_token * width + columns).to(device)
+    sums = torch.zeros(len(candidates), dtype=torch.float32, device=device).index_add_(
+        0, torch.from_numpy(candidate_of).to(device), token_log_probs.view(-1)[flat]
+    )
+    if length_normalize:
+        sums = sums / torch.from_numpy(lengths).to(device)
+    return sums.tolist()
 
 
 @torch.inference_mode()

@@ -580,3 +580,32 @@ def test_decoder_switch_is_checked(model):
     trie = EntityTrie(random_items(rng, 5))
     with pytest.raises(ValueError, match="decoder 'fast' not in"):
         recommend_items(model, [make_prompt(rng, 4)], trie, 2, tokenizer=SPECIAL, decoder="fast")
+
+
+@pytest.mark.parametrize("rows_per_pass", [1, 3, 64])
+def test_packed_candidate_scores_equal_reference(model, rows_per_pass):
+    """Candidates packed per prompt over its shared cache score as one row each: many
+    prompts of different lengths, candidates of 1-6 tokens (some shared prefixes,
+    some repeated), passes that split a prompt's candidates."""
+    rng = np.random.default_rng(30 + rows_per_pass)
+    prompts = [make_prompt(rng, int(n)) for n in rng.integers(3, 14, size=6)]
+    candidates = [
+        [tuple(int(t) for t in rng.integers(10, 40, size=int(rng.integers(1, 7))))
+         for _ in range(int(rng.integers(1, 9)))]
+        for _ in prompts
+    ]  # fmt: skip
+    candidates[0].append(candidates[0][0])  # the same candidate twice scores twice the same
+    candidates[1].append(candidates[1][0][:1])  # a prefix of another candidate
+    for length_normalize in (False, True):
+        reference = score_candidates(model, prompts, candidates, length_normalize,
+                                     tokenizer=SPECIAL, decoder="reference")  # fmt: skip
+        packed = score_candidates(model, prompts, candidates, length_normalize,
+                                  tokenizer=SPECIAL, rows_per_pass=rows_per_pass)  # fmt: skip
+        assert [len(s) for s in packed] == [len(c) for c in candidates]
+        np.testing.assert_allclose(
+            np.concatenate(packed), np.concatenate(reference), rtol=1e-5, atol=1e-5
+        )
+    assert packed[0][-1] == pytest.approx(packed[0][0], abs=1e-5)
+    expected = reference_item_log_prob(model, prompts[2], candidates[2][-1])
+    got = score_candidates(model, prompts, candidates, tokenizer=SPECIAL)[2][-1]
+    assert got == pytest.approx(expected, abs=1e-5)
