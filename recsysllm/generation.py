@@ -467,14 +467,21 @@ def _static_item_search(
         child_tokens = trie.child_token[slots]
         child_nodes = trie.child_node[slots]
         allowed_child = has_child & ~blocked[prompt_of_row[:, None], child_nodes]
-        allowed = torch.zeros_like(log_probs, dtype=torch.bool)
-        # Padding slots write False to the [eop] column, which is set just after.
-        allowed.scatter_(1, torch.where(allowed_child, child_tokens, eop_token_id), allowed_child)
+        # [rows, V]: -inf but at allowed children, where beam score + log p (the same
+        # float additions as the reference's dense where(), done at the children only).
+        # Padding slots write -inf to the [eop] column, which takes no part in the topk.
+        beam_column = beam_scores.view(-1, 1)  # dead beams are -inf, so all their extensions
+        child_scores = log_probs.gather(1, child_tokens) + beam_column
+        scores = torch.full_like(log_probs, -math.inf).scatter_(
+            1,
+            torch.where(allowed_child, child_tokens, eop_token_id),
+            child_scores.masked_fill(~allowed_child, -math.inf),
+        )
         items = trie.node_item[nodes]
-        allowed[:, eop_token_id] = (items >= 0) & ~item_excluded[prompt_of_row, items.clamp(min=0)]
-        # Dead beams have score -inf, so all their extensions too.
-        scores = torch.where(allowed, log_probs + beam_scores.view(-1, 1), -math.inf)
-        eop_scores = scores[:, eop_token_id].double().view(-1, num_beams)  # [A, beams]
+        may_end = (items >= 0) & ~item_excluded[prompt_of_row, items.clamp(min=0)]
+        eop_scores = log_probs[:, eop_token_id : eop_token_id + 1] + beam_column
+        eop_scores = eop_scores.masked_fill(~may_end[:, None], -math.inf)
+        eop_scores = eop_scores.double().view(-1, num_beams)  # [A, beams]
         if length_normalize:
             eop_scores = eop_scores / (step + 1)
         merged_scores = torch.cat([finished_scores[active], eop_scores], 1)
