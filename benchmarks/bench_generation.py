@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--prompt-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     parser.add_argument("--quick", action="store_true", help="16 users")
+    parser.add_argument("--table-out", help="also write the table (header and row) here")
     parser.add_argument(
         "--candidates", type=int, default=100, help="1-of-N scoring: candidates per user"
     )
@@ -246,16 +247,19 @@ def main() -> None:
         machine = f"CPU, {torch.get_num_threads()} thread(s)"
         if args.device == "cuda":
             machine = f"{torch.cuda.get_device_name()}, {args.dtype}"
-        print(
+        table = (
             "| machine | shape | users | per call | top-k users/s ref | static | ratio | identical "
-            "| 1-of-N users/s ref | static | ratio | largest difference |"
-        )
-        print(
+            "| 1-of-N users/s ref | static | ratio | largest difference |\n"
+            "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n"
             f"| {machine} | {args.shape} | {users} | {args.batch} | "
             f"{users / seconds['reference']:.1f} | {users / seconds['static']:.1f} | "
             f"{ratio:.2f}x | {identical} | {users / score_seconds['reference']:.1f} | "
-            f"{users / score_seconds['static']:.1f} | {score_ratio:.2f}x | {difference:.1e} |"
+            f"{users / score_seconds['static']:.1f} | {score_ratio:.2f}x | {difference:.1e} |\n"
         )
+        print(table, end="")
+        if args.table_out:
+            with open(args.table_out, "w") as file:
+                file.write(table)
 
 
 if __name__ == "__main__":
