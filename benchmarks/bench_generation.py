@@ -26,6 +26,7 @@ Needs only torch, transformers, numpy and pygtrie (no deepspeed, datasets, wandb
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from types import SimpleNamespace
 
@@ -158,20 +159,25 @@ def main() -> None:
         f"prompt {args.prompt_length} tokens, k={args.k}, beams={num_beams}"
     )
 
-    results: dict[str, list] = {}
+    results: dict[str, list] = {d: [] for d in args.decoders}
+    scores: dict[str, list] = {d: [] for d in args.decoders}
 
-    def constrained(decoder: str):
-        def run() -> None:
-            results[decoder] = [
-                ranked
-                for batch in batches
-                for ranked in recommend_items(
-                    model, batch, trie, args.k, num_beams=num_beams, tokenizer=SPECIAL,
-                    decoder=decoder,
-                )
-            ]  # fmt: skip
+    keys = sorted(items)
+    candidates = [
+        [items[keys[i]] for i in rng.choice(len(keys), size=args.candidates, replace=False)]
+        for _ in prompts
+    ]
 
-        return run
+    def top_k(batch: slice, decoder: str) -> None:
+        results[decoder] += recommend_items(
+            model, prompts[batch], trie, args.k, num_beams=num_beams, tokenizer=SPECIAL,
+            decoder=decoder,
+        )  # fmt: skip
+
+    def one_of_n(batch: slice, decoder: str) -> None:
+        scores[decoder] += score_candidates(
+            model, prompts[batch], candidates[batch], tokenizer=SPECIAL, decoder=decoder
+        )
 
     def prompt_only() -> None:  # the prompt pass alone, to separate it from the steps
         for batch in batches:
@@ -187,37 +193,27 @@ def main() -> None:
                 model, batch, SPECIAL, max_new_tokens=steps, strategy="beam", num_beams=num_beams
             )
 
-    keys = sorted(items)
-    candidates = [
-        [items[keys[i]] for i in rng.choice(len(keys), size=args.candidates, replace=False)]
-        for _ in prompts
-    ]
-    scores: dict[str, list] = {}
-
-    def scoring(decoder: str):
-        def run() -> None:
-            scores[decoder] = [
-                row
-                for start in range(0, users, args.batch)
-                for row in score_candidates(
-                    model, prompts[start : start + args.batch],
-                    candidates[start : start + args.batch], tokenizer=SPECIAL, decoder=decoder,
-                )
-            ]  # fmt: skip
-
-        return run
-
     start = time.perf_counter()
     trie.tensors(args.device)
     print(f"trie tensors built in {time.perf_counter() - start:.2f}s (once per catalog and device)")
     for decoder in args.decoders:  # warm-up (allocator, kernels)
         recommend_items(model, batches[0][:2], trie, args.k, tokenizer=SPECIAL, decoder=decoder)
     prompt_seconds, prompt_calls = timed(model, args.device, prompt_only)
-    seconds, per_step, search = {}, {}, {}
-    for decoder in args.decoders:
-        seconds[decoder], calls = timed(model, args.device, constrained(decoder))
-        per_step[decoder] = (seconds[decoder] - prompt_seconds) / (calls - prompt_calls)
-        search[decoder] = (seconds[decoder] - model.seconds) / (calls - prompt_calls)
+    # The decoders take turns batch by batch, so both see the same machine load.
+    seconds = dict.fromkeys(args.decoders, 0.0)
+    model_seconds, calls = dict.fromkeys(args.decoders, 0.0), dict.fromkeys(args.decoders, 0)
+    score_seconds = dict.fromkeys(args.decoders, 0.0)
+    for start in range(0, users, args.batch):
+        batch = slice(start, start + args.batch)
+        for decoder in args.decoders:
+            elapsed, count = timed(model, args.device, functools.partial(top_k, batch, decoder))
+            seconds[decoder] += elapsed
+            model_seconds[decoder] += model.seconds
+            calls[decoder] += count
+            run = functools.partial(one_of_n, batch, decoder)
+            score_seconds[decoder] += timed(model, args.device, run)[0]
+    per_step = {d: (seconds[d] - prompt_seconds) / (calls[d] - prompt_calls) for d in args.decoders}
+    search = {d: (seconds[d] - model_seconds[d]) / (calls[d] - prompt_calls) for d in args.decoders}
     free_seconds, free_calls = timed(model, args.device, unconstrained)
     free_step = (free_seconds - prompt_seconds) / (free_calls - prompt_calls)
     print(f"prompt pass: {prompt_seconds / prompt_calls * 1e3:.1f} ms per batch")
@@ -228,7 +224,6 @@ def main() -> None:
         print(f"per step outside the model (search bookkeeping): {search_text}")
     for decoder in args.decoders:
         print(f"recommend_items top-{args.k}, {decoder}: {users / seconds[decoder]:.1f} users/s")
-    score_seconds = {d: timed(model, args.device, scoring(d))[0] for d in args.decoders}
     for decoder in args.decoders:
         print(
             f"score_candidates 1-of-{args.candidates}, {decoder}: "

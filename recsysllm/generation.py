@@ -26,6 +26,11 @@ they are scored. So the score ``recommend_items`` gives an item equals
 ``score_candidates`` for the same item, and both equal the item's likelihood under
 uncached teacher forcing.
 
+Item decoding runs on the device: ``recommend_items`` walks the item trie as static
+CSR tensors (:meth:`EntityTrie.tensors`, STATIC-style), so the constraint mask, beam
+bookkeeping, cache reordering and positions are tensor ops with one host sync per
+step; ``decoder="reference"`` keeps the per-beam Python search it is tested against.
+
 Public entry points: :func:`recommend_items` (trie-constrained beams, top-k
 distinct items), :func:`score_candidates` (exact log-likelihood of given answers),
 :func:`generate_ids` / :func:`generate_text` (greedy, sampling, beam search) and

@@ -14,6 +14,10 @@ Two uses (DESIGN.md section 5):
   :class:`~recsysllm.positions.TokenKind` of each generated token, which
   :class:`~recsysllm.positions.IntraPositionTracker` turns into its intra-position.
 
+For batched item decoding on a device, :meth:`EntityTrie.tensors` gives the same trie
+as static tensors (:class:`TrieTensors`: a CSR transition matrix, per-node items and
+intra-positions).
+
 Example:
     >>> trie = EntityTrie({"a": (5, 6), "b": (5, 7, 8), "c": (9,)})
     >>> trie.allowed_next((5,)).tolist()
