@@ -548,10 +548,10 @@ def _exclusion_masks(
     item_excluded[prompts, items] = True
     paths = trie.item_path[items]  # [pairs, max_length], -1 past each item's end
     on_path = paths >= 0
-    counts = torch.zeros(num_prompts, num_nodes, dtype=torch.long, device=device)
+    counts = torch.zeros(num_prompts, num_nodes, dtype=torch.int32, device=device)
     counts.index_put_(
         (prompts[:, None].expand_as(paths)[on_path], paths[on_path]),
-        torch.ones((), dtype=torch.long, device=device).expand(int(on_path.sum())),
+        torch.ones((), dtype=torch.int32, device=device).expand(int(on_path.sum())),
         accumulate=True,
     )
     blocked = (counts > 0) & (counts == trie.subtree_size)
