@@ -28,8 +28,10 @@ uncached teacher forcing.
 
 Item decoding runs on the device: ``recommend_items`` walks the item trie as static
 CSR tensors (:meth:`EntityTrie.tensors`, STATIC-style), so the constraint mask, beam
-bookkeeping, cache reordering and positions are tensor ops with one host sync per
-step; ``decoder="reference"`` keeps the per-beam Python search it is tested against.
+bookkeeping and positions are tensor ops with one host sync per step, and a prompt's
+beams share its cached Part A (no per-beam cache copies); ``decoder="reference"``
+keeps the per-beam Python search it is tested against (same items and order, scores
+equal to float32 rounding).
 
 Public entry points: :func:`recommend_items` (trie-constrained beams, top-k
 distinct items), :func:`score_candidates` (exact log-likelihood of given answers),
@@ -187,8 +189,8 @@ class _Decoder:
 
     def step(self, tokens: Sequence[int], intra: Sequence[int]) -> torch.Tensor:
         """Feeds one token per row; returns [rows, V] float32 next-token logits."""
-        input_ids = torch.as_tensor(tokens, device=self.device)[:, None]  # [rows, 1]
-        intra_ids = torch.as_tensor(intra, device=self.device)
+        input_ids = torch.tensor(tokens, device=self.device)[:, None]  # [rows, 1]
+        intra_ids = torch.tensor(intra, device=self.device)
         position_ids = torch.stack([self.mask_inter, intra_ids], 1)[:, :, None]  # [rows, 2, 1]
         self.key_valid = torch.cat([self.key_valid, torch.ones_like(self.key_valid[:, :1])], 1)
         output = self.model(
@@ -432,15 +434,21 @@ def _static_item_search(
 ) -> list[list[tuple[int, float]]]:
     """:func:`_beam_search` with item constraints, as tensor ops on the model's device.
 
-    Same search, step for step (the same model calls on the same rows, the same
-    scores and the same ``topk``), so the same items, order and scores; per step the
-    only host work is the loop itself and reading which prompts go on. A beam is a
-    trie node: its allowed tokens are the node's CSR children minus those whose
-    subtree holds only excluded items (a per-prompt ``blocked`` node mask), [eop]
-    is allowed where an item not excluded ends, and the next node and its
-    intra-position are gathered from the trie tensors. Finished items are a per-prompt
-    ``[num_return]`` table kept sorted by (score desc, insertion order), which is the
-    order ``_Hypotheses`` keeps; rank scores are float64 as there.
+    The same search (the same scores up to float32 rounding, the same ``topk`` over
+    beams x vocabulary, the same finishing and stopping rules), so the same items in
+    the same order; per step the only host work is the loop and one "does any prompt
+    go on" read. A beam is a trie node: its allowed tokens are the node's CSR
+    children minus those whose subtree holds only excluded items (a per-prompt
+    ``blocked`` node mask), [eop] is allowed where an item not excluded ends, and the
+    next node and its intra-position are gathered from the trie tensors. Finished
+    items are a per-prompt ``[num_return]`` table kept sorted by (score desc,
+    insertion order), the order ``_Hypotheses`` keeps; rank scores are float64 as there.
+
+    The KV cache is never reordered or copied per beam: a prompt's beams share its
+    cached Part A and [sop], each step appends one key per beam, and a beam's mask
+    row sees its ancestors' keys (``ancestry``: the beam slot of its ancestor at each
+    step). A prompt that stops keeps its rows with every beam dead, so no row is
+    ever dropped from the cache either.
 
     Returns:
         Per prompt, up to ``num_return`` (item index into ``trie.item_keys``, rank score).
@@ -448,21 +456,25 @@ def _static_item_search(
     first_logits = decoder.prompt_pass(with_sop=True)
     num_prompts, vocab_size = first_logits.shape
     device = decoder.device
-    decoder.select_rows(torch.arange(num_prompts, device=device).repeat_interleave(num_beams))
-    logits = first_logits.repeat_interleave(num_beams, 0)
+    logits = first_logits.repeat_interleave(num_beams, 0)  # [rows = prompts * beams, V]
     beam_scores = torch.full((num_prompts, num_beams), -math.inf, device=device)
     beam_scores[:, 0] = 0.0
     nodes = torch.zeros(num_prompts * num_beams, dtype=torch.long, device=device)  # the root
     nodes.view(num_prompts, num_beams)[:, 1:] = trie.dead
     blocked, item_excluded = _exclusion_masks(trie, exclude, num_prompts, device)
-    active = torch.arange(num_prompts, device=device)  # prompt of each group of beams
+    prompt_of_row = torch.arange(num_prompts, device=device).repeat_interleave(num_beams)
     finished_scores = torch.full((num_prompts, num_return), -math.inf, dtype=torch.float64)
     finished_scores = finished_scores.to(device)
     finished_items = torch.full_like(finished_scores, -1, dtype=torch.long)
+    # [prompts, beams, feeds]: the beam slot of each beam's ancestor at every feed so far.
+    ancestry = torch.zeros(num_prompts, num_beams, 0, dtype=torch.long, device=device)
+    beam_slots = torch.arange(num_beams, device=device)
+    inter = decoder.mask_inter[:, None].expand(-1, num_beams)  # [prompts, beams]
+    prompt_keys = decoder.key_valid[:, None, :].expand(-1, num_beams, -1)  # Part A + [sop]
+    done = torch.zeros(num_prompts, dtype=torch.bool, device=device)
 
     for step in range(max_new_tokens):
         log_probs = torch.log_softmax(logits, -1)  # [rows, V]
-        prompt_of_row = active.repeat_interleave(num_beams)  # [rows]
         # Children of each beam's node, padded to the most children at this depth.
         width = max(trie.max_children[step] if step < len(trie.max_children) else 0, 1)
         first = trie.child_ptr[nodes]
@@ -486,38 +498,59 @@ def _static_item_search(
         may_end = (items >= 0) & ~item_excluded[prompt_of_row, items.clamp(min=0)]
         eop_scores = log_probs[:, eop_token_id : eop_token_id + 1] + beam_column
         eop_scores = eop_scores.masked_fill(~may_end[:, None], -math.inf)
-        eop_scores = eop_scores.double().view(-1, num_beams)  # [A, beams]
+        eop_scores = eop_scores.double().view(-1, num_beams)  # [prompts, beams]
         if length_normalize:
             eop_scores = eop_scores / (step + 1)
-        merged_scores = torch.cat([finished_scores[active], eop_scores], 1)
-        merged_items = torch.cat([finished_items[active], items.view(-1, num_beams)], 1)
+        merged_scores = torch.cat([finished_scores, eop_scores], 1)
+        merged_items = torch.cat([finished_items, items.view(-1, num_beams)], 1)
         # Stable: among equal scores, earlier hypotheses (and lower beams) stay first.
         merged_scores, order = merged_scores.sort(dim=1, descending=True, stable=True)
-        kept_scores = merged_scores[:, :num_return]
-        finished_scores[active] = kept_scores
-        finished_items[active] = merged_items.gather(1, order[:, :num_return])
+        finished_scores = merged_scores[:, :num_return].contiguous()
+        finished_items = merged_items.gather(1, order[:, :num_return])
         scores[:, eop_token_id] = -math.inf
         top_scores, top_ids = scores.view(-1, num_beams * vocab_size).topk(num_beams, dim=1)
         if step == max_new_tokens - 1:
             break
         best_live = top_scores[:, 0].double()
         bound = best_live / (step + 2) if length_normalize else best_live
-        worst = kept_scores[:, -1]  # -inf until num_return items are finished
-        go_on = (best_live > -math.inf) & ~(torch.isfinite(worst) & (bound <= worst))
-        keep = go_on.nonzero()[:, 0]  # the one host sync of a step
-        if keep.numel() == 0:
+        worst = finished_scores[:, -1]  # -inf until num_return items are finished
+        go_on = ~done & (best_live > -math.inf) & ~(torch.isfinite(worst) & (bound <= worst))
+        if not go_on.any():  # the one host sync of a step
             break
-        top_ids = top_ids.index_select(0, keep)
-        beam_scores = top_scores.index_select(0, keep)
-        source_rows = (keep[:, None] * num_beams + top_ids // vocab_size).view(-1)
-        next_tokens = (top_ids % vocab_size).view(-1)
+        # A prompt that stops keeps its rows (no cache copy), with every beam dead.
+        done |= ~go_on
+        beam_scores = top_scores.masked_fill(~go_on[:, None], -math.inf)
+        source_beams = top_ids // vocab_size  # [prompts, beams]
+        next_tokens = top_ids % vocab_size
+        source_rows = (prompt_of_row.view(-1, num_beams) * num_beams + source_beams).view(-1)
         # The child reached by each chosen token (dead if the token is no allowed child).
-        matches = (child_tokens[source_rows] == next_tokens[:, None]) & allowed_child[source_rows]
+        matches = (child_tokens[source_rows] == next_tokens.view(-1, 1)) & allowed_child[
+            source_rows
+        ]
         chosen = child_nodes[source_rows].gather(1, matches.int().argmax(1, keepdim=True))[:, 0]
         nodes = torch.where(matches.any(1), chosen, trie.dead)
-        active = active.index_select(0, keep)
-        decoder.select_rows(source_rows)
-        logits = decoder.step(next_tokens, trie.node_intra[nodes])
+        # Beams share their prompt's cached Part A and [sop]; the tokens generated so
+        # far are appended as one key per beam and feed, and a beam sees its ancestors'.
+        ancestry = torch.cat(
+            [
+                ancestry.gather(1, source_beams[:, :, None].expand(-1, -1, step)),
+                beam_slots.expand(num_prompts, -1)[:, :, None],
+            ],
+            2,
+        )
+        generated = torch.zeros(
+            num_prompts, num_beams, step + 1, num_beams, dtype=torch.bool, device=device
+        ).scatter_(3, ancestry[..., None], True)
+        mask = torch.cat([prompt_keys, generated.view(num_prompts, num_beams, -1)], 2)
+        output = decoder.model(
+            input_ids=next_tokens,  # [prompts, beams]
+            position_ids=torch.stack([inter, trie.node_intra[nodes].view(-1, num_beams)], 1),
+            attention_mask=mask[:, None],  # [prompts, 1, beams, Part A + [sop] + generated]
+            cache=decoder.cache,
+            use_cache=True,
+        )
+        decoder.cache = getattr(output, CACHE_FIELD)
+        logits = output.logits.float().view(-1, vocab_size)
     scores_list, items_list = finished_scores.tolist(), finished_items.tolist()
     return [
         [(item, score) for item, score in zip(items, scores, strict=True) if score > -math.inf]
@@ -600,8 +633,9 @@ def recommend_items(
             are returned).
         tokenizer: the ``GLMTokenizer`` (its sop and eop ids).
         decoder: "static" (the trie as tensors on the model's device, no Python per
-            beam: ``item_trie.tensors``) or "reference" (per-beam Python over the
-            pygtrie trie); both give the same items, order and scores.
+            beam: ``item_trie.tensors``; beams share the prompt's cache) or
+            "reference" (per-beam Python over the pygtrie trie, one cache row per
+            beam); the same items and order, scores equal to float32 rounding.
 
     Returns:
         Per prompt, up to ``k`` ``(item key, score)`` best first; the score is the

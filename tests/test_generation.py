@@ -11,7 +11,6 @@ import torch
 
 from recsysllm.collator import BlankInfillingCollator, PromptInputs
 from recsysllm.generation import (
-    DECODERS,
     generate_ids,
     generate_text,
     parse_rating,
@@ -538,41 +537,43 @@ def test_static_decoder_equals_reference(model, seed):
             assert [[key for key, _ in r] for r in static] == [
                 [key for key, _ in r] for r in reference
             ], case
-            # Same model calls on the same rows: the scores are equal, not just close.
-            assert static == reference, case
+            # Beams attend over the shared prompt keys in another layout: float32 rounding
+            # (which rounding the logits to a grain can turn into one far logit's step).
+            np.testing.assert_allclose(
+                [score for r in static for _, score in r],
+                [score for r in reference for _, score in r],
+                atol=1e-5 if wrapped is model else 1e-2,
+            )
     everything = recommend_items(model, prompts, trie, len(items) + 3, exclude=exclude,
                                  tokenizer=SPECIAL)  # fmt: skip
     for excluded, ranked in zip(exclude, everything, strict=True):
         assert sorted(key for key, _ in ranked) == sorted(set(items) - excluded)
 
 
-def test_static_decoder_feeds_the_reference_inputs(model):
-    """Step for step the same model inputs (ids, 2-D positions, masks) for every live
-    beam, and the same number of model calls."""
+def test_static_decoder_inputs_share_the_prompt(model):
+    """After the prompt pass, each call feeds one token per beam of every prompt: inter =
+    the mask position, intra = the rule's (step + 1 for a live beam), and each beam sees
+    its prompt's non-padded Part A, [sop] and exactly one earlier generated key per
+    step (its ancestor's), the last being its own; nothing of another beam's path."""
     rng = np.random.default_rng(20)
     items = random_items(rng, 25, low=10, high=16)
-    trie = EntityTrie(items)
     prompts = [make_prompt(rng, n) for n in (9, 4, 12)]
-    exclude = [set(sorted(items)[:5]), set(), set(sorted(items)[5:12])]
-    calls = {}
-    for decoder in DECODERS:
-        recorder = Recorder(model)
-        recommend_items(recorder, prompts, trie, 4, num_beams=6, exclude=exclude,
-                        tokenizer=SPECIAL, decoder=decoder)  # fmt: skip
-        calls[decoder] = recorder.calls
-    assert len(calls["static"]) == len(calls["reference"]) > 2
-    for static, reference in zip(calls["static"], calls["reference"], strict=True):
-        assert torch.equal(static["input_ids"], reference["input_ids"])
-        assert torch.equal(static["attention_mask"], reference["attention_mask"])
-        assert torch.equal(static["position_ids"][:, 0], reference["position_ids"][:, 0])
-    # Intra-positions: equal on live beams (dead beams' inputs are never used).
-    for step, (static, reference) in enumerate(
-        zip(calls["static"][1:], calls["reference"][1:], strict=True), start=1
-    ):
-        intra = static["position_ids"][:, 1, 0]
-        live = intra != 1  # a live beam's token at step s has intra s + 1 >= 2
-        assert torch.equal(intra[live], reference["position_ids"][:, 1, 0][live])
-        assert set(intra[live].tolist()) == {step + 1}
+    beams, width = 6, max(len(p.input_ids) for p in prompts)
+    recorder = Recorder(model)
+    recommend_items(recorder, prompts, EntityTrie(items), 4, num_beams=beams, tokenizer=SPECIAL)
+    assert len(recorder.calls) > 2
+    for step, call in enumerate(recorder.calls[1:], start=1):
+        assert call["input_ids"].shape == (len(prompts), beams)
+        assert call["position_ids"][:, 0].tolist() == [[p.mask_inter] * beams for p in prompts]
+        mask = call["attention_mask"][:, 0]  # [prompts, beams, width + 1 + step * beams]
+        for index, prompt in enumerate(prompts):
+            part_a = [True] * len(prompt.input_ids) + [False] * (width - len(prompt.input_ids))
+            assert mask[index, :, : width + 1].tolist() == [part_a + [True]] * beams
+            generated = mask[index, :, width + 1 :].view(beams, step, beams)
+            assert (generated.sum(2) == 1).all()  # one ancestor key per step
+            assert generated[:, -1].nonzero()[:, 1].tolist() == list(range(beams))  # itself
+        live = call["position_ids"][:, 1] != 1  # dead beams: the dead node's intra 1
+        assert set(call["position_ids"][:, 1][live].tolist()) <= {step + 1}
 
 
 def test_decoder_switch_is_checked(model):
