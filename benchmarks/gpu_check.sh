@@ -17,7 +17,7 @@
 # would be exceeded; each run has its own time limit):
 #   1. glm-2b, today's path: packing within batches of 32 examples, SDPA, full logits.
 #   D. glm-large decoding: trie-constrained top-10 over 12,000 items and 1-of-100 scoring,
-#      decoder reference vs static in the same run (users/s, ratio, identical results).
+#      decoder reference vs static in the same run (users/s, ratio, lists that agree).
 #   2. glm-2b, rows packed across batches (8 rows of 1024), loss full|labelled x SDPA|flex.
 #   3. glm-10b, today's path with full activation checkpointing (the RESULTS.md baseline).
 #   4. glm-10b, all levers (window, labelled, flex), checkpointing every 1, 2 blocks, none.
