@@ -17,7 +17,8 @@
 # would be exceeded; each run has its own time limit):
 #   1. glm-2b, today's path: packing within batches of 32 examples, SDPA, full logits.
 #   D. glm-large decoding: trie-constrained top-10 over 12,000 items and 1-of-100 scoring,
-#      decoder reference vs static in the same run (users/s, ratio, lists that agree).
+#      decoder reference vs static in the same run (users/s, ratio, lists that agree);
+#      then 64 users in fp32 for the lists' agreement.
 #   2. glm-2b, rows packed across batches (8 rows of 1024), loss full|labelled x SDPA|flex.
 #   3. glm-10b, today's path with full activation checkpointing (the RESULTS.md baseline).
 #   4. glm-10b, all levers (window, labelled, flex), checkpointing every 1, 2 blocks, none.
@@ -109,6 +110,13 @@ else
 fi
 step "D glm-large decoding" 120 "$PYTHON" benchmarks/bench_generation.py "${DECODING[@]}" \
     --table-out "$OUT/generation.md"
+# The same in fp32 for fewer users: whether both decoders' lists agree is then not at the
+# mercy of bf16 rounding between near-tied items (random weights give near-uniform logits).
+if [[ $SMOKE == 0 ]]; then
+    step "D2 glm-large decoding, fp32 lists" 60 "$PYTHON" benchmarks/bench_generation.py \
+        "${DECODING[@]}" --dtype fp32 --users 64 --candidates 10 \
+        --table-out "$OUT/generation_fp32.md"
+fi
 step "2 $SMALL levers" 200 "${BENCH[@]}" --shapes $SMALL --packing window --loss full labelled \
     --attention sdpa flex --checkpoint-every 0
 step "3 $LARGE today" 90 "${BENCH[@]}" --shapes $LARGE "${LARGE_STEPS[@]}" --packing batch \
@@ -122,8 +130,10 @@ step "6 $SMALL levers + compiled blocks" 150 "${BENCH[@]}" --shapes $SMALL --pac
     --loss labelled --attention flex --checkpoint-every 0 --compile-blocks
 
 "$PYTHON" benchmarks/bench_training.py --table "$RESULTS" | tee "$OUT/table.md"
-if [[ -s "$OUT/generation.md" ]]; then
-    { echo; echo "Decoding (benchmarks/bench_generation.py):"; cat "$OUT/generation.md"; } |
-        tee -a "$OUT/table.md"
-fi
+for table in "$OUT/generation.md" "$OUT/generation_fp32.md"; do
+    if [[ -s "$table" ]]; then
+        { echo; echo "Decoding (benchmarks/bench_generation.py):"; cat "$table"; } |
+            tee -a "$OUT/table.md"
+    fi
+done
 echo "gpu_check done in $((SECONDS - STARTED))s; results in $OUT" | tee -a "$LOG"
