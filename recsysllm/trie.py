@@ -197,7 +197,7 @@ class EntityTrie:
         return tensors
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: identity, not elementwise ==
 class TrieTensors:
     """An item trie as static tensors: a CSR transition matrix over numbered nodes.
 
