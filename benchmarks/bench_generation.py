@@ -1,8 +1,10 @@
-"""Trie-constrained beam search: per-step overhead of the constraint, and users/s for top-10.
+"""Trie-constrained beam search: users/s for top-10, static vs reference decoder, same run.
 
     python benchmarks/bench_generation.py                                   # CPU, tiny model
     python benchmarks/bench_generation.py --quick                           # fewer users
-    python benchmarks/bench_generation.py --device cuda --dtype bf16 --shape glm-large
+    python benchmarks/bench_generation.py --shape small --users 32          # CPU, wider model
+    python benchmarks/bench_generation.py --device cuda --dtype bf16 --shape glm-large \
+        --users 256 --batch 64
 
 Synthetic catalog of 12,000 items whose titles are 3-12 tokens with Zipf-distributed
 ids (so first tokens are shared by many items, as real titles share "The", "Star",
@@ -11,10 +13,12 @@ tokens laid out as ``build_prompt`` does (``[CLS] ... [MASK] ... [eos]``). Rando
 weights: the ranking is meaningless, the cost is real.
 
 Reports, for the same beams and prompts:
-- seconds per decoding step (one model call after the prompt pass) of
-  ``recommend_items`` (trie constraint, top-k distinct items) and of unconstrained
-  beam search (``generate_ids(strategy="beam")``), and their ratio (target <= 1.15);
-- users/s of ``recommend_items`` for top-k over the whole catalog.
+- users/s of ``recommend_items`` for top-k over the whole catalog with each decoder
+  (``decoder="reference"``: per-beam Python over the pygtrie trie; ``"static"``: the
+  trie as tensors, the default), their ratio, for how many users both returned the
+  same items in the same order, and the largest score difference;
+- seconds per decoding step (one model call after the prompt pass) of each, and of
+  unconstrained beam search (``generate_ids(strategy="beam")``) for scale.
 
 Needs only torch, transformers, numpy and pygtrie (no deepspeed, datasets, wandb).
 """
@@ -22,6 +26,7 @@ Needs only torch, transformers, numpy and pygtrie (no deepspeed, datasets, wandb
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from types import SimpleNamespace
 
@@ -29,7 +34,7 @@ import numpy as np
 import torch
 
 from recsysllm.collator import PromptInputs
-from recsysllm.generation import generate_ids, recommend_items
+from recsysllm.generation import DECODERS, generate_ids, recommend_items, score_candidates
 from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
 from recsysllm.modeling.glm.tokenization import GPT2_SPECIAL_IDS
 from recsysllm.trie import EntityTrie
@@ -44,22 +49,27 @@ CLS, EOS, MASK = SPECIAL.cls_token_id, SPECIAL.eos_token_id, SPECIAL.mask_token_
 SHAPES = {
     # hidden, layers, heads, vocab rows, max_sequence_length
     "tiny": (64, 2, 4, 50304, 512),
+    "small": (256, 4, 4, 50304, 512),  # the glm-large vocabulary, a body a 2-core CPU runs
     "glm-large": (1024, 24, 16, 50304, 512),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class CountingModel(torch.nn.Module):
-    """Counts model calls, so time can be divided per decoding step."""
+    """Counts model calls and their seconds (on CPU, where a call's time is its cost), so
+    time can be divided per decoding step and into model and search."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model, self.config = model, model.config
-        self.calls = 0
+        self.calls, self.seconds = 0, 0.0
 
     def forward(self, **inputs):
         self.calls += 1
-        return self.model(**inputs)
+        start = time.perf_counter()
+        output = self.model(**inputs)
+        self.seconds += time.perf_counter() - start
+        return output
 
 
 def synthetic_catalog(rng: np.random.Generator, count: int) -> dict[str, tuple[int, ...]]:
@@ -80,7 +90,7 @@ def synthetic_prompt(rng: np.random.Generator, length: int) -> PromptInputs:
 
 def timed(model: CountingModel, device: str, run) -> tuple[float, int]:
     """Seconds and model calls of ``run()``."""
-    model.calls = 0
+    model.calls, model.seconds = 0, 0.0
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -105,6 +115,14 @@ def main() -> None:
     parser.add_argument("--prompt-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     parser.add_argument("--quick", action="store_true", help="16 users")
+    parser.add_argument("--table-out", help="also write the table (header and row) here")
+    parser.add_argument(
+        "--candidates", type=int, default=100, help="1-of-N scoring: candidates per user"
+    )
+    parser.add_argument(
+        "--decoders", nargs="+", default=list(DECODERS[::-1]), choices=DECODERS,
+        help="recommend_items decoders to time (both: ratio and equality check)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     users = 16 if args.quick else args.users
@@ -141,9 +159,25 @@ def main() -> None:
         f"prompt {args.prompt_length} tokens, k={args.k}, beams={num_beams}"
     )
 
-    def constrained() -> None:
-        for batch in batches:
-            recommend_items(model, batch, trie, args.k, num_beams=num_beams, tokenizer=SPECIAL)
+    results: dict[str, list] = {d: [] for d in args.decoders}
+    scores: dict[str, list] = {d: [] for d in args.decoders}
+
+    keys = sorted(items)
+    candidates = [
+        [items[keys[i]] for i in rng.choice(len(keys), size=args.candidates, replace=False)]
+        for _ in prompts
+    ]
+
+    def top_k(batch: slice, decoder: str) -> None:
+        results[decoder] += recommend_items(
+            model, prompts[batch], trie, args.k, num_beams=num_beams, tokenizer=SPECIAL,
+            decoder=decoder,
+        )  # fmt: skip
+
+    def one_of_n(batch: slice, decoder: str) -> None:
+        scores[decoder] += score_candidates(
+            model, prompts[batch], candidates[batch], tokenizer=SPECIAL, decoder=decoder
+        )
 
     def prompt_only() -> None:  # the prompt pass alone, to separate it from the steps
         for batch in batches:
@@ -159,20 +193,80 @@ def main() -> None:
                 model, batch, SPECIAL, max_new_tokens=steps, strategy="beam", num_beams=num_beams
             )
 
-    constrained()  # warm-up (allocator, kernels)
+    start = time.perf_counter()
+    trie.tensors(args.device)
+    print(f"trie tensors built in {time.perf_counter() - start:.2f}s (once per catalog and device)")
+    for decoder in args.decoders:  # warm-up (allocator, kernels)
+        recommend_items(model, batches[0][:2], trie, args.k, tokenizer=SPECIAL, decoder=decoder)
     prompt_seconds, prompt_calls = timed(model, args.device, prompt_only)
-    constrained_seconds, constrained_calls = timed(model, args.device, constrained)
+    # The decoders take turns batch by batch, so both see the same machine load.
+    seconds = dict.fromkeys(args.decoders, 0.0)
+    model_seconds, calls = dict.fromkeys(args.decoders, 0.0), dict.fromkeys(args.decoders, 0)
+    score_seconds = dict.fromkeys(args.decoders, 0.0)
+    for start in range(0, users, args.batch):
+        batch = slice(start, start + args.batch)
+        for decoder in args.decoders:
+            elapsed, count = timed(model, args.device, functools.partial(top_k, batch, decoder))
+            seconds[decoder] += elapsed
+            model_seconds[decoder] += model.seconds
+            calls[decoder] += count
+            run = functools.partial(one_of_n, batch, decoder)
+            score_seconds[decoder] += timed(model, args.device, run)[0]
+    per_step = {d: (seconds[d] - prompt_seconds) / (calls[d] - prompt_calls) for d in args.decoders}
+    search = {d: (seconds[d] - model_seconds[d]) / (calls[d] - prompt_calls) for d in args.decoders}
     free_seconds, free_calls = timed(model, args.device, unconstrained)
-    per_prompt_pass = prompt_seconds / prompt_calls
-    constrained_step = (constrained_seconds - prompt_seconds) / (constrained_calls - prompt_calls)
     free_step = (free_seconds - prompt_seconds) / (free_calls - prompt_calls)
-    print(f"prompt pass: {per_prompt_pass * 1e3:.1f} ms per batch")
-    print(
-        f"per step: constrained {constrained_step * 1e3:.2f} ms ({constrained_calls - prompt_calls} steps), "
-        f"unconstrained {free_step * 1e3:.2f} ms ({free_calls - prompt_calls} steps); "
-        f"ratio {constrained_step / free_step:.3f}x (target <= 1.15x)"
-    )
-    print(f"recommend_items top-{args.k}: {users / constrained_seconds:.1f} users/s")
+    print(f"prompt pass: {prompt_seconds / prompt_calls * 1e3:.1f} ms per batch")
+    steps_text = ", ".join(f"{d} {per_step[d] * 1e3:.2f} ms" for d in args.decoders)
+    print(f"per step: {steps_text}; unconstrained beams {free_step * 1e3:.2f} ms")
+    if args.device == "cpu":  # on CUDA a call returns before its kernels ran
+        search_text = ", ".join(f"{d} {search[d] * 1e3:.2f} ms" for d in args.decoders)
+        print(f"per step outside the model (search bookkeeping): {search_text}")
+    for decoder in args.decoders:
+        print(f"recommend_items top-{args.k}, {decoder}: {users / seconds[decoder]:.1f} users/s")
+    for decoder in args.decoders:
+        print(
+            f"score_candidates 1-of-{args.candidates}, {decoder}: "
+            f"{users / score_seconds[decoder]:.1f} users/s"
+        )
+    if len(args.decoders) == 2:
+        same_lists = sum(
+            [key for key, _ in static] == [key for key, _ in reference]
+            for static, reference in zip(results["static"], results["reference"], strict=True)
+        )
+        identical = f"{same_lists}/{users}"
+        top_k_difference = max(
+            abs(a - b)
+            for static, reference in zip(results["static"], results["reference"], strict=True)
+            for (_, a), (_, b) in zip(static, reference, strict=False)
+        )
+        ratio = seconds["reference"] / seconds["static"]
+        score_ratio = score_seconds["reference"] / score_seconds["static"]
+        difference = np.abs(np.array(scores["static"]) - np.array(scores["reference"])).max()
+        print(
+            f"top-{args.k} static / reference: {ratio:.2f}x users/s; users with the same items "
+            f"in the same order: {identical}; largest score difference {top_k_difference:.1e}"
+        )
+        print(
+            f"1-of-{args.candidates} static / reference: {score_ratio:.2f}x users/s; "
+            f"largest score difference {difference:.1e}"
+        )
+        machine = f"CPU, {torch.get_num_threads()} thread(s)"
+        if args.device == "cuda":
+            machine = f"{torch.cuda.get_device_name()}, {args.dtype}"
+        table = (
+            "| machine | shape | users | per call | top-k users/s ref | static | ratio | same lists "
+            "| 1-of-N users/s ref | static | ratio | largest difference |\n"
+            "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n"
+            f"| {machine} | {args.shape} | {users} | {args.batch} | "
+            f"{users / seconds['reference']:.1f} | {users / seconds['static']:.1f} | "
+            f"{ratio:.2f}x | {identical} | {users / score_seconds['reference']:.1f} | "
+            f"{users / score_seconds['static']:.1f} | {score_ratio:.2f}x | {difference:.1e} |\n"
+        )
+        print(table, end="")
+        if args.table_out:
+            with open(args.table_out, "w") as file:
+                file.write(table)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 13 (training side) on one H100/H200, in under 8 minutes, as one table.
+# Every GPU figure of issue 13 (training and decoding) on one H100/H200, in under 8 minutes, as one table.
 #
 #   bash benchmarks/gpu_check.sh fetch        # here, with pip: wheels the device image lacks -> .whl/
 #   bash benchmarks/gpu_check.sh              # on the GPU machine: writes $OUT (or runs/gpu_check)
@@ -8,13 +8,17 @@
 # On the device machine (device tool): carry .whl and run `bash benchmarks/gpu_check.sh`;
 # the wheels go into /tmp/site (transformers >= 5.23 and peft for the model and LoRA,
 # liger-kernel for the fused loss). Results: $OUT/training.jsonl (one JSON line per run),
-# $OUT/table.md (the table) and $OUT/log.txt (every step's output, the CUDA equality
-# tests' included). With the device tool: after `fetch` here,
+# $OUT/generation.md (the decoding row), $OUT/table.md (the tables) and $OUT/log.txt
+# (every step's output, the CUDA equality tests' included). With the device tool: after
+# `fetch` here,
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
 #
 # Runs, in priority order (later ones are skipped, and say so, when the 8-minute budget
 # would be exceeded; each run has its own time limit):
 #   1. glm-2b, today's path: packing within batches of 32 examples, SDPA, full logits.
+#   D. glm-large decoding: trie-constrained top-10 over 12,000 items and 1-of-100 scoring,
+#      decoder reference vs static in the same run (users/s, ratio, lists that agree);
+#      then 64 users in fp32 for the lists' agreement.
 #   2. glm-2b, rows packed across batches (8 rows of 1024), loss full|labelled x SDPA|flex.
 #   3. glm-10b, today's path with full activation checkpointing (the RESULTS.md baseline).
 #   4. glm-10b, all levers (window, labelled, flex), checkpointing every 1, 2 blocks, none.
@@ -98,6 +102,21 @@ step() {
 BENCH=("$PYTHON" benchmarks/bench_training.py "${COMMON[@]}" --out "$RESULTS")
 
 step "1 $SMALL today" 90 "${BENCH[@]}" --shapes $SMALL --packing batch --checkpoint-every 0
+if [[ $SMOKE == 1 ]]; then
+    DECODING=(--device cpu --shape tiny --items 2000 --users 4 --batch 4 --candidates 10)
+else
+    DECODING=(--device cuda --dtype bf16 --shape glm-large --items 12000 --users 256 --batch 64
+        --k 10 --candidates 100)
+fi
+step "D glm-large decoding" 120 "$PYTHON" benchmarks/bench_generation.py "${DECODING[@]}" \
+    --table-out "$OUT/generation.md"
+# The same in fp32 for fewer users: whether both decoders' lists agree is then not at the
+# mercy of bf16 rounding between near-tied items (random weights give near-uniform logits).
+if [[ $SMOKE == 0 ]]; then
+    step "D2 glm-large decoding, fp32 lists" 60 "$PYTHON" benchmarks/bench_generation.py \
+        "${DECODING[@]}" --dtype fp32 --users 64 --candidates 10 \
+        --table-out "$OUT/generation_fp32.md"
+fi
 step "2 $SMALL levers" 200 "${BENCH[@]}" --shapes $SMALL --packing window --loss full labelled \
     --attention sdpa flex --checkpoint-every 0
 step "3 $LARGE today" 90 "${BENCH[@]}" --shapes $LARGE "${LARGE_STEPS[@]}" --packing batch \
@@ -111,4 +130,10 @@ step "6 $SMALL levers + compiled blocks" 150 "${BENCH[@]}" --shapes $SMALL --pac
     --loss labelled --attention flex --checkpoint-every 0 --compile-blocks
 
 "$PYTHON" benchmarks/bench_training.py --table "$RESULTS" | tee "$OUT/table.md"
+for table in "$OUT/generation.md" "$OUT/generation_fp32.md"; do
+    if [[ -s "$table" ]]; then
+        { echo; echo "Decoding (benchmarks/bench_generation.py):"; cat "$table"; } |
+            tee -a "$OUT/table.md"
+    fi
+done
 echo "gpu_check done in $((SECONDS - STARTED))s; results in $OUT" | tee -a "$LOG"

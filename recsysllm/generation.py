@@ -26,6 +26,13 @@ they are scored. So the score ``recommend_items`` gives an item equals
 ``score_candidates`` for the same item, and both equal the item's likelihood under
 uncached teacher forcing.
 
+Item decoding runs on the device: ``recommend_items`` walks the item trie as static
+CSR tensors (:meth:`EntityTrie.tensors`, STATIC-style), so the constraint mask, beam
+bookkeeping and positions are tensor ops with one host sync per step, and a prompt's
+beams share its cached Part A (no per-beam cache copies); ``decoder="reference"``
+keeps the per-beam Python search it is tested against (same items and order, scores
+equal to float32 rounding).
+
 Public entry points: :func:`recommend_items` (trie-constrained beams, top-k
 distinct items), :func:`score_candidates` (exact log-likelihood of given answers),
 :func:`generate_ids` / :func:`generate_text` (greedy, sampling, beam search) and
@@ -49,9 +56,12 @@ from transformers import DynamicCache
 from recsysllm.modeling.modeling_glm import CACHE_FIELD
 from recsysllm.positions import IntraPositionTracker, TokenKind
 from recsysllm.prompt_layout import SpecialTokenIds
-from recsysllm.trie import EntityTrie
+from recsysllm.trie import EntityTrie, TrieTensors
 
 STRATEGIES = ("greedy", "sample", "beam")
+# recommend_items / score_candidates: "static" (tensorized trie, the default) or
+# "reference" (per-beam Python over the pygtrie trie; kept to test "static" against).
+DECODERS = ("static", "reference")
 
 
 @dataclass
@@ -412,6 +422,175 @@ def _beam_search(
     return [hypotheses.best_first() for hypotheses in finished]
 
 
+def _static_item_search(
+    decoder: _Decoder,
+    eop_token_id: int,
+    num_beams: int,
+    num_return: int,
+    max_new_tokens: int,
+    length_normalize: bool,
+    trie: TrieTensors,
+    exclude: Sequence[set[str]] | None,
+) -> list[list[tuple[int, float]]]:
+    """:func:`_beam_search` with item constraints, as tensor ops on the model's device.
+
+    The same search (the same scores up to float32 rounding, the same ``topk`` over
+    beams x vocabulary, the same finishing and stopping rules), so the same items in
+    the same order; per step the only host work is the loop and one "does any prompt
+    go on" read. A beam is a trie node: its allowed tokens are the node's CSR
+    children minus those whose subtree holds only excluded items (a per-prompt
+    ``blocked`` node mask), [eop] is allowed where an item not excluded ends, and the
+    next node and its intra-position are gathered from the trie tensors. Finished
+    items are a per-prompt ``[num_return]`` table kept sorted by (score desc,
+    insertion order), the order ``_Hypotheses`` keeps; rank scores are float64 as there.
+
+    The KV cache is never reordered or copied per beam: a prompt's beams share its
+    cached Part A and [sop], each step appends one key per beam, and a beam's mask
+    row sees its ancestors' keys (``ancestry``: the beam slot of its ancestor at each
+    step). A prompt that stops keeps its rows with every beam dead, so no row is
+    ever dropped from the cache either.
+
+    Returns:
+        Per prompt, up to ``num_return`` (item index into ``trie.item_keys``, rank score).
+    """
+    first_logits = decoder.prompt_pass(with_sop=True)
+    num_prompts, vocab_size = first_logits.shape
+    device = decoder.device
+    logits = first_logits.repeat_interleave(num_beams, 0)  # [rows = prompts * beams, V]
+    beam_scores = torch.full((num_prompts, num_beams), -math.inf, device=device)
+    beam_scores[:, 0] = 0.0
+    nodes = torch.zeros(num_prompts * num_beams, dtype=torch.long, device=device)  # the root
+    nodes.view(num_prompts, num_beams)[:, 1:] = trie.dead
+    blocked, item_excluded = _exclusion_masks(trie, exclude, num_prompts, device)
+    prompt_of_row = torch.arange(num_prompts, device=device).repeat_interleave(num_beams)
+    finished_scores = torch.full((num_prompts, num_return), -math.inf, dtype=torch.float64)
+    finished_scores = finished_scores.to(device)
+    finished_items = torch.full_like(finished_scores, -1, dtype=torch.long)
+    # [prompts, beams, feeds]: the beam slot of each beam's ancestor at every feed so far.
+    ancestry = torch.zeros(num_prompts, num_beams, 0, dtype=torch.long, device=device)
+    beam_slots = torch.arange(num_beams, device=device)
+    inter = decoder.mask_inter[:, None].expand(-1, num_beams)  # [prompts, beams]
+    prompt_keys = decoder.key_valid[:, None, :].expand(-1, num_beams, -1)  # Part A + [sop]
+    done = torch.zeros(num_prompts, dtype=torch.bool, device=device)
+
+    for step in range(max_new_tokens):
+        log_probs = torch.log_softmax(logits, -1)  # [rows, V]
+        # Children of each beam's node, padded to the most children at this depth.
+        width = max(trie.max_children[step] if step < len(trie.max_children) else 0, 1)
+        first = trie.child_ptr[nodes]
+        offsets = torch.arange(width, device=device)
+        has_child = offsets < (trie.child_ptr[nodes + 1] - first)[:, None]  # [rows, width]
+        slots = torch.where(has_child, first[:, None] + offsets, 0)
+        child_tokens = trie.child_token[slots]
+        child_nodes = trie.child_node[slots]
+        allowed_child = has_child & ~blocked[prompt_of_row[:, None], child_nodes]
+        # [rows, V]: -inf but at allowed children, where beam score + log p (the same
+        # float additions as the reference's dense where(), done at the children only).
+        # Padding slots write -inf to the [eop] column, which takes no part in the topk.
+        beam_column = beam_scores.view(-1, 1)  # dead beams are -inf, so all their extensions
+        child_scores = log_probs.gather(1, child_tokens) + beam_column
+        scores = torch.full_like(log_probs, -math.inf).scatter_(
+            1,
+            torch.where(allowed_child, child_tokens, eop_token_id),
+            child_scores.masked_fill(~allowed_child, -math.inf),
+        )
+        items = trie.node_item[nodes]
+        may_end = (items >= 0) & ~item_excluded[prompt_of_row, items.clamp(min=0)]
+        eop_scores = log_probs[:, eop_token_id : eop_token_id + 1] + beam_column
+        eop_scores = eop_scores.masked_fill(~may_end[:, None], -math.inf)
+        eop_scores = eop_scores.double().view(-1, num_beams)  # [prompts, beams]
+        if length_normalize:
+            eop_scores = eop_scores / (step + 1)
+        merged_scores = torch.cat([finished_scores, eop_scores], 1)
+        merged_items = torch.cat([finished_items, items.view(-1, num_beams)], 1)
+        # Stable: among equal scores, earlier hypotheses (and lower beams) stay first.
+        merged_scores, order = merged_scores.sort(dim=1, descending=True, stable=True)
+        finished_scores = merged_scores[:, :num_return].contiguous()
+        finished_items = merged_items.gather(1, order[:, :num_return])
+        scores[:, eop_token_id] = -math.inf
+        top_scores, top_ids = scores.view(-1, num_beams * vocab_size).topk(num_beams, dim=1)
+        if step == max_new_tokens - 1:
+            break
+        best_live = top_scores[:, 0].double()
+        bound = best_live / (step + 2) if length_normalize else best_live
+        worst = finished_scores[:, -1]  # -inf until num_return items are finished
+        go_on = ~done & (best_live > -math.inf) & ~(torch.isfinite(worst) & (bound <= worst))
+        if not go_on.any():  # the one host sync of a step
+            break
+        # A prompt that stops keeps its rows (no cache copy), with every beam dead.
+        done |= ~go_on
+        beam_scores = top_scores.masked_fill(~go_on[:, None], -math.inf)
+        source_beams = top_ids // vocab_size  # [prompts, beams]
+        next_tokens = top_ids % vocab_size
+        source_rows = (prompt_of_row.view(-1, num_beams) * num_beams + source_beams).view(-1)
+        # The child reached by each chosen token (dead if the token is no allowed child).
+        matches = (child_tokens[source_rows] == next_tokens.view(-1, 1)) & allowed_child[
+            source_rows
+        ]
+        chosen = child_nodes[source_rows].gather(1, matches.int().argmax(1, keepdim=True))[:, 0]
+        nodes = torch.where(matches.any(1), chosen, trie.dead)
+        # Beams share their prompt's cached Part A and [sop]; the tokens generated so
+        # far are appended as one key per beam and feed, and a beam sees its ancestors'.
+        ancestry = torch.cat(
+            [
+                ancestry.gather(1, source_beams[:, :, None].expand(-1, -1, step)),
+                beam_slots.expand(num_prompts, -1)[:, :, None],
+            ],
+            2,
+        )
+        generated = torch.zeros(
+            num_prompts, num_beams, step + 1, num_beams, dtype=torch.bool, device=device
+        ).scatter_(3, ancestry[..., None], True)
+        mask = torch.cat([prompt_keys, generated.view(num_prompts, num_beams, -1)], 2)
+        output = decoder.model(
+            input_ids=next_tokens,  # [prompts, beams]
+            position_ids=torch.stack([inter, trie.node_intra[nodes].view(-1, num_beams)], 1),
+            attention_mask=mask[:, None],  # [prompts, 1, beams, Part A + [sop] + generated]
+            cache=decoder.cache,
+            use_cache=True,
+        )
+        decoder.cache = getattr(output, CACHE_FIELD)
+        logits = output.logits.float().view(-1, vocab_size)
+    scores_list, items_list = finished_scores.tolist(), finished_items.tolist()
+    return [
+        [(item, score) for item, score in zip(items, scores, strict=True) if score > -math.inf]
+        for items, scores in zip(items_list, scores_list, strict=True)
+    ]
+
+
+def _exclusion_masks(
+    trie: TrieTensors,
+    exclude: Sequence[set[str]] | None,
+    num_prompts: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per prompt: ``blocked`` [prompts, nodes] (every item below the node is excluded)
+    and ``item_excluded`` [prompts, items] bool. Keys that are no item are ignored."""
+    pairs = [
+        (prompt, trie.item_index[key])
+        for prompt, keys in enumerate(exclude or ())
+        for key in keys
+        if key in trie.item_index
+    ]
+    num_nodes, num_items = len(trie.node_item), len(trie.item_keys)
+    item_excluded = torch.zeros(num_prompts, max(num_items, 1), dtype=torch.bool, device=device)
+    blocked = torch.zeros(num_prompts, num_nodes, dtype=torch.bool, device=device)
+    if not pairs:
+        return blocked, item_excluded
+    prompts, items = torch.tensor(pairs, device=device).unbind(1)
+    item_excluded[prompts, items] = True
+    paths = trie.item_path[items]  # [pairs, max_length], -1 past each item's end
+    on_path = paths >= 0
+    counts = torch.zeros(num_prompts, num_nodes, dtype=torch.int32, device=device)
+    counts.index_put_(
+        (prompts[:, None].expand_as(paths)[on_path], paths[on_path]),
+        torch.ones((), dtype=torch.int32, device=device).expand(int(on_path.sum())),
+        accumulate=True,
+    )
+    blocked = (counts > 0) & (counts == trie.subtree_size)
+    return blocked, item_excluded
+
+
 @torch.inference_mode()
 def recommend_items(
     model: Any,
@@ -424,6 +603,7 @@ def recommend_items(
     max_new_tokens: int | None = None,
     *,
     tokenizer: Any,
+    decoder: str = "static",
 ) -> list[list[tuple[str, float]]]:
     """Top-k distinct catalog items per prompt by trie-constrained beam search.
 
@@ -452,6 +632,10 @@ def recommend_items(
             value is clipped to it; fewer may leave items unfinished (then fewer than k
             are returned).
         tokenizer: the ``GLMTokenizer`` (its sop and eop ids).
+        decoder: "static" (the trie as tensors on the model's device, no Python per
+            beam: ``item_trie.tensors``; beams share the prompt's cache) or
+            "reference" (per-beam Python over the pygtrie trie, one cache row per
+            beam); the same items and order, scores equal to float32 rounding.
 
     Returns:
         Per prompt, up to ``k`` ``(item key, score)`` best first; the score is the
@@ -464,20 +648,36 @@ def recommend_items(
         raise ValueError(f"num_beams ({num_beams}) must be >= k ({k}) to return k distinct items")
     if exclude is not None and len(exclude) != len(prompts):
         raise ValueError(f"exclude has {len(exclude)} sets for {len(prompts)} prompts")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder {decoder!r} not in {DECODERS}")
+    bound = item_trie.max_length + 1
+    # An item ends within its token count + [eop]: no free-text budget can stretch the
+    # search past the longest item (every beam has completed or died by then).
+    steps = min(max_new_tokens or bound, bound)
+    if decoder == "static":
+        state = _Decoder(model, prompts, tokenizer.sop_token_id)
+        trie = item_trie.tensors(state.device)
+        found = _static_item_search(
+            state,
+            tokenizer.eop_token_id,
+            num_beams=num_beams,
+            num_return=k,
+            max_new_tokens=steps,
+            length_normalize=length_normalize,
+            trie=trie,
+            exclude=exclude,
+        )
+        return [[(trie.item_keys[item], score) for item, score in ranked] for ranked in found]
     constraints = [
         _ItemConstraint(item_trie, set(exclude[i]) if exclude is not None else set())
         for i in range(len(prompts))
     ]
-    decoder = _Decoder(model, prompts, tokenizer.sop_token_id)
-    bound = item_trie.max_length + 1
     results = _beam_search(
-        decoder,
+        _Decoder(model, prompts, tokenizer.sop_token_id),
         tokenizer.eop_token_id,
         num_beams=num_beams,
         num_return=k,
-        # An item ends within its token count + [eop]: no free-text budget can stretch the
-        # search past the longest item (every beam has completed or died by then).
-        max_new_tokens=min(max_new_tokens or bound, bound),
+        max_new_tokens=steps,
         length_normalize=length_normalize,
         constraints=constraints,
         banned_ids=(),
@@ -496,16 +696,20 @@ def score_candidates(
     *,
     tokenizer: Any,
     rows_per_pass: int = 64,
+    decoder: str = "static",
 ) -> list[list[float]]:
     """Exact log-likelihood of each candidate answer of each prompt.
 
     A candidate is one unit: one entity (an item) or one run of plain text (a "yes"
     answer); both get the same intra-positions (1 on [sop], then 2, 3, ...).
 
-    Part A goes through the model once per prompt; its cache is then repeated over
-    the prompt's candidates and all ``[sop] + candidate`` continuations run in one
-    padded pass (per-candidate causal masks), ``rows_per_pass`` candidates at a time.
-    Positions follow generation: inter = mask position, intra from the tracker.
+    Part A goes through the model once per prompt. With ``decoder="static"`` the
+    ``[sop] + candidate`` continuations of a prompt then sit side by side in one row
+    after its cached Part A (each sees the prompt and, causally, itself only), so the
+    prompt's cache is shared, not copied per candidate, and no candidate is padded;
+    ``"reference"`` repeats the cache over the candidates, one padded row each. Either
+    way ``rows_per_pass`` candidates run per forward pass. Positions follow
+    generation: inter = mask position, intra from the tracker.
 
     Args:
         model: a GLMForConditionalGeneration.
@@ -513,13 +717,17 @@ def score_candidates(
         candidates: per prompt, the token ids of each candidate (``tokenizer.encode_entity``).
         length_normalize: divide each sum by the number of scored tokens (candidate + [eop]).
         tokenizer: the ``GLMTokenizer`` (its sop and eop ids).
-        rows_per_pass: candidates per forward pass (bounds the [rows, T, V] logits).
+        rows_per_pass: candidates per forward pass (bounds the logits of a pass).
+        decoder: "static" (candidates packed per prompt) or "reference" (one row per
+            candidate); the same scores to float32 rounding.
 
     Returns:
         Per prompt, per candidate: sum of log p(token) over the candidate's tokens and [eop].
     """
     if len(candidates) != len(prompts):
         raise ValueError(f"{len(candidates)} candidate lists for {len(prompts)} prompts")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder {decoder!r} not in {DECODERS}")
     pairs = []  # (prompt index, candidate index, token ids)
     for prompt_index, prompt_candidates in enumerate(candidates):
         for candidate_index, ids in enumerate(prompt_candidates):
@@ -531,8 +739,17 @@ def score_candidates(
     scores: list[list[float]] = [[0.0] * len(c) for c in candidates]
     if not pairs:
         return scores
-    decoder = _Decoder(model, prompts, tokenizer.sop_token_id)
-    decoder.prompt_pass(with_sop=False)
+    state = _Decoder(model, prompts, tokenizer.sop_token_id)
+    state.prompt_pass(with_sop=False)
+    if decoder == "static":
+        for start in range(0, len(pairs), rows_per_pass):
+            chunk = pairs[start : start + rows_per_pass]
+            sums = _score_packed(model, state, [ids for _, _, ids in chunk],
+                                 [p for p, _, _ in chunk], tokenizer, length_normalize)  # fmt: skip
+            for (prompt_index, candidate_index, _), value in zip(chunk, sums, strict=True):
+                scores[prompt_index][candidate_index] = value
+        return scores
+    decoder = state
     device = decoder.device
     prompt_cache = [(layer.keys, layer.values) for layer in decoder.cache.layers]
     for start in range(0, len(pairs), rows_per_pass):
@@ -587,6 +804,79 @@ def score_candidates(
         for (prompt_index, candidate_index, _), value in zip(chunk, sums.tolist(), strict=True):
             scores[prompt_index][candidate_index] = value
     return scores
+
+
+def _score_packed(
+    model: Any,
+    state: _Decoder,
+    candidates: Sequence[tuple[int, ...]],
+    prompt_of: Sequence[int],
+    tokenizer: Any,
+    length_normalize: bool,
+) -> list[float]:
+    """Log-likelihoods of candidates (grouped by prompt, in order) in one forward pass.
+
+    One row per prompt: its cached Part A, then ``[sop] c_1 [sop] c_2 ...``; a
+    candidate token sees the prompt's non-padded keys and its own candidate's keys up
+    to itself, so each candidate is scored as if alone after the prompt.
+    """
+    device = state.device
+    lengths = np.array([len(ids) + 1 for ids in candidates])  # [sop] + candidate
+    prompt_index = np.asarray(prompt_of)
+    row_starts = np.flatnonzero(np.r_[True, prompt_index[1:] != prompt_index[:-1]])
+    row = np.cumsum(np.r_[0, prompt_index[1:] != prompt_index[:-1]])  # per candidate
+    ends = np.cumsum(lengths)
+    row_offset = (ends - lengths) - (ends - lengths)[row_starts][row]  # candidate start in row
+    width = int(np.bincount(row, weights=lengths).max())
+    num_rows = len(row_starts)
+    # Per candidate token: its row, column and candidate; intra-positions by the tracker.
+    tracker = IntraPositionTracker()
+    kinds = [TokenKind.ENTITY_START] + [TokenKind.ENTITY_CONTINUE] * (int(lengths.max()) - 1)
+    intra_rule = np.array([tracker.start()] + [tracker.step(kind) for kind in kinds[:-1]])
+    candidate_of = np.repeat(np.arange(len(candidates)), lengths)
+    within = np.arange(len(candidate_of)) - np.repeat(ends - lengths, lengths)
+    rows_of_token = row[candidate_of]
+    columns = row_offset[candidate_of] + within
+    inputs = np.concatenate([(tokenizer.sop_token_id, *ids) for ids in candidates])
+    targets = np.concatenate([(*ids, tokenizer.eop_token_id) for ids in candidates])
+
+    def grid(values: np.ndarray, fill: int) -> torch.Tensor:  # [rows, width]
+        out = np.full((num_rows, width), fill, dtype=np.int64)
+        out[rows_of_token, columns] = values
+        return torch.from_numpy(out).to(device)
+
+    input_ids = grid(inputs, 0)
+    target_ids = grid(targets, 0)
+    intra = grid(intra_rule[within], 0)
+    segment = grid(candidate_of, -1)  # [rows, T]: candidate of each column, -1 padding
+    prompt_rows = torch.from_numpy(prompt_index[row_starts]).to(device)
+    inter = state.mask_inter.index_select(0, prompt_rows)[:, None].expand(-1, width)
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0)
+    prompt_keys = state.key_valid.index_select(0, prompt_rows)[:, None, :].expand(-1, width, -1)
+    mask = torch.cat([prompt_keys, same & causal], 2)[:, None]  # [rows, 1, T, P + T]
+    cache = DynamicCache(
+        [
+            (layer.keys.index_select(0, prompt_rows), layer.values.index_select(0, prompt_rows))
+            for layer in state.cache.layers
+        ]
+    )
+    output = model(
+        input_ids=input_ids,
+        position_ids=torch.stack([inter, intra], 1),
+        attention_mask=mask,
+        cache=cache,
+        use_cache=True,
+    )
+    logits = output.logits.float()  # [rows, T, V]
+    token_log_probs = logits.gather(2, target_ids[:, :, None])[:, :, 0] - logits.logsumexp(-1)
+    flat = torch.from_numpy(rows_of_token * width + columns).to(device)
+    sums = torch.zeros(len(candidates), dtype=torch.float32, device=device).index_add_(
+        0, torch.from_numpy(candidate_of).to(device), token_log_probs.view(-1)[flat]
+    )
+    if length_normalize:
+        sums = sums / torch.from_numpy(lengths).to(device)
+    return sums.tolist()
 
 
 @torch.inference_mode()

@@ -14,6 +14,10 @@ Two uses (DESIGN.md section 5):
   :class:`~recsysllm.positions.TokenKind` of each generated token, which
   :class:`~recsysllm.positions.IntraPositionTracker` turns into its intra-position.
 
+For batched item decoding on a device, :meth:`EntityTrie.tensors` gives the same trie
+as static tensors (:class:`TrieTensors`: a CSR transition matrix, per-node items and
+intra-positions).
+
 Example:
     >>> trie = EntityTrie({"a": (5, 6), "b": (5, 7, 8), "c": (9,)})
     >>> trie.allowed_next((5,)).tolist()
@@ -26,13 +30,16 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pygtrie
+import torch
 
-from recsysllm.positions import TokenKind
+from recsysllm.positions import IntraPositionTracker, TokenKind
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -88,6 +95,7 @@ class EntityTrie:
         self._subtree_sizes = subtree_sizes
         self._ids_by_key = {key: ids for ids, keys in self._trie.iteritems() for key in keys}
         self.max_length = max((len(ids) for ids in self._ids_by_key.values()), default=0)
+        self._tensors: dict[torch.device, TrieTensors] = {}
 
     @classmethod
     def from_catalog(cls, catalog: Any, tokenizer: Any, items_only: bool = True) -> EntityTrie:
@@ -174,3 +182,130 @@ class EntityTrie:
     def classify(self, entity_prefix: tuple[int, ...], token: int) -> TokenKind:
         """The :class:`TokenKind` of ``token`` after ``entity_prefix`` (see :meth:`step`)."""
         return self.step(entity_prefix, token)[0]
+
+    def tensors(self, device: torch.device | str) -> TrieTensors:
+        """The trie as static tensors on ``device`` (built once per device, then cached).
+
+        The trie itself is cached per (tokenizer, catalog) by :meth:`from_catalog`, so
+        the tensors are too.
+        """
+        device = torch.device(device)
+        tensors = self._tensors.get(device)
+        if tensors is None:
+            tensors = TrieTensors.build(self, device)
+            self._tensors[device] = tensors
+        return tensors
+
+
+@dataclass(frozen=True, eq=False)  # tensors: identity, not elementwise ==
+class TrieTensors:
+    """An item trie as static tensors: a CSR transition matrix over numbered nodes.
+
+    Nodes are numbered breadth-first (root 0, the nodes of one depth contiguous, each
+    node's children in token order); one extra node, :attr:`dead`, has no children,
+    no item and intra-position 1, and stands for any token outside the trie. For
+    node ``n`` the allowed next tokens are ``child_token[child_ptr[n]:child_ptr[n+1]]``
+    (sorted) and the nodes they lead to ``child_node[...]`` at the same offsets, so a
+    decoding step over many beams is a few gathers, with no Python per beam.
+
+    ``node_intra[n]`` is the intra-position of the token that entered ``n`` when the
+    answer is that one entity (``[sop]`` for the root), computed once at build time
+    by feeding the :class:`~recsysllm.positions.IntraPositionTracker` the kinds that
+    :meth:`EntityTrie.step` assigns along the path: the positions.py rule, not a copy
+    of it.
+
+    Example:
+        >>> t = EntityTrie({"a": (5, 6), "b": (5, 7, 8), "c": (9,)}).tensors("cpu")
+        >>> t.child_token[t.child_ptr[0] : t.child_ptr[1]].tolist()  # root: 5 and 9
+        [5, 9]
+        >>> t.node_intra.tolist()  # [sop], then 2, 3, 4 down each path; dead node last
+        [1, 2, 2, 3, 3, 4, 1]
+        >>> [t.item_keys[i] if i >= 0 else None for i in t.node_item.tolist()]
+        [None, None, 'c', 'a', None, 'b', None]
+    """
+
+    child_ptr: torch.Tensor  # [nodes + 1] long (the dead node included)
+    child_token: torch.Tensor  # [edges] long
+    child_node: torch.Tensor  # [edges] long
+    node_item: torch.Tensor  # [nodes] long: index into item_keys of the item ending here, or -1
+    node_intra: torch.Tensor  # [nodes] long
+    subtree_size: torch.Tensor  # [nodes] long: items at or below the node
+    item_path: torch.Tensor  # [items, max_length] long: nodes at depth 1..len, then -1
+    item_keys: tuple[str, ...]
+    item_index: Mapping[str, int]
+    max_children: tuple[int, ...]  # per depth 0..max_length: the most children of one node
+
+    @property
+    def dead(self) -> int:
+        """The node of a beam that left the trie (or never was live)."""
+        return len(self.node_item) - 1
+
+    @classmethod
+    def build(cls, trie: EntityTrie, device: torch.device) -> TrieTensors:
+        """Numbers the nodes of ``trie`` breadth-first; see the class docstring.
+
+        Raises:
+            ValueError: two keys share token ids (an item trie must tell items apart).
+        """
+        prefixes: list[tuple[int, ...]] = [()]
+        node_of = {(): 0}
+        root_tracker = IntraPositionTracker()
+        intra = [root_tracker.start()]
+        trackers = [root_tracker]  # per node: the tracker after the node's token
+        child_ptr, child_token, child_node = [0], [], []
+        max_children: list[int] = []
+        for node, prefix in enumerate(prefixes):  # grows while iterated: breadth-first
+            if len(prefix) == len(max_children):
+                max_children.append(0)
+            children = trie.allowed_next(prefix).tolist()
+            max_children[len(prefix)] = max(max_children[len(prefix)], len(children))
+            for token in children:
+                child = (*prefix, token)
+                kind, _ = trie.step(prefix, token)
+                tracker = copy.copy(trackers[node])
+                intra.append(tracker.step(kind))
+                trackers.append(tracker)
+                node_of[child] = len(prefixes)
+                child_token.append(token)
+                child_node.append(len(prefixes))
+                prefixes.append(child)
+            child_ptr.append(len(child_token))
+        item_keys: list[str] = []
+        node_item = [-1] * len(prefixes)
+        paths = []
+        for node, prefix in enumerate(prefixes):
+            keys = trie.keys_at(prefix)
+            if len(keys) > 1:
+                raise ValueError(
+                    f"entities {keys[0]!r} and {keys[1]!r} have identical token ids "
+                    f"{list(prefix)}: a trie with duplicates cannot be decoded as items"
+                )
+            if keys:
+                node_item[node] = len(item_keys)
+                item_keys.append(keys[0])
+                paths.append([node_of[prefix[:n]] for n in range(1, len(prefix) + 1)])
+        item_path = torch.full((len(paths), max(trie.max_length, 1)), -1, dtype=torch.long)
+        for index, path in enumerate(paths):
+            item_path[index, : len(path)] = torch.tensor(path)
+        # The dead node: no children, no item, intra 1 (any in-range value would do:
+        # a dead beam's outputs are never used).
+        child_ptr.append(len(child_token))
+        node_item.append(-1)
+        intra.append(1)
+        sizes = [trie.subtree_size(prefix) for prefix in prefixes] + [0]
+
+        def tensor(values: Sequence[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        return cls(
+            child_ptr=tensor(child_ptr),
+            child_token=tensor(child_token or [0]),  # a gather needs one element
+            child_node=tensor(child_node or [0]),
+            node_item=tensor(node_item),
+            node_intra=tensor(intra),
+            subtree_size=tensor(sizes),
+            item_path=item_path.to(device),
+            item_keys=tuple(item_keys),
+            item_index={key: index for index, key in enumerate(item_keys)},
+            max_children=tuple(max_children),
+        )

@@ -489,3 +489,124 @@ def test_constrained_item_search_is_bounded_by_the_longest_item(model):
     )  # fmt: skip
     assert len(recorder.calls) - 1 <= longest + 1
     assert all(len(r) == 5 for r in ranked)
+
+
+class CoarseLogits(torch.nn.Module):
+    """Rounds logits to multiples of ``grain``: exact score ties between tokens (and, with
+    a huge grain, all logits 0: every item of a length ties), so tie-breaking must agree."""
+
+    def __init__(self, model: torch.nn.Module, grain: float) -> None:
+        super().__init__()
+        self.model, self.config, self.grain = model, model.config, grain
+
+    def forward(self, **inputs):
+        output = self.model(**inputs)
+        output.logits = (output.logits / self.grain).round() * self.grain
+        return output
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_static_decoder_equals_reference(model, seed):
+    """The tensorized search returns the reference's items, order and scores: random
+    catalogs with shared prefixes and items that prefix others, exclusions (some
+    pruning whole subtrees), k above the reachable items, both rankings, narrow and
+    wide beams, and tied scores."""
+    rng = np.random.default_rng(100 + seed)
+    items = random_items(rng, int(rng.integers(5, 40)), low=10, high=int(rng.integers(13, 40)))
+    assert any(a != b and b[: len(a)] == a for a in items.values() for b in items.values())
+    trie = EntityTrie(items)
+    prompts = [make_prompt(rng, int(n)) for n in rng.integers(3, 14, size=5)]
+    keys = sorted(items)
+    exclude = [set(rng.choice(keys, size=int(rng.integers(0, len(keys) // 2)), replace=False))
+               for _ in prompts]  # fmt: skip
+    exclude[0] = {key for key in keys if items[key][0] == items[keys[0]][0]}  # a whole subtree
+    cases = [
+        dict(k=3),
+        dict(k=5, num_beams=8, exclude=exclude),
+        dict(k=4, length_normalize=True, exclude=exclude),
+        dict(k=len(items) + 3, exclude=exclude),  # more than reachable: all eligible items
+        dict(k=2, num_beams=len(items), length_normalize=True),
+        dict(k=3, max_new_tokens=2),  # too few steps for the longer items
+    ]
+    for wrapped in (model, CoarseLogits(model, 0.5), CoarseLogits(model, 1e9)):
+        for case in cases:
+            reference = recommend_items(
+                wrapped, prompts, trie, tokenizer=SPECIAL, decoder="reference", **case
+            )
+            static = recommend_items(wrapped, prompts, trie, tokenizer=SPECIAL, **case)
+            assert [[key for key, _ in r] for r in static] == [
+                [key for key, _ in r] for r in reference
+            ], case
+            # Beams attend over the shared prompt keys in another layout: float32 rounding
+            # (which rounding the logits to a grain can turn into one far logit's step).
+            np.testing.assert_allclose(
+                [score for r in static for _, score in r],
+                [score for r in reference for _, score in r],
+                atol=1e-5 if wrapped is model else 1e-2,
+            )
+    everything = recommend_items(model, prompts, trie, len(items) + 3, exclude=exclude,
+                                 tokenizer=SPECIAL)  # fmt: skip
+    for excluded, ranked in zip(exclude, everything, strict=True):
+        assert sorted(key for key, _ in ranked) == sorted(set(items) - excluded)
+
+
+def test_static_decoder_inputs_share_the_prompt(model):
+    """After the prompt pass, each call feeds one token per beam of every prompt: inter =
+    the mask position, intra = the rule's (step + 1 for a live beam), and each beam sees
+    its prompt's non-padded Part A, [sop] and exactly one earlier generated key per
+    step (its ancestor's), the last being its own; nothing of another beam's path."""
+    rng = np.random.default_rng(20)
+    items = random_items(rng, 25, low=10, high=16)
+    prompts = [make_prompt(rng, n) for n in (9, 4, 12)]
+    beams, width = 6, max(len(p.input_ids) for p in prompts)
+    recorder = Recorder(model)
+    recommend_items(recorder, prompts, EntityTrie(items), 4, num_beams=beams, tokenizer=SPECIAL)
+    assert len(recorder.calls) > 2
+    for step, call in enumerate(recorder.calls[1:], start=1):
+        assert call["input_ids"].shape == (len(prompts), beams)
+        assert call["position_ids"][:, 0].tolist() == [[p.mask_inter] * beams for p in prompts]
+        mask = call["attention_mask"][:, 0]  # [prompts, beams, width + 1 + step * beams]
+        for index, prompt in enumerate(prompts):
+            part_a = [True] * len(prompt.input_ids) + [False] * (width - len(prompt.input_ids))
+            assert mask[index, :, : width + 1].tolist() == [part_a + [True]] * beams
+            generated = mask[index, :, width + 1 :].view(beams, step, beams)
+            assert (generated.sum(2) == 1).all()  # one ancestor key per step
+            assert generated[:, -1].nonzero()[:, 1].tolist() == list(range(beams))  # itself
+        live = call["position_ids"][:, 1] != 1  # dead beams: the dead node's intra 1
+        assert set(call["position_ids"][:, 1][live].tolist()) <= {step + 1}
+
+
+def test_decoder_switch_is_checked(model):
+    rng = np.random.default_rng(21)
+    trie = EntityTrie(random_items(rng, 5))
+    with pytest.raises(ValueError, match="decoder 'fast' not in"):
+        recommend_items(model, [make_prompt(rng, 4)], trie, 2, tokenizer=SPECIAL, decoder="fast")
+
+
+@pytest.mark.parametrize("rows_per_pass", [1, 3, 64])
+def test_packed_candidate_scores_equal_reference(model, rows_per_pass):
+    """Candidates packed per prompt over its shared cache score as one row each: many
+    prompts of different lengths, candidates of 1-6 tokens (some shared prefixes,
+    some repeated), passes that split a prompt's candidates."""
+    rng = np.random.default_rng(30 + rows_per_pass)
+    prompts = [make_prompt(rng, int(n)) for n in rng.integers(3, 14, size=6)]
+    candidates = [
+        [tuple(int(t) for t in rng.integers(10, 40, size=int(rng.integers(1, 7))))
+         for _ in range(int(rng.integers(1, 9)))]
+        for _ in prompts
+    ]  # fmt: skip
+    candidates[0].append(candidates[0][0])  # the same candidate twice scores twice the same
+    candidates[1].append(candidates[1][0][:1])  # a prefix of another candidate
+    for length_normalize in (False, True):
+        reference = score_candidates(model, prompts, candidates, length_normalize,
+                                     tokenizer=SPECIAL, decoder="reference")  # fmt: skip
+        packed = score_candidates(model, prompts, candidates, length_normalize,
+                                  tokenizer=SPECIAL, rows_per_pass=rows_per_pass)  # fmt: skip
+        assert [len(s) for s in packed] == [len(c) for c in candidates]
+        np.testing.assert_allclose(
+            np.concatenate(packed), np.concatenate(reference), rtol=1e-5, atol=1e-5
+        )
+    assert packed[0][-1] == pytest.approx(packed[0][0], abs=1e-5)
+    expected = reference_item_log_prob(model, prompts[2], candidates[2][-1])
+    got = score_candidates(model, prompts, candidates, tokenizer=SPECIAL)[2][-1]
+    assert got == pytest.approx(expected, abs=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -200,3 +201,70 @@ def test_trie_positions_match_real_collator(units, seed, answer):
         assert _trie_intra_positions(trie, block_ids[1:]) == expected
         offset += length + 1
     assert offset == len(layout.part_b_ids)
+
+
+item_maps = st.dictionaries(
+    st.text(alphabet="abcdefgh", min_size=1, max_size=4),
+    st.lists(st.integers(0, 6), min_size=1, max_size=5).map(tuple),
+    min_size=1,
+    max_size=15,
+).map(lambda entities: {key: ids for ids, key in {v: k for k, v in entities.items()}.items()})
+
+
+def _walk(tensors, tokens):
+    """Node reached from the root along ``tokens`` by the CSR transitions (dead if none)."""
+    node = 0
+    for token in tokens:
+        start, end = tensors.child_ptr[node], tensors.child_ptr[node + 1]
+        hits = (tensors.child_token[start:end] == token).nonzero()
+        node = int(tensors.child_node[start + hits[0, 0]]) if len(hits) else tensors.dead
+    return node
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=item_maps, probe=st.lists(st.integers(0, 6), max_size=5).map(tuple))
+def test_trie_tensors_equal_pygtrie(items, probe):
+    """Every node's transitions, item, subtree size and intra-position equal the pygtrie
+    trie's and the tracker's (the positions.py rule fed with EntityTrie.step kinds)."""
+    trie = EntityTrie(items)
+    tensors = trie.tensors("cpu")
+    prefixes = {probe, *(ids[:n] for ids in items.values() for n in range(len(ids) + 1))}
+    seen = set()
+    for prefix in prefixes:
+        node = _walk(tensors, prefix)
+        if not trie.is_prefix(prefix):
+            assert node == tensors.dead
+            continue
+        seen.add(node)
+        start, end = tensors.child_ptr[node], tensors.child_ptr[node + 1]
+        assert tensors.child_token[start:end].tolist() == trie.allowed_next(prefix).tolist()
+        keys = [tensors.item_keys[tensors.node_item[node]]] if tensors.node_item[node] >= 0 else []
+        assert tuple(keys) == trie.keys_at(prefix)
+        assert int(tensors.subtree_size[node]) == trie.subtree_size(prefix)
+        tracker, entity_prefix = IntraPositionTracker(), ()
+        intra = tracker.start()
+        for token in prefix:
+            kind, entity_prefix = trie.step(entity_prefix, token)
+            intra = tracker.step(kind)
+        assert int(tensors.node_intra[node]) == intra == len(prefix) + 1
+        if keys:  # the item's path lists the nodes below the root
+            path = tensors.item_path[tensors.node_item[node]].tolist()
+            assert path == [_walk(tensors, prefix[:n]) for n in range(1, len(prefix) + 1)] + [
+                -1
+            ] * (tensors.item_path.shape[1] - len(prefix))
+    assert len(seen) == len(tensors.node_item) - 1  # every node but the dead one is a prefix
+    assert len(tensors.item_keys) == len(items) and sorted(tensors.item_keys) == sorted(items)
+    depth_of = {node: len(p) for p in prefixes if trie.is_prefix(p) for node in [_walk(tensors, p)]}
+    for depth, most in enumerate(tensors.max_children):
+        assert most == max(
+            len(trie.allowed_next(p)) for p in prefixes if trie.is_prefix(p) and len(p) == depth
+        )
+    assert max(depth_of.values()) == len(tensors.max_children) - 1
+
+
+def test_trie_tensors_are_cached_per_device_and_reject_duplicates():
+    trie = EntityTrie(ENTITIES)
+    assert trie.tensors("cpu") is trie.tensors(torch.device("cpu"))
+    both = EntityTrie({"attr:gender=M": (4,), "attr:size=M": (4,)}, allow_duplicates=True)
+    with pytest.raises(ValueError, match="'attr:gender=M' and 'attr:size=M' have identical"):
+        both.tensors("cpu")
