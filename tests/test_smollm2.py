@@ -186,3 +186,73 @@ def test_fetch_refuses_a_wrong_checksum_and_unknown_names(tmp_path):
     (tmp_path / "half" / "config.json").write_text("{}")
     with pytest.raises(FetchError, match="not a complete fetched model"):
         fetch_model("smollm2-135m", tmp_path / "half")
+
+
+def test_recipe_trains_on_real_movielens_and_scripts_evaluate_runs(model_dir, tmp_path):
+    """configs/smollm2_lora.yaml end to end on real MovieLens-100K, a few CPU-sized steps.
+
+    The adapter trained on real demo examples lowers the loss on held-out (valid) real
+    examples of the same families against the untouched base model, and
+    ``scripts/evaluate.py`` then runs on the checkpoint (the checkpoint's own config).
+    """
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from recsysllm import pipeline, training
+    from recsysllm.checkpoints import load_checkpoint_for_inference
+    from recsysllm.config import load_config
+    from tests.conftest import fetch_or_skip
+
+    repo = Path(__file__).resolve().parents[1]
+    movielens = fetch_or_skip("movielens-100k", "ml-100k")
+    overrides = [
+        f"model.base_model={model_dir}",
+        f"data.path={movielens}",
+        f"output_dir={tmp_path / 'run'}",
+        "data.mixture={sequential: 1.0, rating: 1.0}",
+        "data.num_negatives=4",  # CPU-sized candidate lists (the recipe lists 1 of 100)
+        "data.max_length=256",
+        "data.examples_per_epoch=16",
+        "data.packing_window=0",
+        "train.per_device_batch_size=2",
+        "train.learning_rate=2.0e-3",
+        "train.warmup_steps=0",
+        "train.save_steps=100",
+        "train.logging_steps=1",
+    ]
+    config = load_config(repo / "configs" / "smollm2_lora.yaml", overrides)
+    data = pipeline.prepare_data(config.data, seed=config.data.seed)
+    final = training.train(config, data)
+
+    trained, tokenizer, catalog, _, meta, _ = load_checkpoint_for_inference(final)
+    assert meta.base_model_fingerprint
+    base = load_decoder_checkpoint(model_dir).eval()
+    held_out = [
+        e
+        for e in data.tasks.examples("valid", ["sequential", "rating"], prompts="seen", seed=0)
+        if not e.candidates
+    ][:8]
+    collator = BlankInfillingCollator(
+        tokenizer,
+        max_length=config.data.max_length,
+        packing=False,
+        answer_budget=pipeline.answer_budget(config.data, catalog, tokenizer),
+    )
+    batch = collator([tokenizer.tokenize_example(e) for e in held_out])
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask", "labels")}
+    with torch.no_grad():
+        before, after = base(**inputs).loss.item(), trained(**inputs).loss.item()
+    assert math.isfinite(after) and after < before * 0.9, (before, after)  # 7.95 -> 6.54 measured
+
+    out = tmp_path / "eval" / "results.json"
+    command = [
+        sys.executable, str(repo / "scripts" / "evaluate.py"),
+        "--checkpoint", str(final), "--limit", "1", "--templates", "sequential-1",
+        "--no-sasrec", "--out", str(out),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, cwd=repo, capture_output=True, timeout=600)
+    document = json.loads(out.read_text())
+    assert document["settings"]["max_length"] == config.data.max_length
+    assert "sequential" in json.dumps(document["model"])
