@@ -346,7 +346,9 @@ def test_training_examples_draw_only_the_listed_templates(review_world, prompts)
     _, catalog, builder = review_world
     listed = ("sequential-1", "sequential-3", "direct-4")
     mixture = TaskMixture(
-        {"sequential": 3.0, "direct": 1.0, "pretrain": 1.0}, examples_per_epoch=200, templates=listed
+        {"sequential": 3.0, "direct": 1.0, "pretrain": 1.0},
+        examples_per_epoch=200,
+        templates=listed,
     )
     examples = builder.training_examples(mixture, seed=0, epoch=0)
     # Weights still decide the family counts (largest remainder of 200 * 3/5, 1/5, 1/5).

@@ -804,7 +804,9 @@ class TaskBuilder:
         """The ids of ``mixture.templates`` (None: all seen), checked against the prompt set."""
         if mixture.templates is None:
             return None
-        known = {t.id: t for family in self.prompts.families for t in self.prompts.templates(family)}
+        known = {
+            t.id: t for family in self.prompts.families for t in self.prompts.templates(family)
+        }
         for template_id in mixture.templates:
             if template_id not in known:
                 raise ValueError(
