@@ -1,4 +1,4 @@
-"""``recsysllm demo``: the whole pipeline on real data, on CPU, in under 10 minutes.
+"""``recsysllm demo``: the whole pipeline on real data, on CPU (about 1,000 CPU seconds; RESULTS.md).
 
     recsysllm demo                      # fetch MovieLens-100K, train, evaluate
     recsysllm demo --limit 50 max_steps=100   # a quicker look (overrides go to the config)
