@@ -254,6 +254,11 @@ class DataArgs:
         "sampling weight of each task family and of 'pretrain' (plain behaviour documents)",
         default_factory=lambda: dict.fromkeys((*TASK_FAMILIES, PRETRAIN_TASK), 1.0),
     )
+    train_templates: list[str] | None = help_field(
+        "seen template ids the training mixture draws from (e.g. only the variants that are "
+        "evaluated); null: every seen template of each family with weight > 0",
+        default=None,
+    )
     examples_per_epoch: int | None = help_field(
         "examples drawn from the mixture per epoch; null: one per (user, family) as the builder defines",
         default=None,
@@ -339,6 +344,12 @@ class DataArgs:
             )
             _check(weight >= 0, "data", "mixture", f"weight of {name!r} must be >= 0, got {weight}")
         _check(sum(self.mixture.values()) > 0, "data", "mixture", "all weights are zero")
+        _check(
+            self.train_templates is None or len(self.train_templates) > 0,
+            "data",
+            "train_templates",
+            "must be null (every seen template) or a non-empty list of template ids",
+        )
         for name in ("short_ratio", "medium_ratio", "long_ratio"):
             _check(
                 getattr(self, name) >= 0, "data", name, f"must be >= 0, got {getattr(self, name)}"

@@ -108,7 +108,9 @@ def answer_budget(data_args: DataArgs, catalog: EntityCatalog, tokenizer: Any) -
 def task_mixture(data_args: DataArgs) -> TaskMixture:
     """The epoch mixture of ``data_args`` as a :class:`TaskMixture`."""
     return TaskMixture(
-        weights=dict(data_args.mixture), examples_per_epoch=data_args.examples_per_epoch
+        weights=dict(data_args.mixture),
+        examples_per_epoch=data_args.examples_per_epoch,
+        templates=None if data_args.train_templates is None else tuple(data_args.train_templates),
     )
 
 

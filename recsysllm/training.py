@@ -449,14 +449,17 @@ def check_candidate_prompts_fit(config: Config, data: PreparedData, tokenizer: A
 
     Candidates are never truncated (prompt_layout). Checked on the valid split's
     stored lists (as many candidates as training samples), seen templates of the
-    families in the mixture; a training list of longer titles that still does not fit
-    is refused by the collator, naming the template.
+    families in the mixture (only those of ``data.train_templates`` when set); a
+    training list of longer titles that still does not fit is refused by the
+    collator, naming the template.
     """
-    weights = task_mixture(config.data).weights
-    families = [f for f in ("sequential", "direct") if weights.get(f, 0) > 0]
+    mixture = task_mixture(config.data)
+    families = [f for f in ("sequential", "direct") if mixture.weights.get(f, 0) > 0]
     if not families:
         return
     examples = data.tasks.examples("valid", families, prompts="seen", seed=config.data.seed)
+    if mixture.templates is not None:
+        examples = [e for e in examples if e.template_id in mixture.templates]
     check_prompts_fit(
         (tokenizer.tokenize_example(e) for e in examples if e.candidates),
         SpecialTokenIds.from_tokenizer(tokenizer),
@@ -464,6 +467,8 @@ def check_candidate_prompts_fit(config: Config, data: PreparedData, tokenizer: A
         config.data.max_length,
         where="training data (data.max_length)",
     )
+
+
 def row_length(config: Config) -> int:
     """Tokens per row planned by the packing sampler (``data.packing_row_length``)."""
     return config.data.packing_row_length or config.data.max_length

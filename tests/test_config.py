@@ -177,6 +177,17 @@ def test_type_and_validation_errors_name_field(tmp_path: Path):
         load_config(path, ["model.base_model=/ckpt"])  # both base_model and from_scratch
     with pytest.raises(ValueError, match="lora.enabled"):
         load_config(path, ["lora.enabled=true"])  # LoRA on random weights
+    with pytest.raises(ValueError, match="data.train_templates"):
+        load_config(path, ["data.train_templates=[]"])
+
+
+def test_train_templates_reach_the_mixture(tmp_path: Path):
+    from recsysllm.pipeline import task_mixture
+
+    path = _write(tmp_path, MINIMAL)
+    assert task_mixture(load_config(path).data).templates is None
+    config = load_config(path, ["data.train_templates=[sequential-1, direct-3]"])
+    assert task_mixture(config.data).templates == ("sequential-1", "direct-3")
 
 
 def test_every_field_has_help_and_default():

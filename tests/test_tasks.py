@@ -342,6 +342,48 @@ def test_training_examples_use_only_seen_templates_and_follow_the_weights(review
     ) == 2 * len(builder.users)
 
 
+def test_training_examples_draw_only_the_listed_templates(review_world, prompts):
+    _, catalog, builder = review_world
+    listed = ("sequential-1", "sequential-3", "direct-4")
+    mixture = TaskMixture(
+        {"sequential": 3.0, "direct": 1.0, "pretrain": 1.0},
+        examples_per_epoch=200,
+        templates=listed,
+    )
+    examples = builder.training_examples(mixture, seed=0, epoch=0)
+    # Weights still decide the family counts (largest remainder of 200 * 3/5, 1/5, 1/5).
+    assert Counter(e.task for e in examples) == {"sequential": 120, "direct": 40, "pretrain": 40}
+    by_template = Counter(e.template_id for e in examples if e.task != "pretrain")
+    assert set(by_template) == set(listed)  # both sequential ids drawn, nothing else
+    for example in examples:
+        if example.task != "pretrain":
+            check_example(example, catalog, prompts)
+    # Without the list the same families draw every seen template.
+    everything = builder.training_examples(
+        TaskMixture({"sequential": 3.0, "direct": 1.0}, examples_per_epoch=400), seed=0, epoch=0
+    )
+    assert {e.template_id for e in everything} == {
+        t.id for f in ("sequential", "direct") for t in prompts.templates(f, seen=True)
+    }
+
+
+@pytest.mark.parametrize(
+    ("templates", "message"),
+    [
+        (("sequential-1", "sequential-99"), "unknown template id 'sequential-99'"),
+        (("sequential-8",), "'sequential-8' is an unseen template"),
+        (("sequential-1",), "family 'direct' has weight 1.0 but none of its templates"),
+    ],
+)
+def test_listed_templates_are_checked(review_world, templates, message):
+    _, _, builder = review_world
+    mixture = TaskMixture({"sequential": 1.0, "direct": 1.0}, 10, templates=templates)
+    with pytest.raises(ValueError, match=message):
+        builder.training_examples(mixture, seed=0, epoch=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        TaskMixture({"sequential": 1.0}, 10, templates=())
+
+
 def test_training_examples_are_a_function_of_seed_and_epoch(review_world):
     _, _, builder = review_world
     mixture = TaskMixture(examples_per_epoch=60)

@@ -45,6 +45,7 @@ from recsysllm.training import (  # noqa: E402
     STAGING_DIRNAME,
     NonFiniteLossError,
     build_trainer,
+    check_candidate_prompts_fit,
     training_arguments,
     training_data,
 )
@@ -650,6 +651,26 @@ def test_init_adapter_continues_from_a_trained_adapter(lora_run, tiny_data, toke
     )
     with pytest.raises(CheckpointMismatchError, match="base model differs"):
         build_model(other.model, other.lora, tokenizer)
+
+
+def test_candidate_fit_check_covers_only_the_trained_templates(
+    tmp_path, tiny_data, tiny_tokenizer, tokenizer_dir
+):
+    """At 40 tokens no 1-of-3 list fits; leaving the candidate templates out passes."""
+    mixture = ["data.mixture={sequential: 1, direct: 1}", "data.max_length=40"]
+    config = tiny_config(tmp_path, tokenizer_dir, mixture)
+    with pytest.raises(ValueError, match=r"template 'direct-3' needs \d+ tokens"):
+        check_candidate_prompts_fit(config, tiny_data, tiny_tokenizer)
+    listed = tiny_config(
+        tmp_path, tokenizer_dir, [*mixture, "data.train_templates=[sequential-1, direct-1]"]
+    )
+    check_candidate_prompts_fit(listed, tiny_data, tiny_tokenizer)  # no candidate template
+    with_one = tiny_config(
+        tmp_path, tokenizer_dir, [*mixture, "data.train_templates=[sequential-1, direct-4]"]
+    )
+    with pytest.raises(ValueError, match=r"template 'direct-4' needs") as info:
+        check_candidate_prompts_fit(with_one, tiny_data, tiny_tokenizer)
+    assert "direct-3" not in str(info.value)
 
 
 def test_training_arguments_follow_the_config(tmp_path, tokenizer_dir):

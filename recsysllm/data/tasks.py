@@ -338,12 +338,16 @@ class TaskMixture:
         examples_per_epoch: examples per epoch; None: one per (user with train events,
             usable family), i.e. that number of users times the number of families with
             weight > 0 and data.
+        templates: seen template ids the families draw from; None: every seen template.
+            A family with weight > 0 needs at least one listed template (checked against
+            the prompt set by :meth:`TaskBuilder.training_examples`).
     """
 
     weights: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys((*TASK_FAMILIES, PRETRAIN_TASK), 1.0)
     )
     examples_per_epoch: int | None = None
+    templates: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         known = (*TASK_FAMILIES, PRETRAIN_TASK)
@@ -358,6 +362,8 @@ class TaskMixture:
             raise ValueError(
                 f"TaskMixture: examples_per_epoch must be >= 1, got {self.examples_per_epoch}"
             )
+        if self.templates is not None and not self.templates:
+            raise ValueError("TaskMixture: templates must be None (all seen) or non-empty")
 
 
 def _allocate(total: int, weights: Mapping[str, float]) -> dict[str, int]:
@@ -725,13 +731,19 @@ class TaskBuilder:
     def training_examples(self, mixture: TaskMixture, seed: int, epoch: int) -> list[Example]:
         """One epoch of training examples drawn from ``mixture``: a function of (seed, epoch).
 
-        Only seen templates are used. Each family's count is its weight's share of
+        Only seen templates are used (those of ``mixture.templates`` when given). Each
+        family's count is its weight's share of
         the epoch (largest remainder). An example draws a seen template uniformly,
         then a target uniformly among the train events that template can use, and
         renders it with history from before the target; "pretrain" draws a user and
         builds a train pretraining document. The result is shuffled.
+
+        Raises:
+            ValueError: ``mixture.templates`` names an unknown or unseen template, or
+                leaves a family with weight > 0 (and data) without a template.
         """
         rng = np.random.default_rng([seed, epoch])
+        chosen = self._chosen_templates(mixture)
         skipped: dict[str, str] = {}
         templates: dict[str, list[PromptTemplate]] = {}
         for family, weight in mixture.weights.items():
@@ -740,10 +752,16 @@ class TaskBuilder:
             if family in self.missing_data:
                 skipped[family] = self.missing_data[family]
                 continue
+            seen = self.prompts.templates(family, seen=True)
+            if chosen is not None:
+                seen = [t for t in seen if t.id in chosen]
+                if not seen:
+                    raise ValueError(
+                        f"training mixture: family {family!r} has weight {weight} but none of "
+                        f"its templates is in data.train_templates {sorted(chosen)}"
+                    )
             # Only templates that some train event can fill (e.g. a hint word exists).
-            usable = [
-                t for t in self.prompts.templates(family, seen=True) if self._train_targets(t)
-            ]
+            usable = [t for t in seen if self._train_targets(t)]
             if usable:
                 templates[family] = usable
             else:
@@ -781,6 +799,26 @@ class TaskBuilder:
                     self._render(template, user, event, self._history(user, position), rng, None)
                 )
         return [examples[index] for index in rng.permutation(len(examples))]
+
+    def _chosen_templates(self, mixture: TaskMixture) -> frozenset[str] | None:
+        """The ids of ``mixture.templates`` (None: all seen), checked against the prompt set."""
+        if mixture.templates is None:
+            return None
+        known = {
+            t.id: t for family in self.prompts.families for t in self.prompts.templates(family)
+        }
+        for template_id in mixture.templates:
+            if template_id not in known:
+                raise ValueError(
+                    f"data.train_templates: unknown template id {template_id!r}; the prompt set "
+                    f"has {sorted(known)}"
+                )
+            if not known[template_id].seen:
+                raise ValueError(
+                    f"data.train_templates: {template_id!r} is an unseen template (held out "
+                    "from training for the unseen-template evaluation)"
+                )
+        return frozenset(mixture.templates)
 
     def _train_targets(self, template: PromptTemplate) -> list[tuple[str, int]]:
         """(user, position) of every train event ``template`` can use as its target (cached)."""
