@@ -17,8 +17,10 @@ RecSysCausalLM`:
   which transformers 5.24's ``create_causal_mask`` passes through unchanged ("already
   4D"), to SDPA or eager attention. A fully masked padding row softmaxes over equal
   finite scores and stays finite (a bool mask would give NaN there).
-- ``labels`` unshifted (-100 ignored, mean over labelled tokens), computed here in
-  float32; the base class's shifting loss is never used.
+- ``labels`` unshifted (-100 ignored; summed float32 cross-entropy over labelled tokens
+  divided by their count or by Trainer's ``num_items_in_batch``); the base class's
+  shifting loss is never used. ``return_logits=False`` runs the head on labelled
+  positions only, as the GLM family does.
 - ``past_key_values``: a transformers ``Cache``. transformers 5.24 renamed the models'
   argument to ``cache`` (``past_key_values`` deprecated until 5.40); we take
   ``past_key_values`` as GLM and ``recsysllm.generation`` do (``cache`` is accepted
@@ -100,7 +102,6 @@ class _RecSysDecoderMixin:
     """Adds ``block_position_embeddings`` and the RecSysLLM forward to a transformers LM."""
 
     _keys_to_ignore_on_load_missing = [r"block_position_embeddings\.weight"]
-    # Our loss is the per-batch mean over labelled tokens (Trainer scales for accumulation).
     # Trainer passes num_items_in_batch (labelled tokens of the whole optimizer step), as
     # for the GLM family: the loss is summed cross-entropy / that count.
     accepts_loss_kwargs = True
