@@ -414,11 +414,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             if labels is not None:
                 raise ValueError("logits_to_keep cannot be combined with labels")
             hidden = hidden[:, -logits_to_keep:]
-        if labels is not None and labels.shape != input_ids.shape:
-            raise ValueError(
-                f"labels has shape {tuple(labels.shape)}, expected input_ids' shape "
-                f"{tuple(input_ids.shape)} (labels are aligned with inputs, not shifted)"
-            )
+        if labels is not None:
+            check_label_shape(labels, input_ids.shape)
         if not return_logits and labels is None:
             raise ValueError("return_logits=False needs labels (the loss is all it returns)")
         logits = loss = None
@@ -434,17 +431,33 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 )
             else:
                 summed = labelled_cross_entropy(hidden, self.lm_head, labels)
-            if num_items_in_batch is None:
-                num_items_in_batch = (labels != -100).sum()
-            if torch.is_tensor(num_items_in_batch):
-                # clamp: a batch without labelled tokens gives 0, not NaN.
-                count = num_items_in_batch.to(summed.device).clamp(min=1)
-            else:
-                count = max(num_items_in_batch, 1)
-            loss = summed / count
+            loss = per_item_loss(summed, labels, num_items_in_batch)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
         )
+
+
+def check_label_shape(labels: torch.Tensor, input_shape: torch.Size) -> None:
+    """Labels are aligned with the inputs (not shifted): the same shape as input_ids."""
+    if labels.shape != input_shape:
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)}, expected input_ids' shape "
+            f"{tuple(input_shape)} (labels are aligned with inputs, not shifted)"
+        )
+
+
+def per_item_loss(
+    summed: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None
+) -> torch.Tensor:
+    """``summed`` cross-entropy / labelled tokens, or / Trainer's ``num_items_in_batch``.
+
+    A batch without labelled tokens gives 0, not NaN (the count is clamped to 1).
+    """
+    if num_items_in_batch is None:
+        num_items_in_batch = (labels != -100).sum()
+    if torch.is_tensor(num_items_in_batch):
+        return summed / num_items_in_batch.to(summed.device).clamp(min=1)
+    return summed / max(num_items_in_batch, 1)
 
 
 def labelled_cross_entropy(

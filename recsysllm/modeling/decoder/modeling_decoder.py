@@ -76,7 +76,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from recsysllm.modeling.modeling_glm import (
     MASKED_SCORE_BIAS,
     _check_inputs,
+    check_label_shape,
     labelled_cross_entropy,
+    per_item_loss,
 )
 
 # Config attribute (saved in config.json) with the number of block-position rows.
@@ -186,7 +188,7 @@ class _RecSysDecoderMixin:
         if not return_logits:
             if labels is None:
                 raise ValueError("return_logits=False needs labels (the loss is all it returns)")
-            _check_label_shape(labels, input_ids.shape)
+            check_label_shape(labels, input_ids.shape)
             hidden = self.model(
                 inputs_embeds=embeddings,
                 attention_mask=bias,
@@ -196,7 +198,7 @@ class _RecSysDecoderMixin:
             )
             summed = labelled_cross_entropy(hidden.last_hidden_state, self.lm_head, labels)
             return CausalLMOutputWithPast(
-                loss=_per_item(summed, labels, num_items_in_batch),
+                loss=per_item_loss(summed, labels, num_items_in_batch),
                 logits=None,
                 cache=hidden.cache if use_cache else None,
             )
@@ -210,36 +212,17 @@ class _RecSysDecoderMixin:
         )
         loss = None
         if labels is not None:
-            _check_label_shape(labels, input_ids.shape)
+            check_label_shape(labels, input_ids.shape)
             summed = F.cross_entropy(
                 outputs.logits.flatten(0, 1).float(),
                 labels.flatten(),
                 ignore_index=-100,
                 reduction="sum",
             )
-            loss = _per_item(summed, labels, num_items_in_batch)
+            loss = per_item_loss(summed, labels, num_items_in_batch)
         return CausalLMOutputWithPast(
             loss=loss, logits=outputs.logits, cache=outputs.cache if use_cache else None
         )
-
-
-def _check_label_shape(labels: torch.Tensor, input_shape: torch.Size) -> None:
-    if labels.shape != input_shape:
-        raise ValueError(
-            f"labels has shape {tuple(labels.shape)}, expected input_ids' shape "
-            f"{tuple(input_shape)} (labels are aligned with inputs, not shifted)"
-        )
-
-
-def _per_item(
-    summed: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None
-) -> torch.Tensor:
-    """``summed`` / labelled tokens (or ``num_items_in_batch``); 0, not NaN, without labels."""
-    if num_items_in_batch is None:
-        num_items_in_batch = (labels != -100).sum()
-    if torch.is_tensor(num_items_in_batch):
-        return summed / num_items_in_batch.to(summed.device).clamp(min=1)
-    return summed / max(num_items_in_batch, 1)
 
 
 def _check_kwargs(where: str, kwargs: dict[str, object]) -> None:
