@@ -84,6 +84,7 @@ class Recommender:
             catalog,
             max_length=self.max_length,
             answer_budget=pipeline.answer_budget(config.data, catalog, tokenizer),
+            renormalize=config.eval.renormalize,
         )
 
     @classmethod

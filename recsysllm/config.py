@@ -537,6 +537,11 @@ class LoggingArgs:
     )
 
 
+# Item rankings whose scores may be renormalised over the allowed answers
+# (eval.renormalize, recsysllm.inference.Inference).
+RENORMALIZE_VARIANTS = ("all_items", "candidates")
+
+
 @dataclass
 class EvalArgs:
     """Evaluation protocol (read by recsysllm.evaluation)."""
@@ -574,6 +579,13 @@ class EvalArgs:
     )
     length_norm_row: bool = help_field(
         "add a model+lennorm ablation row (log-probability per token)", default=False
+    )
+    renormalize: list[str] = help_field(
+        "item rankings scored with each token's probability renormalised over the tokens "
+        "allowed after the prefix, so scores are a distribution over the eligible answers: "
+        "all_items (the item trie minus excluded items) and/or candidates (the prompt's "
+        "1-of-N list); the others use the full-softmax log-likelihood",
+        default_factory=lambda: ["all_items"],
     )
     sasrec_max_epochs: int | None = help_field(
         "SASRec epochs at most (null: 200, RecBole's; a capped run is a lower bound)",
@@ -634,6 +646,13 @@ class EvalArgs:
         )
         _check(self.batch_size >= 1, "eval", "batch_size", "must be >= 1")
         _check(self.num_beams >= 1, "eval", "num_beams", "must be >= 1")
+        for variant in self.renormalize:
+            _check(
+                variant in RENORMALIZE_VARIANTS,
+                "eval",
+                "renormalize",
+                f"unknown {variant!r}; known: {RENORMALIZE_VARIANTS}",
+            )
         _check(
             bool(self.top_k) and all(k >= 1 for k in self.top_k),
             "eval",

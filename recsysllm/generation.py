@@ -24,7 +24,15 @@ Scores are log-probabilities under the model's full softmax (float32), also
 under constraints: a constraint decides which continuations are explored, not how
 they are scored. So the score ``recommend_items`` gives an item equals
 ``score_candidates`` for the same item, and both equal the item's likelihood under
-uncached teacher forcing.
+uncached teacher forcing. With ``renormalize=True`` each token's probability is
+instead renormalised over the tokens the constraint allows after that prefix (the
+children of the trie node, and [eop] where an allowed item ends): the item trie
+minus excluded items for ``recommend_items``, the prompt's own candidate list for
+``score_candidates``. Scores are then a distribution over the allowed answers (they
+sum to 1): probability the model puts on tokens no answer continues with is not
+charged to the answers, so a title is not penalised for its length once its prefix
+names it. ``score_candidates`` over every eligible item equals ``recommend_items``'
+score for the same item in that mode too.
 
 Item decoding runs on the device: ``recommend_items`` walks the item trie as static
 CSR tensors (:meth:`EntityTrie.tensors`, STATIC-style), so the constraint mask, beam
@@ -318,6 +326,7 @@ def _beam_search(
     constraints: Sequence[_ItemConstraint] | None,
     banned_ids: Sequence[int],
     entity_trie: EntityTrie | None,
+    renormalize: bool = False,
 ) -> list[list[tuple[tuple[int, ...], float]]]:
     """Batched beam search; per prompt the best ``num_return`` finished sequences.
 
@@ -373,6 +382,8 @@ def _beam_search(
                     torch.from_numpy(np.concatenate(allowed_ids)).to(device),
                 ] = True
             allowed[:, eop_token_id] = may_end.to(device)
+            if renormalize:
+                log_probs = _renormalized(log_probs, allowed)
         # [A * beams, V]; dead beams have score -inf, so all their extensions too
         scores = torch.where(allowed, log_probs + beam_scores.view(-1, 1), -math.inf)
         eop_scores = scores[:, eop_token_id].tolist()
@@ -422,6 +433,17 @@ def _beam_search(
     return [hypotheses.best_first() for hypotheses in finished]
 
 
+def _finite_or_zero(normalizer: torch.Tensor) -> torch.Tensor:
+    """A row with nothing allowed (a dead beam) keeps its scores (all -inf anyway)."""
+    return torch.where(torch.isfinite(normalizer), normalizer, torch.zeros_like(normalizer))
+
+
+def _renormalized(log_probs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``log_probs`` [rows, V] renormalised over each row's ``allowed`` tokens."""
+    normalizer = log_probs.masked_fill(~allowed, -math.inf).logsumexp(-1, keepdim=True)
+    return log_probs - _finite_or_zero(normalizer)
+
+
 def _static_item_search(
     decoder: _Decoder,
     eop_token_id: int,
@@ -431,6 +453,7 @@ def _static_item_search(
     length_normalize: bool,
     trie: TrieTensors,
     exclude: Sequence[set[str]] | None,
+    renormalize: bool = False,
 ) -> list[list[tuple[int, float]]]:
     """:func:`_beam_search` with item constraints, as tensor ops on the model's device.
 
@@ -484,6 +507,19 @@ def _static_item_search(
         child_tokens = trie.child_token[slots]
         child_nodes = trie.child_node[slots]
         allowed_child = has_child & ~blocked[prompt_of_row[:, None], child_nodes]
+        items = trie.node_item[nodes]
+        may_end = (items >= 0) & ~item_excluded[prompt_of_row, items.clamp(min=0)]
+        if renormalize:  # over the allowed children and [eop] where an item may end
+            allowed_log_probs = torch.cat(
+                [
+                    log_probs.gather(1, child_tokens).masked_fill(~allowed_child, -math.inf),
+                    log_probs[:, eop_token_id : eop_token_id + 1].masked_fill(
+                        ~may_end[:, None], -math.inf
+                    ),
+                ],
+                1,
+            )
+            log_probs = log_probs - _finite_or_zero(allowed_log_probs.logsumexp(1))[:, None]
         # [rows, V]: -inf but at allowed children, where beam score + log p (the same
         # float additions as the reference's dense where(), done at the children only).
         # Padding slots write -inf to the [eop] column, which takes no part in the topk.
@@ -494,8 +530,6 @@ def _static_item_search(
             torch.where(allowed_child, child_tokens, eop_token_id),
             child_scores.masked_fill(~allowed_child, -math.inf),
         )
-        items = trie.node_item[nodes]
-        may_end = (items >= 0) & ~item_excluded[prompt_of_row, items.clamp(min=0)]
         eop_scores = log_probs[:, eop_token_id : eop_token_id + 1] + beam_column
         eop_scores = eop_scores.masked_fill(~may_end[:, None], -math.inf)
         eop_scores = eop_scores.double().view(-1, num_beams)  # [prompts, beams]
@@ -604,6 +638,7 @@ def recommend_items(
     *,
     tokenizer: Any,
     decoder: str = "static",
+    renormalize: bool = False,
 ) -> list[list[tuple[str, float]]]:
     """Top-k distinct catalog items per prompt by trie-constrained beam search.
 
@@ -636,6 +671,10 @@ def recommend_items(
             beam: ``item_trie.tensors``; beams share the prompt's cache) or
             "reference" (per-beam Python over the pygtrie trie, one cache row per
             beam); the same items and order, scores equal to float32 rounding.
+        renormalize: score each token by its probability renormalised over the tokens
+            the trie allows after the prefix (children not wholly excluded, and [eop]
+            where an eligible item ends), so the scores are a distribution over the
+            eligible items; off: the full-softmax probability (module docstring).
 
     Returns:
         Per prompt, up to ``k`` ``(item key, score)`` best first; the score is the
@@ -666,6 +705,7 @@ def recommend_items(
             length_normalize=length_normalize,
             trie=trie,
             exclude=exclude,
+            renormalize=renormalize,
         )
         return [[(trie.item_keys[item], score) for item, score in ranked] for ranked in found]
     constraints = [
@@ -682,6 +722,7 @@ def recommend_items(
         constraints=constraints,
         banned_ids=(),
         entity_trie=item_trie,
+        renormalize=renormalize,
     )
     # Item tries reject duplicate ids, so each finished sequence names exactly one item.
     return [[(item_trie.keys_at(tokens)[0], score) for tokens, score in hyps] for hyps in results]
@@ -697,6 +738,7 @@ def score_candidates(
     tokenizer: Any,
     rows_per_pass: int = 64,
     decoder: str = "static",
+    renormalize: bool = False,
 ) -> list[list[float]]:
     """Exact log-likelihood of each candidate answer of each prompt.
 
@@ -720,6 +762,10 @@ def score_candidates(
         rows_per_pass: candidates per forward pass (bounds the logits of a pass).
         decoder: "static" (candidates packed per prompt) or "reference" (one row per
             candidate); the same scores to float32 rounding.
+        renormalize: each token's probability renormalised over the tokens the
+            prompt's candidate list allows after that prefix (the next tokens of the
+            candidates sharing it, and [eop] where a candidate ends): the scores are a
+            distribution over the listed answers.
 
     Returns:
         Per prompt, per candidate: sum of log p(token) over the candidate's tokens and [eop].
@@ -739,13 +785,19 @@ def score_candidates(
     scores: list[list[float]] = [[0.0] * len(c) for c in candidates]
     if not pairs:
         return scores
+    # Per pair, per scored position (its tokens, then [eop]): the tokens its list allows.
+    allowed = None
+    if renormalize:
+        per_prompt = [_allowed_next_tokens(c, tokenizer.eop_token_id) for c in candidates]
+        allowed = [per_prompt[p][c] for p, c, _ in pairs]
     state = _Decoder(model, prompts, tokenizer.sop_token_id)
     state.prompt_pass(with_sop=False)
     if decoder == "static":
         for start in range(0, len(pairs), rows_per_pass):
             chunk = pairs[start : start + rows_per_pass]
             sums = _score_packed(model, state, [ids for _, _, ids in chunk],
-                                 [p for p, _, _ in chunk], tokenizer, length_normalize)  # fmt: skip
+                                 [p for p, _, _ in chunk], tokenizer, length_normalize,
+                                 None if allowed is None else allowed[start : start + rows_per_pass])  # fmt: skip
             for (prompt_index, candidate_index, _), value in zip(chunk, sums, strict=True):
                 scores[prompt_index][candidate_index] = value
         return scores
@@ -796,7 +848,18 @@ def score_candidates(
         )
         logits = output.logits.float()  # [rows, T, V]
         # log p = logit - logsumexp: no second [rows, T, V] tensor as with log_softmax.
-        token_log_probs = logits.gather(2, targets[:, :, None])[:, :, 0] - logits.logsumexp(-1)
+        if allowed is None:
+            normalizer = logits.logsumexp(-1)
+        else:
+            normalizer = _allowed_logsumexp(
+                logits.view(-1, logits.shape[-1]),
+                [
+                    allowed[start + row][position] if position < len(ids) + 1 else ()
+                    for row, (_, _, ids) in enumerate(chunk)
+                    for position in range(length)
+                ],
+            ).view(len(chunk), length)
+        token_log_probs = logits.gather(2, targets[:, :, None])[:, :, 0] - normalizer
         token_log_probs = token_log_probs.masked_fill(~valid, 0.0)
         sums = token_log_probs.sum(1)
         if length_normalize:
@@ -806,6 +869,38 @@ def score_candidates(
     return scores
 
 
+def _allowed_next_tokens(
+    candidates: Sequence[tuple[int, ...]], eop_token_id: int
+) -> list[list[tuple[int, ...]]]:
+    """Per candidate, per scored position (each token, then [eop]): the tokens the
+    candidate list allows after the prefix before it, sorted.
+
+    >>> _allowed_next_tokens([(5, 6), (5, 7, 8), (9,)], eop_token_id=2)[1]
+    [(5, 9), (6, 7), (8,), (2,)]
+    """
+    following: dict[tuple[int, ...], set[int]] = {}
+    for ids in candidates:
+        for position in range(len(ids) + 1):
+            token = ids[position] if position < len(ids) else eop_token_id
+            following.setdefault(tuple(ids[:position]), set()).add(token)
+    frozen = {prefix: tuple(sorted(tokens)) for prefix, tokens in following.items()}
+    return [[frozen[tuple(ids[:p])] for p in range(len(ids) + 1)] for ids in candidates]
+
+
+def _allowed_logsumexp(logits: torch.Tensor, allowed: Sequence[tuple[int, ...]]) -> torch.Tensor:
+    """Per row of ``logits`` [N, V], logsumexp over that row's ``allowed`` token ids
+    (an empty tuple gives 0: a padding position whose score is ignored)."""
+    width = max(1, max(len(tokens) for tokens in allowed))
+    ids = np.zeros((len(allowed), width), dtype=np.int64)
+    valid = np.zeros((len(allowed), width), dtype=bool)
+    for row, tokens in enumerate(allowed):
+        ids[row, : len(tokens)] = tokens
+        valid[row, : len(tokens)] = True
+    gathered = logits.gather(1, torch.from_numpy(ids).to(logits.device))
+    valid_mask = torch.from_numpy(valid).to(logits.device)
+    return _finite_or_zero(gathered.masked_fill(~valid_mask, -math.inf).logsumexp(1))
+
+
 def _score_packed(
     model: Any,
     state: _Decoder,
@@ -813,6 +908,7 @@ def _score_packed(
     prompt_of: Sequence[int],
     tokenizer: Any,
     length_normalize: bool,
+    allowed: Sequence[Sequence[tuple[int, ...]]] | None = None,
 ) -> list[float]:
     """Log-likelihoods of candidates (grouped by prompt, in order) in one forward pass.
 
@@ -846,7 +942,6 @@ def _score_packed(
         return torch.from_numpy(out).to(device)
 
     input_ids = grid(inputs, 0)
-    target_ids = grid(targets, 0)
     intra = grid(intra_rule[within], 0)
     segment = grid(candidate_of, -1)  # [rows, T]: candidate of each column, -1 padding
     prompt_rows = torch.from_numpy(prompt_index[row_starts]).to(device)
@@ -869,10 +964,15 @@ def _score_packed(
         use_cache=True,
     )
     logits = output.logits.float()  # [rows, T, V]
-    token_log_probs = logits.gather(2, target_ids[:, :, None])[:, :, 0] - logits.logsumexp(-1)
     flat = torch.from_numpy(rows_of_token * width + columns).to(device)
+    token_logits = logits.view(-1, logits.shape[-1])[flat]  # [candidate tokens, V]
+    target_logits = token_logits.gather(1, torch.from_numpy(targets).to(device)[:, None])[:, 0]
+    if allowed is None:
+        normalizer = token_logits.logsumexp(-1)
+    else:  # token order: candidate by candidate, position by position (as ``targets``)
+        normalizer = _allowed_logsumexp(token_logits, [a for per in allowed for a in per])
     sums = torch.zeros(len(candidates), dtype=torch.float32, device=device).index_add_(
-        0, torch.from_numpy(candidate_of).to(device), token_log_probs.view(-1)[flat]
+        0, torch.from_numpy(candidate_of).to(device), target_logits - normalizer
     )
     if length_normalize:
         sums = sums / torch.from_numpy(lengths).to(device)

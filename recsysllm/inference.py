@@ -25,12 +25,13 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
 
 from recsysllm import generation
+from recsysllm.config import RENORMALIZE_VARIANTS
 from recsysllm.data.catalog import EntityCatalog
 from recsysllm.data.tasks import render_example
 from recsysllm.prompt_layout import (
@@ -58,6 +59,11 @@ class Inference:
         catalog: the checkpoint's entity catalog.
         max_length: the training sequence length (prompts are truncated as in training).
         answer_budget: the training answer budget (``pipeline.answer_budget``).
+        renormalize: where item scores renormalise each token's probability over the
+            tokens the constraint allows after the prefix (``eval.renormalize``;
+            ``generation`` docstring): "all_items" (the item trie, minus excluded
+            items, in :meth:`rank_items`) and/or "candidates" (the prompt's list, in
+            :meth:`score_items`).
     """
 
     def __init__(
@@ -68,8 +74,15 @@ class Inference:
         *,
         max_length: int,
         answer_budget: AnswerBudget,
+        renormalize: Collection[str] = (),
     ) -> None:
+        unknown = set(renormalize) - set(RENORMALIZE_VARIANTS)
+        if unknown:
+            raise ValueError(
+                f"renormalize: unknown {sorted(unknown)}; known {RENORMALIZE_VARIANTS}"
+            )
         self.model = model.eval()
+        self.renormalize = frozenset(renormalize)
         self.tokenizer = tokenizer
         self.catalog = catalog
         self.max_length = max_length
@@ -118,6 +131,7 @@ class Inference:
             exclude=exclude,
             length_normalize=length_normalize,
             tokenizer=self.tokenizer,
+            renormalize="all_items" in self.renormalize,
         )
 
     def score_items(
@@ -135,7 +149,12 @@ class Inference:
             except KeyError as error:
                 raise ValueError(f"prompt {index}: candidate {error.args[0]}") from None
         return generation.score_candidates(
-            self.model, prompts, ids, length_normalize=length_normalize, tokenizer=self.tokenizer
+            self.model,
+            prompts,
+            ids,
+            length_normalize=length_normalize,
+            tokenizer=self.tokenizer,
+            renormalize="candidates" in self.renormalize,
         )
 
     def yes_no_scores(

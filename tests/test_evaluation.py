@@ -674,6 +674,44 @@ def test_cli_pmi_and_length_norm_rows(cli_checkpoint, tmp_path):
         assert sorted(k for k, _ in o["top"]) == sorted(k for k, _ in twin["top"])
 
 
+def test_cli_renormalize_setting_reaches_the_scores(cli_checkpoint, tmp_path):
+    """eval.renormalize (default: all_items) renormalises the all-item search only; a
+    renormalised log-probability is never below the full-softmax one (the allowed
+    tokens hold at most all the mass), and "none" restores the full softmax."""
+    from recsysllm.evaluation.cli import main
+
+    outcomes = {}
+    for name, flag in (("default", []), ("none", ["--renormalize", "none"])):
+        out = tmp_path / name / "results.json"
+        argv = [
+            "--checkpoint", str(cli_checkpoint["checkpoint"]), "--out", str(out),
+            "--families", "sequential", "direct", "--limit", "3", "--num-beams", "10",
+            "--no-sasrec", *flag,
+        ]  # fmt: skip
+        assert main(argv) == 0
+        document = json.loads(out.read_text())
+        assert document["settings"]["renormalize"] == ([] if flag else ["all_items"])
+        lines = (out.parent / "outcomes.jsonl").read_text().splitlines()
+        outcomes[name] = {
+            (o["user"], o["template_id"]): o
+            for o in map(json.loads, lines)
+            if o["system"] == "model" and o["variant"] in ("all_items", "candidates")
+        }
+    assert outcomes["default"].keys() == outcomes["none"].keys()
+    higher = 0
+    for key, renormalized in outcomes["default"].items():
+        raw = dict(outcomes["none"][key]["top"])
+        if renormalized["variant"] == "candidates":  # not renormalised by default
+            assert renormalized["top"] == outcomes["none"][key]["top"]
+            continue
+        for item, score in renormalized["top"]:
+            if item in raw:
+                assert score >= raw[item] - 1e-5
+                higher += score > raw[item] + 1e-4
+        assert sum(math.exp(score) for _, score in renormalized["top"]) <= 1 + 1e-5
+    assert higher > 0
+
+
 def test_cli_on_the_valid_split_chooses_fusion_on_the_evaluated_examples(
     cli_checkpoint, tmp_path, capsys
 ):

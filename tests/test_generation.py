@@ -610,3 +610,73 @@ def test_packed_candidate_scores_equal_reference(model, rows_per_pass):
     expected = reference_item_log_prob(model, prompts[2], candidates[2][-1])
     got = score_candidates(model, prompts, candidates, tokenizer=SPECIAL)[2][-1]
     assert got == pytest.approx(expected, abs=1e-5)
+
+
+def reference_renormalized_log_prob(
+    model, prompt: PromptInputs, ids: tuple[int, ...], answers: list[tuple[int, ...]]
+) -> float:
+    """Teacher-forced log p(ids + [eop]) with each step's probability renormalised over
+    the tokens that some answer in ``answers`` (a set containing ``ids``) allows after
+    the prefix: written per step from the definition, independently of the decoder."""
+    log_probs = reference_log_probs(
+        model, prompt, [SOP, *ids], span_intra_positions([0] * len(ids))
+    )
+    total = 0.0
+    for position, token in enumerate((*ids, EOP)):
+        prefix = ids[:position]
+        allowed = {
+            (answer[position] if position < len(answer) else EOP)
+            for answer in answers
+            if answer[:position] == prefix and len(answer) >= position
+        }
+        row = log_probs[position]
+        total += (row[token] - torch.logsumexp(row[sorted(allowed)], 0)).item()
+    return total
+
+
+@pytest.mark.parametrize("decoder", ["static", "reference"])
+def test_renormalized_candidate_scores_are_a_distribution_over_the_list(model, decoder):
+    rng = np.random.default_rng(11)
+    prompts = [make_prompt(rng, 9), make_prompt(rng, 6)]
+    # Shared prefixes, one candidate a prefix of another, different lengths.
+    candidates = [[(11, 12, 13), (11, 12), (40,), (11, 50, 51)], [(60, 61, 62, 63), (70,)]]
+    got = score_candidates(
+        model, prompts, candidates, tokenizer=SPECIAL, rows_per_pass=3, decoder=decoder,
+        renormalize=True,
+    )  # fmt: skip
+    for prompt, answers, scores in zip(prompts, candidates, got, strict=True):
+        expected = [reference_renormalized_log_prob(model, prompt, c, answers) for c in answers]
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+        assert math.isclose(sum(math.exp(s) for s in scores), 1.0, rel_tol=1e-5)
+    # A lone candidate is certain; the full-softmax score of the same candidate is not.
+    lone = score_candidates(model, prompts[:1], [[(11, 12)]], tokenizer=SPECIAL, renormalize=True)
+    assert lone[0][0] == pytest.approx(0.0, abs=1e-6)
+    assert score_candidates(model, prompts[:1], [[(11, 12)]], tokenizer=SPECIAL)[0][0] < -1.0
+
+
+@pytest.mark.parametrize("decoder", ["static", "reference"])
+def test_renormalized_beams_rank_eligible_items_like_candidate_scores(model, decoder):
+    """With a beam per item, the renormalised search returns the exact top-k of the
+    eligible items under the per-step renormalisation over the trie minus exclusions,
+    i.e. candidate scores renormalised over the list of all eligible items."""
+    rng = np.random.default_rng(12)
+    items = random_items(rng, 18, low=10, high=16)  # dense shared prefixes
+    trie = EntityTrie(items)
+    prompts = [make_prompt(rng, 8), make_prompt(rng, 5)]
+    keys = sorted(items)
+    exclude = [set(keys[:5]), set()]
+    results = recommend_items(
+        model, prompts, trie, 6, num_beams=len(items), exclude=exclude, tokenizer=SPECIAL,
+        decoder=decoder, renormalize=True,
+    )  # fmt: skip
+    for prompt, excluded, ranked in zip(prompts, exclude, results, strict=True):
+        eligible = [key for key in keys if key not in excluded]
+        answers = [items[key] for key in eligible]
+        every = {
+            key: reference_renormalized_log_prob(model, prompt, items[key], answers)
+            for key in eligible
+        }
+        assert math.isclose(sum(math.exp(v) for v in every.values()), 1.0, rel_tol=1e-5)
+        best = sorted(every, key=every.get, reverse=True)[:6]
+        assert [key for key, _ in ranked] == best
+        np.testing.assert_allclose([s for _, s in ranked], [every[k] for k in best], atol=1e-5)

@@ -29,7 +29,7 @@ import numpy as np
 
 from recsysllm import pipeline
 from recsysllm.checkpoint_meta import check_compatible
-from recsysllm.config import Config, config_from_dict, load_config
+from recsysllm.config import RENORMALIZE_VARIANTS, Config, config_from_dict, load_config
 from recsysllm.config import apply_overrides as apply_override_strings
 from recsysllm.evaluation.baselines import evaluate_baselines, training_statistics
 from recsysllm.evaluation.evaluator import EvalProtocol, ModelRanker, evaluate, history_items
@@ -149,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a model+lennorm ablation row (log-probability per token; default: "
         "eval.length_norm_row, false)",
+    )
+    parser.add_argument(
+        "--renormalize",
+        nargs="+",
+        choices=(*RENORMALIZE_VARIANTS, "none"),
+        default=None,
+        metavar="VARIANT",
+        help="item rankings scored with each token's probability renormalised over the "
+        "tokens allowed after the prefix: all_items, candidates, or none (default: "
+        "eval.renormalize)",
     )
     parser.add_argument(
         "--sasrec-max-epochs",
@@ -377,6 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     max_new_tokens = args.max_new_tokens or data_args.answer_text_tokens
     limit = args.limit if args.limit is not None else eval_args.limit
+    renormalize = sorted(
+        set(eval_args.renormalize if args.renormalize is None else args.renormalize) - {"none"}
+    )
 
     data = pipeline.prepare_data(data_args, seed=data_args.seed, prompts=prompts)
     # The examples must name the items the adapter was trained on.
@@ -406,7 +419,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings_rows, sasrec_cache_dir=sasrec_cache_dir(args, eval_args)
     )
     lm = ModelRanker(
-        Inference(model, tokenizer, catalog, max_length=data_args.max_length, answer_budget=budget),
+        Inference(
+            model,
+            tokenizer,
+            catalog,
+            max_length=data_args.max_length,
+            answer_budget=budget,
+            renormalize=renormalize,
+        ),
         num_beams,
         list_length=settings_rows.num_candidates if settings_rows.needs_valid else 0,
     )
@@ -465,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
         "exclude_history": exclude_history,
+        "renormalize": renormalize,
         "config_source": args.config or "checkpoint",
         "overridden_example_fields": overridden,
     }
