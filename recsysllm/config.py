@@ -285,6 +285,11 @@ class DataArgs:
     history_budget: int = help_field(
         "most history items one prompt shows (N of the 60/30/10 sampling)", default=20
     )
+    train_num_negatives: int | None = help_field(
+        "negatives of the candidate lists of TRAINING examples (null: as many as the stored "
+        "valid/test lists, data.num_negatives); evaluation lists are never changed",
+        default=None,
+    )
     answer_text_tokens: int = help_field(
         "answer tokens prompts reserve for free-text answers (longer gold texts are cut in "
         "training); item answers reserve the longest item, ratings and yes/no 8",
@@ -322,6 +327,12 @@ class DataArgs:
             "data",
             "history_budget",
             f"must be >= 1, got {self.history_budget}",
+        )
+        _check(
+            self.train_num_negatives is None or self.train_num_negatives >= 1,
+            "data",
+            "train_num_negatives",
+            f"must be >= 1 (null: as the evaluation lists), got {self.train_num_negatives}",
         )
         _check(self.max_length >= 16, "data", "max_length", f"must be >= 16, got {self.max_length}")
         _check(self.answer_text_tokens >= 1, "data", "answer_text_tokens", "must be >= 1")

@@ -152,6 +152,7 @@ def prepare_from_tables(
         prompts,
         sampling=sampling_config(data_args),
         history_budget=data_args.history_budget,
+        train_num_negatives=data_args.train_num_negatives,
     )
     return PreparedData(tables=tables, splits=splits, catalog=catalog, prompts=prompts, tasks=tasks)
 

@@ -309,6 +309,27 @@ def test_direct_candidates_use_the_stored_lists(review_world, prompts):
             assert not (set(example.candidates) - {example.target}) & interacted
 
 
+def test_train_num_negatives_shortens_training_lists_only(review_world, prompts):
+    splits, catalog, _ = review_world
+    short = TaskBuilder(splits, catalog, prompts, history_budget=5, train_num_negatives=9)
+    training = short.training_examples(
+        TaskMixture({"direct": 1.0}, examples_per_epoch=40), seed=0, epoch=0
+    )
+    listed = [e for e in training if e.answer_type == "item"]
+    assert listed
+    for example in listed:
+        interacted = {e.item for e in splits.sequences[example.user]}
+        assert len(set(example.candidates)) == 10 and example.target in example.candidates
+        assert not (set(example.candidates) - {example.target}) & interacted
+    # Valid/test lists stay the stored 1 + 99.
+    for example in short.examples("test", ["direct"], prompts="all", seed=7):
+        if example.answer_type == "item":
+            assert set(example.candidates) == set(splits.candidates["test"][example.user])
+            assert len(example.candidates) == 100
+    with pytest.raises(ValueError, match="train_num_negatives must be >= 1"):
+        TaskBuilder(splits, catalog, prompts, train_num_negatives=0)
+
+
 def test_training_examples_use_only_seen_templates_and_follow_the_weights(review_world, prompts):
     _, catalog, builder = review_world
     unseen = {t.id for f in TASK_FAMILIES for t in prompts.templates(f, seen=False)}

@@ -387,6 +387,8 @@ class TaskBuilder:
         sampling: behaviour sampling windows and shares.
         history_budget: N, the most history items one prompt shows (see
             ``sampling.history_budget``).
+        train_num_negatives: negatives of each training candidate list (None: as many
+            as the stored valid/test lists); the stored lists are never changed.
 
     Example:
         >>> builder = TaskBuilder(splits, EntityCatalog.from_tables(splits.tables), load_prompts())
@@ -401,6 +403,7 @@ class TaskBuilder:
         prompts: PromptSet,
         sampling: SamplingConfig | None = None,
         history_budget: int = 20,
+        train_num_negatives: int | None = None,
     ) -> None:
         if history_budget < 1:
             raise ValueError(f"history_budget must be >= 1, got {history_budget}")
@@ -435,6 +438,10 @@ class TaskBuilder:
             (keys for lists in splits.candidates.values() for keys in lists.values()), None
         )
         self._num_candidates = len(stored) if stored else splits.num_negatives + 1
+        if train_num_negatives is not None:
+            if train_num_negatives < 1:
+                raise ValueError(f"train_num_negatives must be >= 1, got {train_num_negatives}")
+            self._num_candidates = train_num_negatives + 1
         events = [event for sequence in self._sequences.values() for event in sequence]
         self.missing_data: dict[str, str] = {}
         if not tables.has_reviews or not any(event.review.strip() for event in events):
