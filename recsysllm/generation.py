@@ -648,8 +648,9 @@ def _prior_guide(
     columns = torch.tensor([column_of[key] for key in trie.item_keys], device=device)
     log_p = prior.log_probs.to(device=device, dtype=torch.float64).index_select(1, columns)
     log_p = log_p.masked_fill(item_excluded[:, :num_items], -math.inf)  # [prompts, items]
-    # Masses relative to each prompt's most likely item: no probability underflows to 0
-    # (a prompt with no eligible item keeps an offset of 0 and every mass 0).
+    # Masses relative to each prompt's most likely item, so only an item over ~700 nats
+    # below it underflows to 0 (and is pruned); a prompt with no eligible item keeps an
+    # offset of 0 and every mass 0.
     top = log_p.max(1, keepdim=True).values
     top = torch.where(top > -math.inf, top, torch.zeros_like(top))
     probs = (log_p - top).exp()
