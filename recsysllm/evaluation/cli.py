@@ -9,10 +9,11 @@ overrides, but a value that changes the examples differs from training only with
 catalog whose hash differs from the checkpoint's is refused) -> build the examples,
 keep the chosen families/templates and a seeded sample of users -> evaluate the
 model, SASRec, fusion (SASRec guiding the model's item search), fusion-rescore (and,
-when asked, model+pmi and model+lennorm; weights chosen on the valid split) and the baselines under one protocol -> write results.json,
-outcomes.jsonl, results.md and results.png next to ``--out``. SASRec weights are
-cached under ``<checkpoint>/sasrec`` (``--sasrec-cache``), keyed by the splits, the
-SASRec config and the seed, so re-evaluating does not retrain.
+when asked, model+pmi and model+lennorm; weights chosen on the valid split) and the
+baselines under one protocol -> write results.json, outcomes.jsonl, results.md and
+results.png next to ``--out``. SASRec weights are cached under
+``<checkpoint>/sasrec`` (``--sasrec-cache``), keyed by the splits, the SASRec config
+and the seed, so re-evaluating does not retrain.
 """
 
 from __future__ import annotations
