@@ -72,6 +72,45 @@ STRATEGIES = ("greedy", "sample", "beam")
 DECODERS = ("static", "reference")
 
 
+@dataclass(frozen=True, eq=False)  # a tensor field: identity, not elementwise ==
+class ItemPrior:
+    """A text-free model's item distribution per prompt, to guide the item search (D3).
+
+    With a prior, :func:`recommend_items` ranks items by the fusion score
+
+        (1 - weight) * log p_LM(item | prompt) + weight * log p_prior(item)
+
+    and searches under it: a beam at trie node ``u`` scores ``(1 - weight) * log
+    p_LM(prefix) + weight * log M(u)``, where ``M(u)`` is the prior mass of the
+    eligible items at or below ``u``. Down a path the prior terms telescope, so a
+    finished item scores exactly its fusion score, while the beams prefer prefixes
+    the prior likes (D3's text-free assistant, summed over each trie prefix). Prefixes
+    without mass (every item below excluded or at prior probability 0) are pruned.
+
+    Attributes:
+        keys: item key of each column of ``log_probs`` (must cover the trie's items;
+            keys that are no item are ignored).
+        log_probs: [prompts, len(keys)] log-probabilities (e.g. SASRec's log-softmax
+            over the catalog); -inf: never recommend.
+        weight: in [0, 1]; 0 is the language model alone, 1 the prior alone.
+    """
+
+    keys: Sequence[str]
+    log_probs: torch.Tensor
+    weight: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"prior weight must be in [0, 1], got {self.weight}")
+        if self.log_probs.dim() != 2 or self.log_probs.shape[1] != len(self.keys):
+            raise ValueError(
+                f"prior log_probs must be [prompts, {len(self.keys)} keys], "
+                f"got {list(self.log_probs.shape)}"
+            )
+        if torch.isnan(self.log_probs).any() or (self.log_probs == math.inf).any():
+            raise ValueError("prior log_probs hold NaN or +inf")
+
+
 @dataclass
 class _Row:
     """Decoding state of one sequence (one prompt, or one beam of a prompt)."""
@@ -454,6 +493,7 @@ def _static_item_search(
     trie: TrieTensors,
     exclude: Sequence[set[str]] | None,
     renormalize: bool = False,
+    prior: ItemPrior | None = None,
 ) -> list[list[tuple[int, float]]]:
     """:func:`_beam_search` with item constraints, as tensor ops on the model's device.
 
@@ -473,6 +513,12 @@ def _static_item_search(
     step). A prompt that stops keeps its rows with every beam dead, so no row is
     ever dropped from the cache either.
 
+    With a ``prior`` (weight w > 0) the LM's log-probabilities are scaled by 1 - w,
+    ``beam_scores`` hold that scaled LM part and beams are ranked by it plus
+    ``guide`` (w * log of the node's prior mass, see :class:`ItemPrior`); [eop] adds
+    w * log p_prior(item). Both prior terms only fall along a path (a child's mass is
+    part of its parent's, an item's of its node's), so the stopping rule stays exact.
+
     Returns:
         Per prompt, up to ``num_return`` (item index into ``trie.item_keys``, rank score).
     """
@@ -485,6 +531,9 @@ def _static_item_search(
     nodes = torch.zeros(num_prompts * num_beams, dtype=torch.long, device=device)  # the root
     nodes.view(num_prompts, num_beams)[:, 1:] = trie.dead
     blocked, item_excluded = _exclusion_masks(trie, exclude, num_prompts, device)
+    guide = item_guide = None  # [prompts, nodes] float32, [prompts, items] float64
+    if prior is not None and prior.weight > 0:
+        guide, item_guide = _prior_guide(trie, prior, item_excluded)
     prompt_of_row = torch.arange(num_prompts, device=device).repeat_interleave(num_beams)
     finished_scores = torch.full((num_prompts, num_return), -math.inf, dtype=torch.float64)
     finished_scores = finished_scores.to(device)
@@ -507,6 +556,9 @@ def _static_item_search(
         child_tokens = trie.child_token[slots]
         child_nodes = trie.child_node[slots]
         allowed_child = has_child & ~blocked[prompt_of_row[:, None], child_nodes]
+        if guide is not None:
+            child_guide = guide[prompt_of_row[:, None], child_nodes]  # [rows, width]
+            allowed_child &= child_guide > -math.inf  # no prior mass below: pruned
         items = trie.node_item[nodes]
         may_end = (items >= 0) & ~item_excluded[prompt_of_row, items.clamp(min=0)]
         if renormalize:  # over the allowed children and [eop] where an item may end
@@ -520,19 +572,26 @@ def _static_item_search(
                 1,
             )
             log_probs = log_probs - _finite_or_zero(allowed_log_probs.logsumexp(1))[:, None]
+        if guide is not None:  # (1 - w) * LM; where(): 0 * -inf would be NaN at weight 1
+            log_probs = torch.where(
+                log_probs > -math.inf, log_probs * (1 - prior.weight), -math.inf
+            )
         # [rows, V]: -inf but at allowed children, where beam score + log p (the same
         # float additions as the reference's dense where(), done at the children only).
         # Padding slots write -inf to the [eop] column, which takes no part in the topk.
         beam_column = beam_scores.view(-1, 1)  # dead beams are -inf, so all their extensions
         child_scores = log_probs.gather(1, child_tokens) + beam_column
+        rank_scores = child_scores if guide is None else child_scores + child_guide
         scores = torch.full_like(log_probs, -math.inf).scatter_(
             1,
             torch.where(allowed_child, child_tokens, eop_token_id),
-            child_scores.masked_fill(~allowed_child, -math.inf),
+            rank_scores.masked_fill(~allowed_child, -math.inf),
         )
         eop_scores = log_probs[:, eop_token_id : eop_token_id + 1] + beam_column
         eop_scores = eop_scores.masked_fill(~may_end[:, None], -math.inf)
         eop_scores = eop_scores.double().view(-1, num_beams)  # [prompts, beams]
+        if item_guide is not None:
+            eop_scores = eop_scores + item_guide.gather(1, items.clamp(min=0).view(-1, num_beams))
         if length_normalize:
             eop_scores = eop_scores / (step + 1)
         merged_scores = torch.cat([finished_scores, eop_scores], 1)
@@ -553,7 +612,6 @@ def _static_item_search(
             break
         # A prompt that stops keeps its rows (no cache copy), with every beam dead.
         done |= ~go_on
-        beam_scores = top_scores.masked_fill(~go_on[:, None], -math.inf)
         source_beams = top_ids // vocab_size  # [prompts, beams]
         next_tokens = top_ids % vocab_size
         source_rows = (prompt_of_row.view(-1, num_beams) * num_beams + source_beams).view(-1)
@@ -561,8 +619,16 @@ def _static_item_search(
         matches = (child_tokens[source_rows] == next_tokens.view(-1, 1)) & allowed_child[
             source_rows
         ]
-        chosen = child_nodes[source_rows].gather(1, matches.int().argmax(1, keepdim=True))[:, 0]
+        slot = matches.int().argmax(1, keepdim=True)
+        chosen = child_nodes[source_rows].gather(1, slot)[:, 0]
         nodes = torch.where(matches.any(1), chosen, trie.dead)
+        if guide is not None:  # the beams carry the LM part; the guide is the node's
+            top_scores = torch.where(
+                top_scores > -math.inf,
+                child_scores[source_rows].gather(1, slot).view(-1, num_beams),
+                -math.inf,
+            )
+        beam_scores = top_scores.masked_fill(~go_on[:, None], -math.inf)
         # Beams share their prompt's cached Part A and [sop]; the tokens generated so
         # far are appended as one key per beam and feed, and a beam sees its ancestors'.
         ancestry = torch.cat(
@@ -590,6 +656,45 @@ def _static_item_search(
         [(item, score) for item, score in zip(items, scores, strict=True) if score > -math.inf]
         for items, scores in zip(items_list, scores_list, strict=True)
     ]
+
+
+def _prior_guide(
+    trie: TrieTensors, prior: ItemPrior, item_excluded: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prior's terms of the guided search (:class:`ItemPrior`), per prompt:
+    ``weight * log M(node)`` [prompts, nodes] float32 (-inf where no eligible item
+    below the node has prior mass; the dead node included) and ``weight * log
+    p_prior(item)`` [prompts, items] float64 (-inf for excluded items).
+
+    ``M(node)`` sums the prior probabilities of the eligible items at or below the
+    node: every item adds its probability to each node on its path (``item_path``)
+    and to the root, one ``index_add_`` for all prompts.
+    """
+    column_of = {key: column for column, key in enumerate(prior.keys)}
+    missing = [key for key in trie.item_keys if key not in column_of]
+    if missing:
+        raise ValueError(
+            f"the prior has no column for {len(missing)} of the {len(trie.item_keys)} "
+            f"catalog items, e.g. {missing[0]!r}"
+        )
+    device = item_excluded.device
+    num_items = len(trie.item_keys)
+    columns = torch.tensor([column_of[key] for key in trie.item_keys], device=device)
+    log_p = prior.log_probs.to(device=device, dtype=torch.float64).index_select(1, columns)
+    log_p = log_p.masked_fill(item_excluded[:, :num_items], -math.inf)  # [prompts, items]
+    # Masses relative to each prompt's most likely item, so only an item over ~700 nats
+    # below it underflows to 0 (and is pruned); a prompt with no eligible item keeps an
+    # offset of 0 and every mass 0.
+    top = log_p.max(1, keepdim=True).values
+    top = torch.where(top > -math.inf, top, torch.zeros_like(top))
+    probs = (log_p - top).exp()
+    on_path = trie.item_path >= 0  # [items, max_length]
+    path_items = torch.arange(num_items, device=device)[:, None].expand_as(on_path)[on_path]
+    mass = torch.zeros(len(log_p), len(trie.node_item), dtype=torch.float64, device=device)
+    mass.index_add_(1, trie.item_path[on_path], probs[:, path_items])
+    mass[:, 0] = probs.sum(1)  # the root holds every item
+    guide = torch.where(mass > 0, prior.weight * (mass.log() + top), -math.inf)
+    return guide.float(), prior.weight * log_p
 
 
 def _exclusion_masks(
@@ -639,6 +744,7 @@ def recommend_items(
     tokenizer: Any,
     decoder: str = "static",
     renormalize: bool = False,
+    prior: ItemPrior | None = None,
 ) -> list[list[tuple[str, float]]]:
     """Top-k distinct catalog items per prompt by trie-constrained beam search.
 
@@ -675,10 +781,15 @@ def recommend_items(
             the trie allows after the prefix (children not wholly excluded, and [eop]
             where an eligible item ends), so the scores are a distribution over the
             eligible items; off: the full-softmax probability (module docstring).
+        prior: a text-free model's item log-probabilities per prompt and their
+            weight w, to search and rank by (1 - w) * log-probability + w * log
+            prior (:class:`ItemPrior`; static decoder, no length normalisation).
+            Items the prior gives probability 0 are never returned.
 
     Returns:
         Per prompt, up to ``k`` ``(item key, score)`` best first; the score is the
-        item's log-probability as the answer (sum over its tokens and [eop]).
+        item's log-probability as the answer (sum over its tokens and [eop]), with a
+        ``prior`` the fusion score above.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -689,6 +800,15 @@ def recommend_items(
         raise ValueError(f"exclude has {len(exclude)} sets for {len(prompts)} prompts")
     if decoder not in DECODERS:
         raise ValueError(f"decoder {decoder!r} not in {DECODERS}")
+    if prior is not None:
+        if decoder != "static":
+            raise ValueError("a prior guides only the static decoder (decoder='static')")
+        if length_normalize:
+            raise ValueError("a prior cannot guide a length-normalised search")
+        if len(prior.log_probs) != len(prompts):
+            raise ValueError(
+                f"the prior has {len(prior.log_probs)} rows for {len(prompts)} prompts"
+            )
     bound = item_trie.max_length + 1
     # An item ends within its token count + [eop]: no free-text budget can stretch the
     # search past the longest item (every beam has completed or died by then).
@@ -706,6 +826,7 @@ def recommend_items(
             trie=trie,
             exclude=exclude,
             renormalize=renormalize,
+            prior=prior,
         )
         return [[(trie.item_keys[item], score) for item, score in ranked] for ranked in found]
     constraints = [

@@ -116,11 +116,14 @@ class Inference:
         num_beams: int,
         exclude: Sequence[set[str] | frozenset[str]] | None = None,
         length_normalize: bool = False,
+        prior: generation.ItemPrior | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Top-k distinct catalog items per prompt (constrained beams), best first.
 
         ``length_normalize`` ranks (and scores) by log-probability / tokens (+ [eop]):
-        the ablation; off by default, as D3 found it hurts item generation.
+        the ablation; off by default, as D3 found it hurts item generation. ``prior``
+        (e.g. SASRec's log-softmax) guides the search and the ranking: (1 - w) *
+        log-probability + w * log prior (``generation.ItemPrior``).
         """
         return generation.recommend_items(
             self.model,
@@ -132,6 +135,7 @@ class Inference:
             length_normalize=length_normalize,
             tokenizer=self.tokenizer,
             renormalize="all_items" in self.renormalize,
+            prior=prior,
         )
 
     def score_items(

@@ -21,6 +21,7 @@ from recsysllm.evaluation.evaluator import (
     pmi_rerank,
     pmi_scores,
 )
+from recsysllm.evaluation.fusion import DEFAULT_GRID
 from recsysllm.evaluation.rows import RowSettings, extra_rows
 from recsysllm.schema import Example
 
@@ -30,11 +31,34 @@ A, B, C, D = (f"Title x{i}" for i in (10, 11, 12, 13))  # in no history of users
 
 
 class FixedLM:
-    """A model ranker with fixed answers, keyed by the example's target and family."""
+    """A model ranker with fixed answers, keyed by the example's target and family.
 
-    def __init__(self, lists, candidate_scores):
+    ``lists``: the model's own (unguided) top-N per target; ``every``: its log-probability
+    of more items per target, which an exhaustive guided search ranks (default: the list).
+    """
+
+    def __init__(self, lists, candidate_scores, every=None):
         self.lists, self.candidate_scores = lists, candidate_scores
+        self.every = every or {target: dict(items) for target, items in lists.items()}
+        self.num_beams = 3
         self.calls = 0
+        self.guided_weights = []
+
+    def rank_all_guided(self, examples, exclude, k, prior_keys, prior_log_probs, weight):
+        """As ``ModelRanker``: weight 0 is ``rank_all``; else the exact fused top-k."""
+        if weight == 0:
+            return self.rank_all(examples, exclude, k)
+        self.guided_weights.append(weight)
+        column = {key: i for i, key in enumerate(prior_keys)}
+        ranked = []
+        for row, (example, excluded) in enumerate(zip(examples, exclude, strict=True)):
+            fused = {
+                key: (1 - weight) * lm + weight * float(prior_log_probs[row, column[key]])
+                for key, lm in self.every[example.target].items()
+                if key not in excluded
+            }
+            ranked.append(sorted(fused.items(), key=lambda pair: -pair[1])[:k])
+        return ranked
 
     def rank_all(self, examples, exclude, k):
         self.calls += 1
@@ -106,7 +130,8 @@ def test_fusion_weight_is_chosen_on_valid_not_test(monkeypatch):
     ]  # fmt: skip
     test_examples = [sequential("u0", C), sequential("u2", C), direct("u2", C, (C, A, B))]
     test, valid = protocols()
-    settings = RowSettings(sasrec=True, fusion=True, num_candidates=3)
+    # The rescoring grid, so both rows choose over the same weights.
+    settings = RowSettings(sasrec=True, fusion=True, num_candidates=3, fusion_grid=DEFAULT_GRID)
     rows, facts_out = extra_rows(
         lm=lm,
         splits=SPLITS,
@@ -131,6 +156,10 @@ def test_fusion_weight_is_chosen_on_valid_not_test(monkeypatch):
     top = rows["fusion"].outcomes[0].top
     assert [key for key, _ in top] == [A, B, C]
     assert top[0][1] == pytest.approx(0.4 * -2.0 + 0.6 * math.log(0.6))
+    # The lists hold every item the guided search could find: both rows agree here.
+    assert facts_out["fusion-rescore"]["weights"] == {"all_items": 0.6}
+    assert [o.rank for o in rows["fusion-rescore"].outcomes] == [3, 3]  # sequential only
+    assert rows["fusion-rescore"].outcomes[0].top == top
     # The SASRec row: same examples and users as the model's, SASRec's own ranking.
     sasrec_row = rows["SASRec"]
     assert [(o.user, o.family) for o in sasrec_row.outcomes] == [
@@ -139,6 +168,46 @@ def test_fusion_weight_is_chosen_on_valid_not_test(monkeypatch):
     assert [key for key, _ in sasrec_row.outcomes[0].top[:2]] == [A, B]
     assert sasrec_row.outcomes[2].rank == 3  # C (.04) after A (.6) and B (.3)
     assert facts_out["SASRec"] is facts
+
+
+def test_guided_fusion_reaches_past_the_list_and_its_weight_comes_from_valid(monkeypatch):
+    """The guided row finds a target outside the model's own top-2 (the rescoring row
+    never can), and its weight is the valid optimum even where test prefers w = 0."""
+    sasrec = FixedSASRec({A: 0.6, B: 0.3, C: 0.04, D: 0.04})
+    facts = {"cache": "reused", "epochs": 3, "stopped": "early stopping", "capped": False}
+    monkeypatch.setattr(rows_module, "fit_cached", lambda *args, **kwargs: (sasrec, facts))
+    lm = FixedLM(
+        lists={A: [(C, -0.1), (D, -0.5)], C: [(C, -0.1), (A, -2.0)]},  # the model's top-2
+        candidate_scores={A: (-0.1, -3.0, -0.5), C: (-0.1, -2.0, -2.5)},
+        every={A: {C: -0.1, D: -0.5, A: -3.0}, C: {C: -0.1, A: -2.0, B: -2.5}},
+    )
+    valid_examples = [sequential("u0", A), sequential("u2", A)]
+    test_examples = [sequential("u0", C), sequential("u2", C)]
+    test, valid = protocols()
+    settings = RowSettings(num_candidates=2, fusion_grid=(0.0, 0.5, 0.7, 1.0))
+    rows, out = extra_rows(
+        lm=lm, splits=SPLITS, split="test", examples=test_examples, protocol=test,
+        valid_examples=valid_examples, valid_protocol=valid, settings=settings,
+    )  # fmt: skip
+    # Valid, target A (log .6 = -0.511; C, D: log .04 = -3.219): w 0 is the model's
+    # list, without A; w .5: C -1.659, A -1.755, D -1.859 (A second); w .7: A first.
+    grid = out["fusion"]["valid_ndcg"]["all_items"]
+    assert grid == pytest.approx({"0": 0.0, "0.5": 1 / math.log2(3), "0.7": 1.0, "1": 1.0})
+    assert out["fusion"]["weights"]["all_items"] == 0.7
+    assert out["fusion"]["grid"]["all_items"] == [0.0, 0.5, 0.7, 1.0]
+    assert lm.guided_weights == [0.5, 0.7, 1.0, 0.7]  # three valid searches, then test
+    # Rescoring the top-2 never reaches A on valid: every weight scores 0, so w = 0.
+    assert set(out["fusion-rescore"]["valid_ndcg"]["all_items"].values()) == {0.0}
+    assert out["fusion-rescore"]["weights"] == {"all_items": 0.0}
+    # Test, target C at w .7: A = .3 * -2 + .7 * log .6 = -0.958, B = -1.593, C = -2.283.
+    (first, second) = rows["fusion"].outcomes
+    assert [key for key, _ in first.top] == [A, B, C] and first.rank == second.rank == 3
+    assert [s for _, s in first.top] == pytest.approx(
+        [0.3 * -2.0 + 0.7 * math.log(0.6), 0.3 * -2.5 + 0.7 * math.log(0.3),
+         0.3 * -0.1 + 0.7 * math.log(0.04)]
+    )  # fmt: skip
+    assert [o.rank for o in rows["fusion-rescore"].outcomes] == [1, 1]
+    assert "fusion-rescore" in rows and list(rows) == ["SASRec", "fusion", "fusion-rescore"]
 
 
 def test_no_valid_examples_of_a_variant_keeps_the_model_alone(monkeypatch):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from recsysllm.evaluation.evaluator import EvalProtocol, EvaluationResults, ExampleOutcome
+from recsysllm.evaluation.fusion import GUIDED_GRID
 from recsysllm.evaluation.metrics import UNPARSEABLE_RATING_RULE
 from recsysllm.evaluation.report import write_reports
 
@@ -407,6 +408,37 @@ def test_model_ranker_decodes_once_and_a_longer_list_keeps_the_top_k(tiny_setup,
     assert calls == [12, 12]
 
 
+def test_model_ranker_guided_search_is_the_exact_fused_top_k(tiny_setup):
+    """With a beam per catalog item, the guided search's top-k is the brute-force
+    fused ranking of every eligible item: (1 - w) teacher-forced log-probability
+    (``score_items``) + w log prior; weight 0 is the model's own answer."""
+    import torch
+
+    from recsysllm.evaluation.evaluator import ModelRanker
+
+    inference = _inference(tiny_setup)
+    keys = list(tiny_setup[2].item_keys)
+    examples = [e for e in tiny_setup[4] if e.template_id == "sequential-1"]
+    exclude = [frozenset(e.history) for e in examples]
+    generator = torch.Generator().manual_seed(0)
+    prior = torch.log_softmax(torch.randn(len(examples), len(keys), generator=generator) * 2, -1)
+    ranker = ModelRanker(inference, num_beams=len(keys))
+    lm = inference.score_items(inference.prompts(examples), [keys] * len(examples))
+    guided = ranker.rank_all_guided(examples, exclude, 6, keys, prior, 0.6)
+    for row, (excluded, ranked) in enumerate(zip(exclude, guided, strict=True)):
+        fused = {
+            key: 0.4 * lm[row][i] + 0.6 * float(prior[row, i])
+            for i, key in enumerate(keys)
+            if key not in excluded
+        }
+        best = sorted(fused, key=fused.get, reverse=True)[:6]
+        assert [key for key, _ in ranked] == best
+        assert [s for _, s in ranked] == pytest.approx([fused[key] for key in best], abs=1e-4)
+    assert ranker.rank_all_guided(examples, exclude, 6, keys, prior, 0.0) == ranker.rank_all(
+        examples, exclude, 6
+    )
+
+
 def test_length_normalised_row_divides_by_the_scored_tokens(tiny_setup):
     from recsysllm.evaluation.evaluator import ModelRanker
 
@@ -558,9 +590,9 @@ def test_cli_uses_the_checkpoint_config_and_a_seeded_user_sample(cli_checkpoint,
     assert {row["template_id"] for row in document["model"]["per_template"]} == templates
     splits = {row["split"] for row in document["model"]["aggregated"]}
     assert splits == {"seen", "unseen", "all"}
-    assert {"popularity", "random", "global_mean", "user_mean", "SASRec", "fusion"} == set(
-        document["baselines"]
-    )
+    assert {
+        "popularity", "random", "global_mean", "user_mean", "SASRec", "fusion", "fusion-rescore"
+    } == set(document["baselines"])  # fmt: skip
     # SASRec and fusion by default: every ranking row of the model has theirs, with the
     # same examples and users, standard errors and diversity columns.
     for name in ("SASRec", "fusion", "popularity"):
@@ -578,15 +610,25 @@ def test_cli_uses_the_checkpoint_config_and_a_seeded_user_sample(cli_checkpoint,
             assert other["diversity"]["k"] == 10 and row["diversity"]["lists"] == row["count"]
     facts = document["rows"]
     assert facts["enabled"] == {
-        "SASRec": True, "fusion": True, "model+pmi": False, "model+lennorm": False
+        "SASRec": True, "fusion": True, "fusion-rescore": True, "model+pmi": False,
+        "model+lennorm": False,
     }  # fmt: skip
     assert facts["SASRec"]["cache"] == "trained" and facts["SASRec"]["seed"] == 42
     assert Path(facts["SASRec"]["cache_entry"]).parent == out.parent / "sasrec-cache"
     assert set(facts["fusion"]["weights"]) == {"all_items", "candidates"}
     assert facts["fusion"]["chosen_on"]["split"] == "valid"
     assert facts["fusion"]["chosen_on"]["users"] == 3  # the evaluated users' valid targets
+    assert set(facts["fusion"]["valid_ndcg"]["all_items"]) == {f"{w:g}" for w in GUIDED_GRID}
+    assert facts["fusion"]["weights"]["all_items"] in GUIDED_GRID
+    assert "guided search" in facts["fusion"]["all_items"]
+    assert set(facts["fusion-rescore"]["weights"]) == {"all_items"}
+    # The rescoring row: all-item examples only (candidates score alike in both rows).
+    rescored = document["baselines"]["fusion-rescore"]["aggregated"]
+    assert {r["variant"] for r in rescored} == {"all_items"}
     markdown = out.with_suffix(".md").read_text()
     assert "| SASRec |" in markdown and "| fusion |" in markdown and "coverage@10" in markdown
+    assert "| fusion-rescore |" in markdown and "- fusion: " in markdown
+    assert "- fusion-rescore: " in markdown
     outcomes = [
         json.loads(line) for line in (out.parent / "outcomes.jsonl").read_text().splitlines()
     ]

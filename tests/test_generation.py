@@ -11,6 +11,7 @@ import torch
 
 from recsysllm.collator import BlankInfillingCollator, PromptInputs
 from recsysllm.generation import (
+    ItemPrior,
     generate_ids,
     generate_text,
     parse_rating,
@@ -680,3 +681,181 @@ def test_renormalized_beams_rank_eligible_items_like_candidate_scores(model, dec
         best = sorted(every, key=every.get, reverse=True)[:6]
         assert [key for key, _ in ranked] == best
         np.testing.assert_allclose([s for _, s in ranked], [every[k] for k in best], atol=1e-5)
+
+
+# ------------------------------------------------------------- guided search (D3)
+
+
+def random_prior(rng: np.random.Generator, keys: list[str], rows: int) -> torch.Tensor:
+    """[rows, keys] log-softmax of random logits (a stand-in for SASRec's)."""
+    return torch.log_softmax(torch.from_numpy(rng.normal(0.0, 2.0, (rows, len(keys)))), -1)
+
+
+def brute_force_fusion(model, prompt, items, prior_row, keys, weight, excluded=()):
+    """(1 - w) * teacher-forced log p(item) + w * log prior(item) for every eligible
+    item with prior mass, best first: the ranking the guided search must return."""
+    fused = {}
+    for column, key in enumerate(keys):
+        if key in excluded or prior_row[column] == -math.inf:
+            continue
+        lm = reference_item_log_prob(model, prompt, items[key])
+        fused[key] = (1 - weight) * lm + weight * float(prior_row[column])
+    return sorted(fused.items(), key=lambda pair: -pair[1])
+
+
+@pytest.mark.parametrize("weight", [0.3, 0.8])
+def test_guided_search_with_a_beam_per_item_is_the_brute_force_fusion(model, weight):
+    """Beams >= items prune nothing: the guided search returns exactly the ranking by
+    (1 - w) LM log-probability + w log prior over all items, with those scores."""
+    rng = np.random.default_rng(40)
+    items = random_items(rng, 18)
+    keys = sorted(items)
+    trie = EntityTrie(items)
+    prompts = [make_prompt(rng, n) for n in (8, 5, 11)]
+    log_prior = random_prior(rng, keys, len(prompts))
+    prior = ItemPrior(keys, log_prior, weight)
+    results = recommend_items(model, prompts, trie, 6, num_beams=len(items), tokenizer=SPECIAL,
+                              prior=prior)  # fmt: skip
+    for index, (prompt, ranked) in enumerate(zip(prompts, results, strict=True)):
+        expected = brute_force_fusion(model, prompt, items, log_prior[index], keys, weight)[:6]
+        assert [key for key, _ in ranked] == [key for key, _ in expected]
+        np.testing.assert_allclose([s for _, s in ranked], [s for _, s in expected], atol=1e-5)
+
+
+def test_guided_search_weight_zero_is_the_unguided_search(model):
+    rng = np.random.default_rng(41)
+    items = random_items(rng, 30)
+    keys = sorted(items)
+    trie = EntityTrie(items)
+    prompts = [make_prompt(rng, n) for n in (6, 9)]
+    exclude = [set(keys[:5]), set()]
+    prior = ItemPrior(keys, random_prior(rng, keys, 2), 0.0)
+    for num_beams in (4, 10):
+        plain = recommend_items(model, prompts, trie, 4, num_beams=num_beams, exclude=exclude,
+                                tokenizer=SPECIAL)  # fmt: skip
+        guided = recommend_items(model, prompts, trie, 4, num_beams=num_beams, exclude=exclude,
+                                 tokenizer=SPECIAL, prior=prior)  # fmt: skip
+        assert guided == plain
+
+
+def test_guided_search_weight_one_is_the_prior_ranking(model):
+    """w = 1 ignores the LM: the prior's own top-k (SASRec's ranking), scores its log-probs."""
+    rng = np.random.default_rng(42)
+    items = random_items(rng, 16)
+    keys = sorted(items)
+    trie = EntityTrie(items)
+    prompts = [make_prompt(rng, n) for n in (7, 4)]
+    log_prior = random_prior(rng, keys, 2)
+    exclude = [set(keys[::3]), set()]
+    results = recommend_items(model, prompts, trie, 5, num_beams=len(items), exclude=exclude,
+                              tokenizer=SPECIAL, prior=ItemPrior(keys, log_prior, 1.0))  # fmt: skip
+    for row, (excluded, ranked) in enumerate(zip(exclude, results, strict=True)):
+        masked = log_prior[row].clone()
+        masked[[keys.index(key) for key in excluded]] = -math.inf
+        top = masked.topk(5)
+        assert [key for key, _ in ranked] == [keys[i] for i in top.indices.tolist()]
+        np.testing.assert_allclose([s for _, s in ranked], top.values.tolist(), atol=1e-6)
+
+
+def test_guidance_reaches_an_item_the_plain_beam_misses(model):
+    """One beam: unguided, the LM's greedy path; guided by a prior sure of the LM's
+    least likely other item, the beam follows that item's prefix and returns it."""
+    rng = np.random.default_rng(43)
+    items = random_items(rng, 25)
+    keys = sorted(items)
+    trie = EntityTrie(items)
+    prompt = make_prompt(rng, 9)
+    lm = {key: reference_item_log_prob(model, prompt, items[key]) for key in keys}
+    plain = recommend_items(model, [prompt], trie, 1, tokenizer=SPECIAL)[0]
+    worst = min((key for key in keys if key != plain[0][0]), key=lm.get)
+    log_prior = torch.full((1, len(keys)), -40.0, dtype=torch.float64)
+    log_prior[0, keys.index(worst)] = 0.0
+    guided = recommend_items(model, [prompt], trie, 1, tokenizer=SPECIAL,
+                             prior=ItemPrior(keys, log_prior, 0.5))[0]  # fmt: skip
+    assert guided[0][0] == worst
+    assert guided[0][1] == pytest.approx(0.5 * lm[worst], abs=1e-5)
+
+
+def test_guided_search_never_returns_excluded_or_massless_items(model):
+    """Excluded items and items of prior probability 0 never come back (prefixes
+    holding only such items are pruned), scores are finite, no NaN; a prompt with
+    nothing eligible gets an empty list. Items deep in the prior's tail (log p -900,
+    0 in float64 if not taken relative to the best item) still count."""
+    rng = np.random.default_rng(44)
+    items = random_items(rng, 14, low=10, high=14)  # dense shared prefixes
+    keys = sorted(items)
+    trie = EntityTrie(items)
+    prompts = [make_prompt(rng, n) for n in (6, 8, 5)]
+    first = items[keys[0]][0]
+    subtree = {key for key in keys if items[key][0] == first}
+    log_prior = random_prior(rng, keys, 3) - 900.0
+    massless = {keys[-1], keys[-2]} - subtree
+    log_prior[0, [keys.index(key) for key in massless]] = -math.inf
+    exclude = [subtree, set(), set(keys)]
+    for weight in (0.5, 1.0):
+        results = recommend_items(model, prompts, trie, len(items), num_beams=len(items),
+                                  exclude=exclude, tokenizer=SPECIAL,
+                                  prior=ItemPrior(keys, log_prior, weight))  # fmt: skip
+        assert {key for key, _ in results[0]} == set(keys) - subtree - massless
+        assert {key for key, _ in results[1]} == set(keys)
+        assert results[2] == []
+        assert all(math.isfinite(score) for ranked in results for _, score in ranked)
+        expected = brute_force_fusion(model, prompts[0], items, log_prior[0], keys, weight, subtree)
+        assert [key for key, _ in results[0]] == [key for key, _ in expected]
+    # Excluded items also pull no prior mass: the guide ranks what is left.
+    narrow = recommend_items(model, prompts[:1], trie, 2, exclude=exclude[:1], tokenizer=SPECIAL,
+                             prior=ItemPrior(keys, log_prior[:1], 0.7))[0]  # fmt: skip
+    assert len(narrow) == 2 and not {key for key, _ in narrow} & (subtree | massless)
+
+
+def test_guided_search_bad_inputs(model):
+    rng = np.random.default_rng(45)
+    items = random_items(rng, 6)
+    keys = sorted(items)
+    trie = EntityTrie(items)
+    prompts = [make_prompt(rng, 4)]
+    prior = ItemPrior(keys, random_prior(rng, keys, 1), 0.5)
+    with pytest.raises(ValueError, match="static decoder"):
+        recommend_items(model, prompts, trie, 2, tokenizer=SPECIAL, prior=prior,
+                        decoder="reference")  # fmt: skip
+    with pytest.raises(ValueError, match="length-normalised"):
+        recommend_items(model, prompts, trie, 2, tokenizer=SPECIAL, prior=prior,
+                        length_normalize=True)  # fmt: skip
+    with pytest.raises(ValueError, match="2 rows for 1 prompts"):
+        recommend_items(model, prompts, trie, 2, tokenizer=SPECIAL,
+                        prior=ItemPrior(keys, random_prior(rng, keys, 2), 0.5))  # fmt: skip
+    with pytest.raises(ValueError, match="no column for 1 of the 6 catalog items"):
+        recommend_items(model, prompts, trie, 2, tokenizer=SPECIAL,
+                        prior=ItemPrior(keys[1:], random_prior(rng, keys[1:], 1), 0.5))  # fmt: skip
+    with pytest.raises(ValueError, match=r"weight must be in \[0, 1\]"):
+        ItemPrior(keys, random_prior(rng, keys, 1), 1.5)
+    with pytest.raises(ValueError, match="NaN"):
+        ItemPrior(keys, torch.full((1, len(keys)), math.nan), 0.5)
+
+
+def test_guided_search_over_renormalised_scores_is_the_brute_force_fusion(model):
+    """Guidance and renormalisation together: (1 - w) * the trie-renormalised LM
+    log-probability + w * log prior, exactly, with a beam per item."""
+    rng = np.random.default_rng(44)
+    items = random_items(rng, 16, low=10, high=16)
+    keys = sorted(items)
+    trie = EntityTrie(items)
+    prompts = [make_prompt(rng, n) for n in (7, 9)]
+    log_prior = random_prior(rng, keys, len(prompts))
+    exclude = [set(keys[:4]), set()]
+    weight = 0.6
+    results = recommend_items(
+        model, prompts, trie, 5, num_beams=len(items), exclude=exclude, tokenizer=SPECIAL,
+        prior=ItemPrior(keys, log_prior, weight), renormalize=True,
+    )  # fmt: skip
+    for row, (prompt, excluded, ranked) in enumerate(zip(prompts, exclude, results, strict=True)):
+        eligible = [key for key in keys if key not in excluded]
+        answers = [items[key] for key in eligible]
+        fused = {
+            key: (1 - weight) * reference_renormalized_log_prob(model, prompt, items[key], answers)
+            + weight * float(log_prior[row, keys.index(key)])
+            for key in eligible
+        }
+        best = sorted(fused, key=fused.get, reverse=True)[:5]
+        assert [key for key, _ in ranked] == best
+        np.testing.assert_allclose([s for _, s in ranked], [fused[k] for k in best], atol=1e-5)

@@ -8,11 +8,12 @@ overrides, but a value that changes the examples differs from training only with
 ``--allow-config-override``) -> rebuild the data (the same split as training; a
 catalog whose hash differs from the checkpoint's is refused) -> build the examples,
 keep the chosen families/templates and a seeded sample of users -> evaluate the
-model, SASRec, fusion (and, when asked, model+pmi and model+lennorm; weights chosen
-on the valid split) and the baselines under one protocol -> write results.json,
-outcomes.jsonl, results.md and results.png next to ``--out``. SASRec weights are
-cached under ``<checkpoint>/sasrec`` (``--sasrec-cache``), keyed by the splits, the
-SASRec config and the seed, so re-evaluating does not retrain.
+model, SASRec, fusion (SASRec guiding the model's item search), fusion-rescore (and,
+when asked, model+pmi and model+lennorm; weights chosen on the valid split) and the
+baselines under one protocol -> write results.json, outcomes.jsonl, results.md and
+results.png next to ``--out``. SASRec weights are cached under
+``<checkpoint>/sasrec`` (``--sasrec-cache``), keyed by the splits, the SASRec config
+and the seed, so re-evaluating does not retrain.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from recsysllm.config import RENORMALIZE_VARIANTS, Config, config_from_dict, loa
 from recsysllm.config import apply_overrides as apply_override_strings
 from recsysllm.evaluation.baselines import evaluate_baselines, training_statistics
 from recsysllm.evaluation.evaluator import EvalProtocol, ModelRanker, evaluate, history_items
+from recsysllm.evaluation.fusion import GUIDED_GRID
 from recsysllm.evaluation.report import write_reports
 from recsysllm.evaluation.rows import RowSettings, extra_rows
 from recsysllm.evaluation.sasrec import SASRecConfig
@@ -133,8 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--fusion",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="an LM + SASRec fusion row, its weight chosen on the valid split "
+        help="an LM + SASRec fusion row: (1 - w) LM log-probability + w SASRec log-softmax, "
+        "SASRec guiding the model's item search (D3-style), w chosen on the valid split "
         "(default: eval.fusion, true)",
+    )
+    parser.add_argument(
+        "--fusion-rescore",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with the fusion row, also a fusion-rescore row: the model's own beam top-N "
+        "rescored by the same score (cheap; all-item examples only; default: true)",
+    )
+    parser.add_argument(
+        "--fusion-grid",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="W",
+        help="weights the guided fusion search tries on the valid split, one search of the "
+        f"valid examples each (default: {' '.join(f'{w:g}' for w in GUIDED_GRID)})",
     )
     parser.add_argument(
         "--pmi",
@@ -310,6 +329,8 @@ def row_settings(args, eval_args, num_beams: int, batch_size: int, seed: int) ->
     return RowSettings(
         sasrec=pick(args.sasrec, "sasrec"),
         fusion=pick(args.fusion, "fusion"),
+        fusion_rescore=args.fusion_rescore,
+        fusion_grid=GUIDED_GRID if args.fusion_grid is None else tuple(args.fusion_grid),
         pmi=pick(args.pmi, "pmi"),
         length_norm=pick(args.length_norm_row, "length_norm_row"),
         sasrec_config=sasrec_config,
@@ -509,6 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "enabled": {
                 "SASRec": settings_rows.sasrec,
                 "fusion": settings_rows.sasrec and settings_rows.fusion,
+                "fusion-rescore": settings_rows.sasrec
+                and settings_rows.fusion
+                and settings_rows.fusion_rescore,
                 "model+pmi": settings_rows.pmi,
                 "model+lennorm": settings_rows.length_norm,
             },

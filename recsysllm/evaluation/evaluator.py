@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from recsysllm.data.catalog import EntityCatalog
 from recsysllm.evaluation import metrics
 from recsysllm.evaluation.diversity import diversity_metrics
+from recsysllm.generation import ItemPrior
 from recsysllm.inference import DEFAULT_YES_NO_WORDS, Inference, user_free_example
 from recsysllm.prompt_layout import (
     DEFAULT_TEXT_ANSWER_TOKENS,
@@ -504,6 +505,34 @@ class ModelRanker:
             for i, items in zip(todo, ranked, strict=True):
                 self._lists[id(examples[i])] = (examples[i], frozenset(exclude[i]), length, items)
         return [self._lists[id(e)][3][:k] for e in examples]
+
+    def rank_all_guided(
+        self,
+        examples: Sequence[Example],
+        exclude: Sequence[frozenset[str]],
+        k: int,
+        prior_keys: Sequence[str],
+        prior_log_probs: torch.Tensor,
+        weight: float,
+    ) -> list[list[tuple[str, float]]]:
+        """Top-``k`` items by (1 - weight) * log-probability + weight * log prior, the
+        prior guiding the constrained search (``generation.ItemPrior``; D3-style).
+
+        ``prior_log_probs`` is [examples, len(prior_keys)]. Weight 0 is :meth:`rank_all`
+        (its remembered answers). Guided answers are not remembered: each weight is a
+        new search.
+        """
+        if weight == 0:
+            return self.rank_all(examples, exclude, k)
+        if self.length_normalize:
+            raise ValueError("a guided search ranks by summed log-probabilities, not per token")
+        return self.inference.rank_items(
+            self._prompts(examples),
+            k,
+            max(self.num_beams, k),
+            exclude=exclude,
+            prior=ItemPrior(prior_keys, prior_log_probs, weight),
+        )
 
     def _known_list(self, example: Example, excluded: frozenset[str], length: int) -> bool:
         known = self._lists.get(id(example))

@@ -1,24 +1,37 @@
-"""Language model + SASRec fusion: rescoring the LM's candidate list.
+"""Language model + SASRec fusion: a guided item search, and rescoring the LM's list.
 
-The language model proposes a candidate list (e.g. the constrained beam's top-N item
-keys with their log-probabilities); each candidate is rescored as
+Both rank by the same fusion score
 
     fused = (1 - weight) * LM log-probability + weight * SASRec log-softmax
 
-and the list is re-ranked by the fused score (ties keep the LM's order). ``weight`` 0
-is the LM alone, 1 is SASRec alone restricted to the LM's candidates. A target outside
-the candidate list stays a miss at every k, whatever the weight.
+``weight`` 0 is the LM alone, 1 is SASRec alone. They differ in which items get a
+score on all-item examples (sequential):
+
+- guided (:class:`GuidedFusionRanker`, row "fusion"): SASRec guides the LM's
+  constrained beam search (D3's text-free assistant): each trie prefix is ranked by
+  its fused LM log-probability plus weight * log of SASRec's probability mass over
+  the items below it (``generation.ItemPrior``), so the beams go where either system
+  puts mass, and a finished item scores exactly its fused score;
+- rescoring (:class:`FusionRanker`, row "fusion-rescore"): the LM's own (unguided)
+  constrained-beam top-N is re-ranked by the fused score (ties keep the LM's order);
+  a target outside that list stays a miss at every k, whatever the weight.
+
+Candidate examples (direct) score every candidate exactly in both.
 
 The weight is chosen on the VALID split only: :func:`choose_weight` takes the valid
-cases and returns the weight that maximises NDCG@k over a grid; apply it to the test
-cases with :func:`fused_ranks`, or to a test row with :class:`FusionRanker` (an
-``ItemRanker`` for ``evaluate_ranker``). No function here sees both splits.
+rescoring cases, :func:`choose_guided_weight` runs the guided search on the valid
+examples for each grid weight; each returns the weight that maximises NDCG@k. No
+function here sees both splits.
 
-In the harness::
+In the harness (``rows.extra_rows``)::
 
-    valid_cases = lm_list_cases(lm_valid, sasrec_valid, valid_seq_examples, exclude, 20)
+    weight, _ = choose_guided_weight(
+        lambda w: GuidedFusionRanker(lm, sasrec_valid, w), valid_seq_examples, valid_protocol
+    )
+    row = evaluate_ranker("fusion", GuidedFusionRanker(lm, sasrec_test, weight), examples, protocol)
+    valid_cases = lm_list_cases(lm, sasrec_valid, valid_seq_examples, exclude, 20)
     weight, _ = choose_weight(valid_cases)
-    row = evaluate_ranker("fusion", FusionRanker(lm_test, sasrec_test, weight), examples, protocol)
+    row = evaluate_ranker("fusion-rescore", FusionRanker(lm, sasrec_test, weight), examples, protocol)
 
 Example:
     >>> case = FusionCase(("a", "b"), (-0.1, -0.5), (-3.0, -0.2), target="b")
@@ -28,17 +41,28 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from recsysllm.evaluation import metrics
-from recsysllm.evaluation.evaluator import ItemRanker
+from recsysllm.evaluation.evaluator import (
+    RANKING_VARIANTS,
+    EvalProtocol,
+    ItemRanker,
+    ModelRanker,
+    evaluate_ranker,
+    example_variant,
+)
 from recsysllm.evaluation.sasrec import SASRecItemRanker
 from recsysllm.schema import Example
 
 DEFAULT_GRID = tuple(round(0.1 * step, 1) for step in range(11))  # 0.0, 0.1, ..., 1.0
+# Weights the guided search tries on valid: one search of the valid examples each (w 0
+# reuses the model's own answers). Dense near 1: summed over an item's tokens, LM
+# log-probabilities spread wider than SASRec's log-softmax.
+GUIDED_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
 @dataclass(frozen=True)
@@ -245,3 +269,93 @@ def candidate_cases(
         FusionCase(tuple(e.candidates), tuple(a), tuple(b), e.target or "")
         for e, a, b in zip(examples, lm_scores, sasrec_scores, strict=True)
     ]
+
+
+class GuidedFusionRanker:
+    """LM + SASRec fusion with SASRec guiding the LM's item search: row "fusion".
+
+    All-item examples: ``ModelRanker.rank_all_guided`` with SASRec's log-softmax as the
+    prior, so the returned items are the search's best by the fused score, each with
+    its exact fused score (never an item of ``exclude``). Candidate examples: every
+    candidate's LM score fused with its SASRec score (as :class:`FusionRanker`).
+
+    Args:
+        lm: the language model's ranker (its beams are the search's).
+        sasrec: SASRec's ranker (``sasrec.SASRecItemRanker`` of the same split).
+        weight: the all-item weight, chosen on valid (:func:`choose_guided_weight`).
+        candidate_weight: the weight of candidate examples, chosen on their own valid
+            cases (None: ``weight``).
+    """
+
+    def __init__(
+        self,
+        lm: ModelRanker,
+        sasrec: SASRecItemRanker,
+        weight: float,
+        candidate_weight: float | None = None,
+    ) -> None:
+        candidate_weight = weight if candidate_weight is None else candidate_weight
+        for value in (weight, candidate_weight):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"fusion weight must be in [0, 1], got {value}")
+        self.lm, self.sasrec = lm, sasrec
+        self.weight, self.candidate_weight = weight, candidate_weight
+
+    def rank_all(
+        self, examples: Sequence[Example], exclude: Sequence[frozenset[str]], k: int
+    ) -> list[list[tuple[str, float]]]:
+        return self.lm.rank_all_guided(
+            examples,
+            exclude,
+            k,
+            self.sasrec.ranker.items,
+            self.sasrec.scores(examples),
+            self.weight,
+        )
+
+    def score_candidates(self, examples: Sequence[Example]) -> list[list[float]]:
+        lm = self.lm.score_candidates(examples)
+        sasrec = self.sasrec.score_candidates(examples)
+        return [fuse(a, b, self.candidate_weight) for a, b in zip(lm, sasrec, strict=True)]
+
+
+def choose_guided_weight(
+    ranker_for: Callable[[float], ItemRanker],
+    valid_examples: Sequence[Example],
+    protocol: EvalProtocol,
+    grid: Sequence[float] = GUIDED_GRID,
+    k: int = 10,
+    batch_size: int = 16,
+) -> tuple[float, dict[float, float]]:
+    """The grid weight whose guided search has the highest NDCG@k on VALID examples.
+
+    Each weight is one search over the examples (``ranker_for(weight)``, e.g. a
+    :class:`GuidedFusionRanker` on the valid split), under the valid ``protocol``. Ties
+    go to the smaller weight (closer to the LM alone).
+
+    Args:
+        ranker_for: weight -> the ranker to evaluate.
+        valid_examples: all-item examples of the valid split (never the test split).
+        protocol: the valid split's protocol (its history exclusion).
+        grid: weights to try, each in [0, 1].
+        k: cut-off of the NDCG.
+        batch_size: examples per search.
+
+    Returns:
+        (best weight, weight -> valid NDCG@k for every grid weight).
+    """
+    if not valid_examples:
+        raise ValueError("choose_guided_weight needs at least one valid example")
+    if not grid:
+        raise ValueError("choose_guided_weight needs a non-empty grid")
+    others = [e for e in valid_examples if example_variant(e) != RANKING_VARIANTS[0]]
+    if others:
+        raise ValueError(f"{others[0].describe()}: the guided search ranks all-item examples only")
+    scores = {}
+    for weight in grid:
+        results = evaluate_ranker(
+            "fusion", ranker_for(weight), valid_examples, protocol, batch_size
+        )
+        scores[weight] = metrics.ndcg_at_k([o.rank for o in results.outcomes], k)
+    best = min(scores, key=lambda weight: (-scores[weight], weight))
+    return best, scores

@@ -152,15 +152,23 @@ def _row_notes(facts: Mapping[str, Any]) -> list[str]:
             f"{sasrec['stopped']}; weights {sasrec['cache']} "
             f"(`{sasrec['cache_entry']}`).{bound}"
         )
-    for name, key in (("fusion", "weights"), ("model+pmi", "alphas")):
+    for name, key in (
+        ("fusion", "weights"),
+        ("fusion-rescore", "weights"),
+        ("model+pmi", "alphas"),
+    ):
         if name in facts:
             chosen = facts[name][key]
             valid = facts[name]["chosen_on"]
+            values = ", ".join(
+                f"{label} {chosen[variant]:g}"
+                for variant, label in (("all_items", "all items"), ("candidates", "candidates"))
+                if variant in chosen
+            )
             lines.append(
-                f"- {name}: {facts[name]['score']}; {key} chosen on the valid split "
-                f"({valid['examples']} examples, {valid['users']} users) by "
-                f"{facts[name]['metric']}: all items {chosen['all_items']:g}, "
-                f"candidates {chosen['candidates']:g}."
+                f"- {name}: {facts[name]['score']}; all items: {facts[name]['all_items']}; "
+                f"{key} chosen on the valid split ({valid['examples']} examples, "
+                f"{valid['users']} users) by {facts[name]['metric']}: {values}."
             )
     if "model+lennorm" in facts:
         lines.append(f"- model+lennorm: {facts['model+lennorm']['score']}.")

@@ -1,5 +1,5 @@
-"""The ranking rows a results table carries beside the model: SASRec, fusion, model+pmi,
-model+lennorm.
+"""The ranking rows a results table carries beside the model: SASRec, fusion,
+fusion-rescore, model+pmi, model+lennorm.
 
 Every row goes through ``evaluate_ranker`` with the model's examples and
 :class:`EvalProtocol`, so it has the model row's users, exclusion, metrics, standard
@@ -7,8 +7,12 @@ errors and diversity columns:
 
 - ``SASRec``: ``sasrec.fit_cached`` on the same splits (train events, early stopping
   on valid), weights cached.
-- ``fusion``: (1 - w) * LM log-probability + w * SASRec log-softmax, over the model's
-  constrained-beam top-N (all items) or every candidate (direct); w per variant.
+- ``fusion``: (1 - w) * LM log-probability + w * SASRec log-softmax; all items: the
+  model's constrained beam search guided by SASRec (each trie prefix ranked by its
+  fused LM score + w * log of SASRec's mass below it, D3-style), one search per valid
+  grid weight; direct: every candidate; w per variant.
+- ``fusion-rescore`` (all items only): the same score over the model's own, unguided
+  constrained-beam top-N (a rescoring: an item the beam missed stays a miss).
 - ``model+pmi``: log p(item given the prompt) - alpha * log p(item given the user-free
   prompt of the template), over the beam's top-N (all items: exact priors, a rescoring,
   not a new search) or every candidate (direct); alpha per variant.
@@ -41,8 +45,12 @@ from recsysllm.evaluation.evaluator import (
     example_variant,
 )
 from recsysllm.evaluation.fusion import (
+    DEFAULT_GRID,
+    GUIDED_GRID,
     FusionRanker,
+    GuidedFusionRanker,
     candidate_cases,
+    choose_guided_weight,
     choose_weight,
     lm_list_cases,
 )
@@ -59,7 +67,11 @@ class RowSettings:
 
     Attributes:
         sasrec: the SASRec row (and what fusion needs).
-        fusion: the LM + SASRec fusion row (needs ``sasrec``).
+        fusion: the LM + SASRec fusion row, SASRec guiding the item search (needs
+            ``sasrec``).
+        fusion_rescore: with ``fusion``, also the "fusion-rescore" row (the model's
+            unguided top-N rescored; cheap: it reuses the model's answers).
+        fusion_grid: the weights the guided search tries on valid (one valid search each).
         pmi: the prior-corrected "model+pmi" row.
         length_norm: the "model+lennorm" ablation row.
         sasrec_config: SASRec's architecture and training (caps included).
@@ -72,6 +84,8 @@ class RowSettings:
 
     sasrec: bool = True
     fusion: bool = True
+    fusion_rescore: bool = True
+    fusion_grid: tuple[float, ...] = GUIDED_GRID
     pmi: bool = False
     length_norm: bool = False
     sasrec_config: SASRecConfig = field(default_factory=SASRecConfig)
@@ -79,6 +93,10 @@ class RowSettings:
     sasrec_cache_dir: Path | None = None
     num_candidates: int = 20
     batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.fusion_grid or not all(0.0 <= w <= 1.0 for w in self.fusion_grid):
+            raise ValueError(f"fusion_grid: weights must be in [0, 1], got {self.fusion_grid}")
 
     @property
     def needs_valid(self) -> bool:
@@ -114,8 +132,8 @@ def extra_rows(
         report: called with one line per step (what is being built, what was chosen).
 
     Returns:
-        (row name -> results, {"SASRec": ..., "fusion": ..., "model+pmi": ...,
-        "model+lennorm": ...} facts of the rows built).
+        (row name -> results, {"SASRec": ..., "fusion": ..., "fusion-rescore": ...,
+        "model+pmi": ..., "model+lennorm": ...} facts of the rows built).
     """
     rows: dict[str, EvaluationResults] = {}
     facts: dict[str, Any] = {}
@@ -152,33 +170,10 @@ def extra_rows(
         sasrec = SASRecItemRanker.for_split(ranker, splits, split)
         rows["SASRec"] = evaluate_ranker("SASRec", sasrec, ranking, protocol, settings.batch_size)
         if settings.fusion:
-            say(f"fusion: choosing the weight on {len(valid)} valid examples")
-            sasrec_valid = SASRecItemRanker.for_split(ranker, splits, "valid")
-            weights, grids = _choose_per_variant(
-                valid,
-                valid_protocol,
-                settings.batch_size,
-                all_items=lambda batch, exclude: lm_list_cases(
-                    lm, sasrec_valid, batch, exclude, settings.num_candidates
-                ),
-                candidates=lambda batch: candidate_cases(lm, sasrec_valid, batch),
-                choose=lambda cases: choose_weight(cases, k=k),
-            )
-            fusion = FusionRanker(
-                lm, sasrec, weights["all_items"], settings.num_candidates, weights["candidates"]
-            )
-            rows["fusion"] = evaluate_ranker(
-                "fusion", fusion, ranking, protocol, settings.batch_size
-            )
-            facts["fusion"] = {
-                "score": "(1 - w) * LM log-probability + w * SASRec log-softmax",
-                "all_items": f"the model's constrained-beam top-{settings.num_candidates} "
-                "rescored (a target outside it stays a miss)",
-                "weights": weights,
-                "valid_ndcg": grids,
-                "metric": f"NDCG@{k}",
-                "chosen_on": valid_facts,
-            }
+            _fusion_rows(
+                lm, sasrec, SASRecItemRanker.for_split(ranker, splits, "valid"), ranking,
+                protocol, valid, valid_protocol, valid_facts, settings, rows, facts, say,
+            )  # fmt: skip
     if settings.pmi:
         if prompt_set is None:
             raise ValueError("the model+pmi row needs the checkpoint's prompt set")
@@ -222,6 +217,87 @@ def extra_rows(
             "candidates (ablation; the model row sums)"
         }
     return rows, facts
+
+
+def _fusion_rows(
+    lm: ModelRanker,
+    sasrec: SASRecItemRanker,
+    sasrec_valid: SASRecItemRanker,
+    ranking: Sequence[Example],
+    protocol: EvalProtocol,
+    valid: Sequence[Example],
+    valid_protocol: EvalProtocol,
+    valid_facts: dict[str, Any],
+    settings: RowSettings,
+    rows: dict[str, EvaluationResults],
+    facts: dict[str, Any],
+    say: Callable[[str], None],
+) -> None:
+    """The "fusion" row (guided search) and, when asked, "fusion-rescore", with facts."""
+    k = max(protocol.ks)
+    valid_all = [e for e in valid if example_variant(e) == "all_items"]
+    # The candidate weight (both rows score candidates alike) and the rescoring row's
+    # all-item weight come from exact valid cases.
+    exact_valid = [e for e in valid if settings.fusion_rescore or example_variant(e) != "all_items"]
+    say(f"fusion: choosing the weights on {len(valid)} valid examples")
+    weights, grids = _choose_per_variant(
+        exact_valid,
+        valid_protocol,
+        settings.batch_size,
+        all_items=lambda batch, exclude: lm_list_cases(
+            lm, sasrec_valid, batch, exclude, settings.num_candidates
+        ),
+        candidates=lambda batch: candidate_cases(lm, sasrec_valid, batch),
+        choose=lambda cases: choose_weight(cases, k=k),
+    )
+    guided_weight = 0.0
+    guided_grid: dict[str, float] | str = "no valid examples of this variant: 0 (the model alone)"
+    if valid_all:
+        say(
+            f"fusion: guided searches of {len(valid_all)} valid examples, weights {settings.fusion_grid}"
+        )
+        guided_weight, scores = choose_guided_weight(
+            lambda weight: GuidedFusionRanker(lm, sasrec_valid, weight),
+            valid_all,
+            valid_protocol,
+            settings.fusion_grid,
+            k=k,
+            batch_size=settings.batch_size,
+        )
+        guided_grid = {f"{weight:g}": score for weight, score in scores.items()}
+    chosen = {"all_items": guided_weight, "candidates": weights["candidates"]}
+    say(f"fusion: weights {chosen}")
+    fusion = GuidedFusionRanker(lm, sasrec, guided_weight, weights["candidates"])
+    rows["fusion"] = evaluate_ranker("fusion", fusion, ranking, protocol, settings.batch_size)
+    facts["fusion"] = {
+        "score": "(1 - w) * LM log-probability + w * SASRec log-softmax",
+        "all_items": f"guided search: the model's constrained beam search ({lm.num_beams} "
+        "beams) ranks each trie prefix by (1 - w) * its LM log-probability + w * log of "
+        "SASRec's probability mass over the eligible items below it (D3-style); a "
+        "finished item scores exactly the fused score",
+        "candidates": "every candidate scored exactly",
+        "weights": chosen,
+        "valid_ndcg": {"all_items": guided_grid, "candidates": grids["candidates"]},
+        "grid": {"all_items": list(settings.fusion_grid), "candidates": list(DEFAULT_GRID)},
+        "metric": f"NDCG@{k}",
+        "chosen_on": valid_facts,
+    }
+    ranking_all = [e for e in ranking if example_variant(e) == "all_items"]
+    if settings.fusion_rescore and ranking_all:
+        rescore = FusionRanker(lm, sasrec, weights["all_items"], settings.num_candidates)
+        rows["fusion-rescore"] = evaluate_ranker(
+            "fusion-rescore", rescore, ranking_all, protocol, settings.batch_size
+        )
+        facts["fusion-rescore"] = {
+            "score": "(1 - w) * LM log-probability + w * SASRec log-softmax",
+            "all_items": f"the model's unguided constrained-beam top-{settings.num_candidates} "
+            "rescored (a target outside it stays a miss); all-item examples only",
+            "weights": {"all_items": weights["all_items"]},
+            "valid_ndcg": {"all_items": grids["all_items"]},
+            "grid": {"all_items": list(DEFAULT_GRID)},
+            "metric": f"NDCG@{k}",
+            "chosen_on": valid_facts,
+        }
 
 
 def _choose_per_variant(
