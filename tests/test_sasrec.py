@@ -320,3 +320,15 @@ def test_a_time_cap_stops_training_and_marks_a_lower_bound(splits):
     assert stopped.stopped == "early stopping" and not stopped.capped
     with pytest.raises(ValueError, match="max_seconds"):
         SASRecConfig(max_seconds=0)
+
+
+def test_an_int_and_a_float_time_cap_share_one_cache_entry(tmp_path):
+    """eval.sasrec_max_seconds: 120 from YAML (int) and --sasrec-max-seconds 120 (float)
+    name the same weights, so the second evaluation reuses them."""
+    from recsysllm.evaluation.sasrec import _cache_identity, cache_paths
+
+    as_int, as_float = SASRecConfig(max_seconds=120), SASRecConfig(max_seconds=120.0)
+    assert as_int == as_float
+    paths = [cache_paths(tmp_path, _cache_identity("splits", c, 0)) for c in (as_int, as_float)]
+    assert paths[0] == paths[1]
+    assert paths[0] != cache_paths(tmp_path, _cache_identity("splits", SASRecConfig(), 0))

@@ -113,6 +113,9 @@ class SASRecConfig:
     def __post_init__(self) -> None:
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"SASRecConfig.max_seconds must be > 0, got {self.max_seconds}")
+        if self.max_seconds is not None:
+            # 120 (YAML int) and 120.0 (CLI float) are one setting: one cache entry.
+            object.__setattr__(self, "max_seconds", float(self.max_seconds))
         for name in ("num_layers", "num_heads", "hidden_size", "inner_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SASRecConfig.{name} must be >= 1, got {getattr(self, name)}")
