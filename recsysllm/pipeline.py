@@ -20,10 +20,9 @@ it from the pipeline.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +189,7 @@ def cap_item_names(data: PreparedData, data_args: DataArgs, tokenizer: Any) -> P
     splits = data.splits.with_item_keys(item_keys)
     catalog = EntityCatalog.from_tables(splits.tables, item_keys=splits.item_keys)
     tasks = _task_builder(splits, catalog, data.prompts, data_args)
-    return dataclasses.replace(data, splits=splits, catalog=catalog, tasks=tasks)
+    return replace(data, splits=splits, catalog=catalog, tasks=tasks)
 
 
 def _segment_text(example: Any) -> str:
