@@ -17,7 +17,7 @@ coverage@10, the share of slots of the most-recommended item, of the largest bra
 (``recsysllm.evaluation.diversity``).
 
 The long-title catalog is :mod:`recsysllm.data.synthetic` (seed 0: 1,200 generated items,
-1,500 users; after the 5-core about 770 items and 1,450 users), written to
+1,500 users; after the 5-core 748 items and 1,462 users), written to
 ``<out-dir>/data`` on first use.
 """
 
