@@ -16,6 +16,9 @@ coverage@10, the share of slots of the most-recommended item, of the largest bra
 (the data's ``brand`` column), and of the largest 3-word title-prefix group
 (``recsysllm.evaluation.diversity``).
 
+A cap shortens every example, so at equal ``--examples`` a capped run takes fewer
+optimizer steps; scale ``--examples`` per cap to compare at equal steps (RESULTS.md).
+
 The long-title catalog is :mod:`recsysllm.data.synthetic` (seed 0: 1,200 generated items,
 1,500 users; after the 5-core 748 items and 1,462 users), written to
 ``<out-dir>/data`` on first use.

@@ -294,7 +294,8 @@ class DataArgs:
         "cap every item's name (prompts, training targets, the entity trie, outputs) at this "
         "many tokens of the model's tokenizer: longer titles keep their longest whole-word "
         "prefix that fits, names that then coincide get a suffix ' #1', ' #2', ...; "
-        "null: full titles",
+        "null: full titles (benchmarks/RESULTS.md, issue 12: long titles gain at equal "
+        "compute only past the early collapse, which a cap deepens)",
         default=None,
     )
     mask_prob: float = help_field(
