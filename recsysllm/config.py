@@ -295,6 +295,14 @@ class DataArgs:
         "training); item answers reserve the longest item, ratings and yes/no 8",
         default=64,
     )
+    item_name_max_tokens: int | None = help_field(
+        "cap every item's name (prompts, training targets, the entity trie, outputs) at this "
+        "many tokens of the model's tokenizer: longer titles keep their longest whole-word "
+        "prefix that fits, names that then coincide get a suffix ' #1', ' #2', ...; "
+        "null: full titles (benchmarks/RESULTS.md, issue 12: long titles gain at equal "
+        "compute only past the early collapse, which a cap deepens)",
+        default=None,
+    )
     mask_prob: float = help_field(
         "collator: probability of entity-level [MASK] spans for pretrain documents", default=0.5
     )
@@ -336,6 +344,12 @@ class DataArgs:
         )
         _check(self.max_length >= 16, "data", "max_length", f"must be >= 16, got {self.max_length}")
         _check(self.answer_text_tokens >= 1, "data", "answer_text_tokens", "must be >= 1")
+        _check(
+            self.item_name_max_tokens is None or self.item_name_max_tokens >= 4,
+            "data",
+            "item_name_max_tokens",
+            f"must be null or >= 4 (a word and a ' #N' suffix), got {self.item_name_max_tokens}",
+        )
         _check(
             self.packing_window >= 0,
             "data",

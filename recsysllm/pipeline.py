@@ -7,7 +7,9 @@ checkpoints the same way.
 
 Stable entry points (used by evaluation and the API):
 
-- :func:`prepare_data` -> :class:`PreparedData` (tables, splits, catalog, prompts, tasks)
+- :func:`prepare_data` -> :class:`PreparedData` (tables, splits, catalog, prompts, tasks);
+  :func:`cap_item_names` then names the items as ``data.item_name_max_tokens`` says, with
+  the tokenizer
 - :func:`load_checkpoint_for_inference` -> (model, tokenizer, catalog, prompts, meta, config)
   (:mod:`recsysllm.checkpoints`)
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from recsysllm.checkpoint_meta import META_FILENAME, check_compatible, read_meta, verify_weights
 from recsysllm.checkpoints import TOKENIZER_DIRNAME, load_checkpoint_for_inference
 from recsysllm.config import DataArgs, LoraArgs, ModelArgs, TokenizerArgs
-from recsysllm.data.catalog import EntityCatalog
+from recsysllm.data.catalog import EntityCatalog, capped_item_key_map
 from recsysllm.data.sampling import SamplingConfig
 from recsysllm.data.sources import load_dataset_by_name
 from recsysllm.data.splits import RecSplits, build_splits
@@ -54,6 +56,7 @@ __all__ = [
     "apply_lora",
     "build_model",
     "build_tokenizer",
+    "cap_item_names",
     "load_checkpoint_for_inference",
     "prepare_data",
     "prepare_from_tables",
@@ -146,7 +149,14 @@ def prepare_from_tables(
     catalog = EntityCatalog.from_tables(splits.tables)
     if prompts is None:
         prompts = load_prompts(data_args.prompts_dir)
-    tasks = TaskBuilder(
+    tasks = _task_builder(splits, catalog, prompts, data_args)
+    return PreparedData(tables=tables, splits=splits, catalog=catalog, prompts=prompts, tasks=tasks)
+
+
+def _task_builder(
+    splits: RecSplits, catalog: EntityCatalog, prompts: PromptSet, data_args: DataArgs
+) -> TaskBuilder:
+    return TaskBuilder(
         splits,
         catalog,
         prompts,
@@ -154,7 +164,33 @@ def prepare_from_tables(
         history_budget=data_args.history_budget,
         train_num_negatives=data_args.train_num_negatives,
     )
-    return PreparedData(tables=tables, splits=splits, catalog=catalog, prompts=prompts, tasks=tasks)
+
+
+def cap_item_names(data: PreparedData, data_args: DataArgs, tokenizer: Any) -> PreparedData:
+    """``data`` with every item named by at most ``data_args.item_name_max_tokens`` tokens.
+
+    The names (:func:`recsysllm.data.catalog.capped_item_key_map`, counted with
+    ``tokenizer.encode_entity``) replace the item keys in the splits, the stored
+    candidates, the catalog (so the entity trie, the answer budget and ``catalog.json``)
+    and the task builder (so prompts and training targets). Training calls it once the
+    tokenizer exists (a from-scratch tokenizer is trained on the full titles first), and
+    evaluation on the data it rebuilds with the checkpoint's tokenizer, so both see the
+    same names; the catalog hash recorded in the checkpoint checks that they do.
+    Without a cap (null) ``data`` is returned as it is.
+    """
+    max_tokens = data_args.item_name_max_tokens
+    if max_tokens is None:
+        return data
+    item_keys = capped_item_key_map(
+        data.splits.tables.items,
+        lambda name: len(tokenizer.encode_entity(name)),
+        max_tokens,
+        source=data.splits.tables.name,
+    )
+    splits = data.splits.with_item_keys(item_keys)
+    catalog = EntityCatalog.from_tables(splits.tables, item_keys=splits.item_keys)
+    tasks = _task_builder(splits, catalog, data.prompts, data_args)
+    return replace(data, splits=splits, catalog=catalog, tasks=tasks)
 
 
 def _segment_text(example: Any) -> str:

@@ -71,6 +71,7 @@ from recsysllm.pipeline import (
     answer_budget,
     build_model,
     build_tokenizer,
+    cap_item_names,
     prepare_data,
     task_mixture,
 )
@@ -542,6 +543,7 @@ def build_trainer(
             seed=config.data.seed,
             family=config.model.family,
         )
+    data = cap_item_names(data, config.data, tokenizer)
     built = build_model(config.model, config.lora, tokenizer, seed=config.train.seed)
     if config.train.compile_blocks:
         # Each block on its own (compiled lazily, on its first call): activation

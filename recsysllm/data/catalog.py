@@ -7,6 +7,11 @@ so keys stay unique and readable. For items the key is also the surface text
 (``segment.text == segment.entity``), so the entity trie can decode exactly the
 keys back.
 
+With a name cap (``data.item_name_max_tokens``, :func:`capped_item_key_map`), every
+item's key is instead its title cut to at most N tokens of the model's tokenizer, and
+items whose cut titles coincide (or whose titles were equal to begin with) get a short
+suffix ``" #1"``, ``" #2"``, ... so the key -> item map stays one-to-one.
+
 A user attribute value (e.g. age "25-34") is an entity with key
 ``"attr:<column>=<value>"`` and surface text ``<value>``.
 
@@ -21,7 +26,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import datasets
@@ -43,16 +48,11 @@ def attribute_key(column: str, value: str) -> str:
     return f"{ATTRIBUTE_PREFIX}{column}={value}"
 
 
-def item_key_map(items: datasets.Dataset, *, source: str = "items") -> dict[str, str]:
-    """Raw item id -> item key (the title, disambiguated when titles collide).
-
-    Args:
-        items: a table with columns ``item`` and ``title`` (RecTables.items).
-        source: name used in error messages (data set or file name).
+def item_titles(items: datasets.Dataset, *, source: str = "items") -> dict[str, str]:
+    """Raw item id -> title (stripped), checked: no empty title, no repeated id.
 
     Raises:
-        ValueError: an empty title, a repeated raw item id, or a disambiguated key
-            that collides with another item's plain title; the message names the row.
+        ValueError: an empty title or a repeated raw item id; the message names the row.
     """
     columns = items.select_columns(["item", "title"]).to_dict()
     raw_ids = columns["item"]
@@ -66,16 +66,150 @@ def item_key_map(items: datasets.Dataset, *, source: str = "items") -> dict[str,
                 f"{source}: items row {row}: field 'item' repeats id {raw_id!r} (first at row {seen_rows[raw_id]})"
             )
         seen_rows[raw_id] = row
-    title_counts = Counter(titles)
+    return dict(zip(raw_ids, titles, strict=True))
+
+
+def item_key_map(items: datasets.Dataset, *, source: str = "items") -> dict[str, str]:
+    """Raw item id -> item key (the title, disambiguated when titles collide).
+
+    Args:
+        items: a table with columns ``item`` and ``title`` (RecTables.items).
+        source: name used in error messages (data set or file name).
+
+    Raises:
+        ValueError: an empty title, a repeated raw item id, or a disambiguated key
+            that collides with another item's plain title; the message names the row.
+    """
+    titles = item_titles(items, source=source)
+    title_counts = Counter(titles.values())
     keys = {
         raw_id: title if title_counts[title] == 1 else f"{title} [id {raw_id}]"
-        for raw_id, title in zip(raw_ids, titles, strict=True)
+        for raw_id, title in titles.items()
     }
     if len(set(keys.values())) != len(keys):
         # Only possible when a real title looks like "X [id Y]" of another item.
         duplicated = [key for key, count in Counter(keys.values()).items() if count > 1]
         raise ValueError(f"{source}: items: disambiguated title keys collide: {duplicated[:5]}")
     return keys
+
+
+def capped_item_key_map(
+    items: datasets.Dataset,
+    count_tokens: Callable[[str], int],
+    max_tokens: int,
+    *,
+    source: str = "items",
+) -> dict[str, str]:
+    """Raw item id -> item key of at most ``max_tokens`` tokens, one-to-one.
+
+    - A title of at most ``max_tokens`` tokens that no other item shares is its own key,
+      unchanged (also when a longer title's cut would read the same).
+    - A longer title is cut to its longest prefix of whole words (whitespace-separated,
+      joined by one space, trailing ``,;:-|/(&+`` and spaces dropped) that fits; a first
+      word alone too long is cut by characters.
+    - Items whose cut titles coincide (with each other or with an unchanged title), or
+      whose titles were equal to begin with, are numbered ``" #1"``, ``" #2"``, ... in
+      order of (full title, raw id), each title cut so that title and suffix together fit.
+
+    The keys depend only on the titles, the raw ids and ``count_tokens`` (not on the
+    order of the rows), so training, the checkpoint and evaluation that use the same
+    tokenizer get the same keys.
+
+    Args:
+        items: a table with columns ``item`` and ``title`` (RecTables.items).
+        count_tokens: tokens of an entity name, e.g. ``len(tokenizer.encode_entity(name))``
+            (the leading-space convention of the trie and the collator).
+        max_tokens: the cap (``data.item_name_max_tokens``).
+        source: name used in error messages (data set or file name).
+
+    Raises:
+        ValueError: an empty title or a repeated raw id (as :func:`item_key_map`), a
+            title whose first character alone exceeds the cap, or capped keys that still
+            collide (a real title that reads like another's numbered key).
+
+    Example:
+        >>> words = lambda name: len(name.split())  # a tokenizer with one token per word
+        >>> table = datasets.Dataset.from_dict(
+        ...     {"item": ["a", "b", "c"],
+        ...      "title": ["Acme Travel Mug, Red", "Acme Travel Mug, Blue", "Kettle"]})
+        >>> capped_item_key_map(table, words, 3)
+        {'a': 'Acme Travel #2', 'b': 'Acme Travel #1', 'c': 'Kettle'}
+    """
+    if max_tokens < 1:
+        raise ValueError(f"{source}: item name cap must be >= 1 token, got {max_tokens}")
+    titles = item_titles(items, source=source)
+    title_counts = Counter(titles.values())
+    cut = {
+        raw_id: _cut_title(title, count_tokens, max_tokens, source)
+        for raw_id, title in titles.items()
+    }
+    counts = Counter(cut.values())
+    # A fitting title no other item has keeps its name (a cut that lands on it is numbered).
+    colliding = {
+        raw_id
+        for raw_id, name in cut.items()
+        if counts[name] > 1 and not (name == titles[raw_id] and title_counts[name] == 1)
+    }
+    keys = {raw_id: name for raw_id, name in cut.items() if raw_id not in colliding}
+    if colliding:
+        # Room for the longest suffix any colliding item can get.
+        room = max(count_tokens(_SUFFIX.format(n).lstrip()) for n in range(1, len(colliding) + 1))
+        groups: dict[str, list[str]] = {}
+        for raw_id in colliding:
+            base = _cut_title(titles[raw_id], count_tokens, max_tokens - room, source)
+            groups.setdefault(base, []).append(raw_id)
+        for base, members in groups.items():
+            for number, raw_id in enumerate(sorted(members, key=lambda r: (titles[r], r)), 1):
+                suffix = _SUFFIX.format(number)
+                budget = max_tokens - room
+                key = base + suffix
+                while count_tokens(key) > max_tokens:  # a tokenizer that merges across spaces
+                    budget -= 1
+                    key = _cut_title(titles[raw_id], count_tokens, budget, source) + suffix
+                keys[raw_id] = key
+    duplicated = [key for key, count in Counter(keys.values()).items() if count > 1]
+    if duplicated:
+        raise ValueError(
+            f"{source}: items: names capped at {max_tokens} tokens collide: {duplicated[:5]}; "
+            "choose another data.item_name_max_tokens"
+        )
+    return {raw_id: keys[raw_id] for raw_id in titles}
+
+
+_SUFFIX = " #{}"
+# Dropped from the end of a cut title: separators that only lead into the cut words.
+_TRAILING = " ,;:-|/(&+"
+
+
+def _cut_title(title: str, count_tokens: Callable[[str], int], budget: int, source: str) -> str:
+    """``title`` when it fits ``budget`` tokens, else its longest fitting whole-word prefix."""
+    if budget >= 1 and count_tokens(title) <= budget:
+        return title
+    words = title.split()
+    # Words are pre-tokenized apart, so tokens grow with the number of words: bisect.
+    fits, too_long = 0, len(words)
+    while too_long - fits > 1:
+        middle = (fits + too_long) // 2
+        if count_tokens(" ".join(words[:middle])) <= budget:
+            fits = middle
+        else:
+            too_long = middle
+    if fits:
+        prefix = " ".join(words[:fits])
+        return prefix.rstrip(_TRAILING) or prefix
+    fits, too_long = 0, len(words[0])  # the first word alone is too long: cut characters
+    while too_long - fits > 1:
+        middle = (fits + too_long) // 2
+        if count_tokens(words[0][:middle]) <= budget:
+            fits = middle
+        else:
+            too_long = middle
+    if not fits:
+        raise ValueError(
+            f"{source}: items: title {title!r} cannot be cut to {budget} token(s); "
+            "raise data.item_name_max_tokens"
+        )
+    return words[0][:fits]
 
 
 class EntityCatalog:
@@ -118,11 +252,18 @@ class EntityCatalog:
         self._item_segments = {key: self._segments[key] for key in self.items}
 
     @classmethod
-    def from_tables(cls, tables: RecTables) -> EntityCatalog:
+    def from_tables(
+        cls, tables: RecTables, item_keys: Mapping[str, str] | None = None
+    ) -> EntityCatalog:
         """Catalog of every item of ``tables.items`` and every non-empty user attribute value.
 
-        Build it from ``RecSplits.tables`` (the k-core filtered tables) so the item keys
-        match the ones the splits use.
+        Build it from ``RecSplits.tables`` (the k-core filtered tables) with
+        ``RecSplits.item_keys`` so the item keys match the ones the splits use.
+
+        Args:
+            tables: the tables.
+            item_keys: raw item id -> key (e.g. :func:`capped_item_key_map`); default
+                :func:`item_key_map` of ``tables.items``.
         """
         attributes = {}
         for column in tables.user_features:
@@ -130,7 +271,7 @@ class EntityCatalog:
                 value = (value or "").strip()
                 if value:
                     attributes[attribute_key(column, value)] = value
-        key_of = item_key_map(tables.items, source=tables.name)
+        key_of = item_key_map(tables.items, source=tables.name) if item_keys is None else item_keys
         return cls(tables.name, {key: raw_id for raw_id, key in key_of.items()}, attributes)
 
     def _content_hash(self) -> str:

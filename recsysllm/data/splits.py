@@ -37,7 +37,7 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -179,6 +179,31 @@ class RecSplits:
                 f"{short!r}: no {split} target"
             )
         return len(self.sequences[user]) - 1
+
+    def with_item_keys(self, item_keys: Mapping[str, str]) -> RecSplits:
+        """These splits with every item renamed (raw item id -> new key, e.g. capped names).
+
+        Same users, events, order and stored candidates; only the keys change.
+
+        Raises:
+            ValueError: ``item_keys`` does not cover exactly the raw ids of these splits,
+                or gives two items one key.
+        """
+        if set(item_keys) != set(self.item_keys):
+            unknown = sorted(set(item_keys) ^ set(self.item_keys))
+            raise ValueError(f"{self.tables.name}: new item keys for other items: {unknown[:5]}")
+        if len(set(item_keys.values())) != len(item_keys):
+            raise ValueError(f"{self.tables.name}: new item keys are not one-to-one")
+        rename = {self.item_keys[raw_id]: key for raw_id, key in item_keys.items()}
+        sequences = {
+            user: tuple(replace(event, item=rename[event.item]) for event in events)
+            for user, events in self.sequences.items()
+        }
+        candidates = {
+            split: {user: tuple(rename[key] for key in keys) for user, keys in lists.items()}
+            for split, lists in self.candidates.items()
+        }
+        return replace(self, item_keys=dict(item_keys), sequences=sequences, candidates=candidates)
 
     def interacted(self, user: str) -> frozenset[str]:
         """Every item key the user interacted with, in any split."""

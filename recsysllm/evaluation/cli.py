@@ -58,6 +58,7 @@ EXAMPLE_FIELDS = (
     "history_budget",
     "num_negatives",
     "answer_text_tokens",
+    "item_name_max_tokens",
     "prompts_dir",
     "seed",
 )
@@ -413,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     data = pipeline.prepare_data(data_args, seed=data_args.seed, prompts=prompts)
+    data = pipeline.cap_item_names(data, data_args, tokenizer)
     # The examples must name the items the adapter was trained on.
     check_compatible(meta, catalog_hash=data.catalog.hash, where=args.checkpoint)
     examples = data.tasks.examples(split, families, prompts=prompt_set_name, seed=data_args.seed)
