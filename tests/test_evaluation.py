@@ -558,9 +558,9 @@ def test_cli_uses_the_checkpoint_config_and_a_seeded_user_sample(cli_checkpoint,
     assert {row["template_id"] for row in document["model"]["per_template"]} == templates
     splits = {row["split"] for row in document["model"]["aggregated"]}
     assert splits == {"seen", "unseen", "all"}
-    assert {"popularity", "random", "global_mean", "user_mean", "SASRec", "fusion"} == set(
-        document["baselines"]
-    )
+    assert {
+        "popularity", "random", "global_mean", "user_mean", "item_mean", "SASRec", "fusion"
+    } == set(document["baselines"])  # fmt: skip
     # SASRec and fusion by default: every ranking row of the model has theirs, with the
     # same examples and users, standard errors and diversity columns.
     for name in ("SASRec", "fusion", "popularity"):

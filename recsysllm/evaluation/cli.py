@@ -41,6 +41,7 @@ from recsysllm.evaluation.evaluator import EvalProtocol, ModelRanker, evaluate, 
 from recsysllm.evaluation.report import write_reports
 from recsysllm.evaluation.rows import RowSettings, extra_rows
 from recsysllm.evaluation.sasrec import SASRecConfig
+from recsysllm.evaluation.text_baselines import reference_rows
 from recsysllm.inference import Inference
 from recsysllm.prompts import load_prompts
 from recsysllm.schema import TASK_FAMILIES, Example
@@ -494,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         protocol=protocol,
         user_ratings=user_ratings if has_ratings else None,
     )
-    baselines = {**rows, **baselines}
+    baselines = {**rows, **baselines, **reference_rows(examples, data.splits, split, protocol)}
     settings = {name: getattr(data_args, name) for name in EXAMPLE_FIELDS}
     settings |= {
         "answer_budget": {"item": budget.item, "short": budget.short, "text": budget.text},
