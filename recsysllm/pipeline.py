@@ -12,6 +12,8 @@ Stable entry points (used by evaluation and the API):
   the tokenizer
 - :func:`load_checkpoint_for_inference` -> (model, tokenizer, catalog, prompts, meta, config)
   (:mod:`recsysllm.checkpoints`)
+- :func:`load_base_model_for_inference` -> (model, tokenizer): a pretrained base model
+  with no training (zero-shot evaluation)
 
 The checkpoint format (layout, writer, reader) is :mod:`recsysllm.checkpoints`;
 :func:`load_checkpoint_for_inference` is re-exported here for the callers that import
@@ -57,6 +59,7 @@ __all__ = [
     "build_model",
     "build_tokenizer",
     "cap_item_names",
+    "load_base_model_for_inference",
     "load_checkpoint_for_inference",
     "prepare_data",
     "prepare_from_tables",
@@ -295,6 +298,45 @@ def build_model(
         model = apply_lora(model, lora_args, fingerprint, added)
     model.train()
     return BuiltModel(model=model, base_model_fingerprint=fingerprint, added_token_ids=added)
+
+
+def load_base_model_for_inference(
+    model_args: ModelArgs,
+    tokenizer_args: TokenizerArgs,
+    device: str | torch.device | None = None,
+) -> tuple[torch.nn.Module, Any]:
+    """The pretrained ``model_args.base_model`` as it is, untrained, for zero-shot evaluation.
+
+    The model is loaded by its family's loader (no LoRA, no adapter) and its tokenizer is
+    ``tokenizer_args.path``, else the base model's own. Role tokens the tokenizer has to
+    add get embedding rows as in training (the family's ``prepare_embeddings``); untrained,
+    they mean nothing to the model.
+
+    Raises:
+        ValueError: no ``model.base_model`` (a model trained from scratch has nothing to
+            evaluate before training), or a tokenizer to be trained
+            (``tokenizer.sentencepiece_vocab_size``).
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode on ``device`` (default: CPU).
+    """
+    if model_args.base_model is None:
+        raise ValueError(
+            "config field model.base_model: evaluating an untrained model needs a pretrained "
+            "base model directory"
+        )
+    if tokenizer_args.sentencepiece_vocab_size is not None:
+        raise ValueError(
+            "config field tokenizer.sentencepiece_vocab_size: a tokenizer trained on the data "
+            "exists only in a checkpoint; an untrained base model uses its own tokenizer"
+        )
+    tokenizer = load_tokenizer(tokenizer_args.path or model_args.base_model)
+    family = get_backbone(resolve_family(model_args.family, model_args.base_model))
+    model = family.load_checkpoint(
+        model_args.base_model, torch_dtype=TORCH_DTYPES[model_args.torch_dtype]
+    )
+    family.prepare_embeddings(model, tokenizer, where=model_args.base_model)
+    return model.to(device or "cpu").eval(), tokenizer
 
 
 def apply_lora(

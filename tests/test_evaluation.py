@@ -591,7 +591,8 @@ def test_cli_uses_the_checkpoint_config_and_a_seeded_user_sample(cli_checkpoint,
     splits = {row["split"] for row in document["model"]["aggregated"]}
     assert splits == {"seen", "unseen", "all"}
     assert {
-        "popularity", "random", "global_mean", "user_mean", "SASRec", "fusion", "fusion-rescore"
+        "popularity", "random", "global_mean", "user_mean", "item_mean", "SASRec", "fusion",
+        "fusion-rescore",
     } == set(document["baselines"])  # fmt: skip
     # SASRec and fusion by default: every ranking row of the model has theirs, with the
     # same examples and users, standard errors and diversity columns.

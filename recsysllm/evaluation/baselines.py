@@ -14,7 +14,9 @@ against "how good is trivially good":
 The ranking rows are :class:`~recsysllm.evaluation.evaluator.ItemRanker` s, run by
 ``evaluate_ranker`` under the model's :class:`EvalProtocol`: the same examples, the
 same exclusion of the user's history (or none), the same pessimistic tie rule and
-metrics. Baselines produce no outcome for the ``yesno`` and ``text`` variants.
+metrics. Baselines produce no outcome for the ``yesno`` and ``text`` variants; the
+item mean rating and the text references (item's most common text, the review's lead
+words) are :mod:`recsysllm.evaluation.text_baselines`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
-from recsysllm.data.splits import RecSplits
+from recsysllm.data.splits import Event, RecSplits
 from recsysllm.evaluation.evaluator import (
     EvalProtocol,
     EvaluationResults,
@@ -154,6 +156,18 @@ def mean_ratings(user_ratings: Mapping[str, Sequence[float]]) -> tuple[float, di
     return sum(pooled) / len(pooled), per_user
 
 
+def known_events(splits: RecSplits, split: str) -> dict[str, list[Event]]:
+    """user -> the events known before ``split``'s targets: the train events, and for
+    "test" also the valid targets (see :func:`training_statistics`)."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    known = {user: list(events) for user, events in splits.train.items()}
+    if split == "test":
+        for user, event in splits.valid.items():
+            known.setdefault(user, []).append(event)
+    return known
+
+
 def training_statistics(
     splits: RecSplits, split: str
 ) -> tuple[dict[str, int], dict[str, list[float]]]:
@@ -171,12 +185,7 @@ def training_statistics(
     Returns:
         (item key -> count, user id -> ratings, NaN ratings left out).
     """
-    if split not in ("valid", "test"):
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    known = {user: list(events) for user, events in splits.train.items()}
-    if split == "test":
-        for user, event in splits.valid.items():
-            known.setdefault(user, []).append(event)
+    known = known_events(splits, split)
     counts: Counter[str] = Counter()
     ratings: dict[str, list[float]] = {}
     for user, events in known.items():

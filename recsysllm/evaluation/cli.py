@@ -14,6 +14,11 @@ baselines under one protocol -> write results.json, outcomes.jsonl, results.md a
 results.png next to ``--out``. SASRec weights are cached under
 ``<checkpoint>/sasrec`` (``--sasrec-cache``), keyed by the splits, the SASRec config
 and the seed, so re-evaluating does not retrain.
+
+Without ``--checkpoint``, ``--base-model DIR --config CONFIG`` evaluates the pretrained
+base model as it is, with no training (zero-shot): its own tokenizer, no LoRA, the
+data, prompts and catalog built from CONFIG; results.json then has ``"checkpoint":
+null`` and ``"untrained": true``.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from recsysllm.evaluation.fusion import GUIDED_GRID
 from recsysllm.evaluation.report import write_reports
 from recsysllm.evaluation.rows import RowSettings, extra_rows
 from recsysllm.evaluation.sasrec import SASRecConfig
+from recsysllm.evaluation.text_baselines import reference_rows
 from recsysllm.inference import Inference
+from recsysllm.prompts import load_prompts
 from recsysllm.schema import TASK_FAMILIES, Example
 
 # data fields that change which examples exist or how their prompts read: evaluation
@@ -74,13 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a checkpoint per task family x template (seen / unseen), with baselines.",
     )
     parser.add_argument(
-        "--checkpoint", required=True, help="checkpoint directory (adapter or full weights)"
+        "--checkpoint",
+        default=None,
+        help="checkpoint directory (adapter or full weights); without it, --base-model and "
+        "--config evaluate the untrained base model (zero-shot)",
     )
     parser.add_argument(
         "--config",
         default=None,
         help="a YAML for the eval section (default: the checkpoint's own resolved config); "
-        "its data fields must agree with the checkpoint's",
+        "its data fields must agree with the checkpoint's. Without --checkpoint: the recipe "
+        "whose data, prompts and settings the untrained base model is evaluated on",
     )
     parser.add_argument(
         "--allow-config-override",
@@ -91,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--base-model",
         default=None,
-        help="base model directory (default: recorded in the checkpoint)",
+        help="base model directory (default: recorded in the checkpoint); without "
+        "--checkpoint: the pretrained model to evaluate untrained",
     )
     parser.add_argument(
         "--split", choices=("valid", "test"), default=None, help="default: eval.split of the config"
@@ -343,10 +355,12 @@ def row_settings(args, eval_args, num_beams: int, batch_size: int, seed: int) ->
 
 def sasrec_cache_dir(args, eval_args) -> Path:
     """--sasrec-cache, else eval.sasrec_cache_dir, else <checkpoint>/sasrec when the
-    checkpoint directory is writable, else ``sasrec`` beside --out."""
+    checkpoint directory is writable, else (or with no checkpoint) ``sasrec`` beside --out."""
     chosen = args.sasrec_cache or eval_args.sasrec_cache_dir
     if chosen:
         return Path(chosen)
+    if args.checkpoint is None:
+        return Path(args.out).parent / "sasrec"
     checkpoint = Path(args.checkpoint)
     if os.access(checkpoint, os.W_OK):
         return checkpoint / "sasrec"
@@ -388,16 +402,37 @@ def valid_selection(
     return valid, valid_protocol
 
 
+def load_untrained(args) -> tuple[Any, Any, Config]:
+    """(model, tokenizer, config) of ``--base-model`` evaluated with no training on the
+    recipe ``--config`` (with the overrides)."""
+    if args.base_model is None or args.config is None:
+        raise ValueError(
+            "recsysllm evaluate: give --checkpoint, or --base-model and --config to evaluate "
+            "an untrained base model"
+        )
+    config = load_config(args.config, [*args.overrides, f"model.base_model={args.base_model}"])
+    model, tokenizer = pipeline.load_base_model_for_inference(
+        config.model, config.tokenizer, device=args.device
+    )
+    return model, tokenizer, config
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    model, tokenizer, catalog, prompts, meta, checkpoint_config = (
-        pipeline.load_checkpoint_for_inference(
-            args.checkpoint, base_model=args.base_model, device=args.device
+    if args.checkpoint is not None:
+        model, tokenizer, catalog, prompts, meta, checkpoint_config = (
+            pipeline.load_checkpoint_for_inference(
+                args.checkpoint, base_model=args.base_model, device=args.device
+            )
         )
-    )
-    config, overridden = resolve_config(
-        checkpoint_config, args.config, args.overrides, args.allow_config_override
-    )
+        config, overridden = resolve_config(
+            checkpoint_config, args.config, args.overrides, args.allow_config_override
+        )
+        base_model = meta.base_model
+    else:
+        model, tokenizer, config = load_untrained(args)
+        meta, overridden, base_model = None, [], args.base_model
+        prompts = load_prompts(config.data.prompts_dir)
     eval_args, data_args = config.eval, config.data
     split = args.split or eval_args.split
     prompt_set_name = args.prompts or eval_args.prompts
@@ -415,8 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     data = pipeline.prepare_data(data_args, seed=data_args.seed, prompts=prompts)
     data = pipeline.cap_item_names(data, data_args, tokenizer)
-    # The examples must name the items the adapter was trained on.
-    check_compatible(meta, catalog_hash=data.catalog.hash, where=args.checkpoint)
+    if meta is None:
+        catalog = data.catalog
+    else:
+        # The examples must name the items the adapter was trained on.
+        check_compatible(meta, catalog_hash=data.catalog.hash, where=args.checkpoint)
     examples = data.tasks.examples(split, families, prompts=prompt_set_name, seed=data_args.seed)
     known = [t.id for family in prompts.families for t in prompts.templates(family)]
     examples = select_templates(examples, args.templates, known)
@@ -500,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         protocol=protocol,
         user_ratings=user_ratings if has_ratings else None,
     )
-    baselines = {**rows, **baselines}
+    baselines = {**rows, **baselines, **reference_rows(examples, data.splits, split, protocol)}
     settings = {name: getattr(data_args, name) for name in EXAMPLE_FIELDS}
     settings |= {
         "answer_budget": {"item": budget.item, "short": budget.short, "text": budget.text},
@@ -513,8 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "overridden_example_fields": overridden,
     }
     metadata = {
-        "checkpoint": str(args.checkpoint),
-        "base_model": meta.base_model,
+        "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+        "base_model": base_model,
+        "untrained": args.checkpoint is None,
         "split": split,
         "prompts": prompt_set_name,
         "families": families,

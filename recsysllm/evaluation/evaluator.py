@@ -233,16 +233,23 @@ class EvaluationResults:
             )
         hypotheses = [o.text or "" for o in outcomes]
         references = [o.target for o in outcomes]
+        # An example's ROUGE does not depend on the resample: scored once. Every metric's
+        # bootstrap draws the same resamples (one seed): each is scored once, not per metric.
+        rouge_rows = metrics.rouge_per_example(hypotheses, references)
+        scored: dict[tuple[int, ...], dict[str, float]] = {}
 
         def text_metrics(rows: Sequence[int]) -> dict[str, float]:
-            hyps, refs = [hypotheses[i] for i in rows], [references[i] for i in rows]
-            rouge = metrics.rouge(hyps, refs)
-            return {
-                "BLEU-4": metrics.bleu4(hyps, refs),
-                "ROUGE-1": rouge["rouge1"],
-                "ROUGE-2": rouge["rouge2"],
-                "ROUGE-L": rouge["rougeL"],
-            }
+            key = tuple(rows)
+            if key not in scored:
+                hyps, refs = [hypotheses[i] for i in rows], [references[i] for i in rows]
+                rouge = metrics.mean_rouge(rouge_rows, rows)
+                scored[key] = {
+                    "BLEU-4": metrics.bleu4(hyps, refs),
+                    "ROUGE-1": rouge["rouge1"],
+                    "ROUGE-2": rouge["rouge2"],
+                    "ROUGE-L": rouge["rougeL"],
+                }
+            return scored[key]
 
         values = text_metrics(range(len(outcomes)))
         errors = {

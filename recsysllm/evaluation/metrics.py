@@ -182,17 +182,31 @@ def rouge(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, flo
     Returns:
         ``{"rouge1": ..., "rouge2": ..., "rougeL": ...}``; zeros for an empty list.
     """
+    return mean_rouge(rouge_per_example(hypotheses, references), range(len(hypotheses)))
+
+
+def rouge_per_example(
+    hypotheses: Sequence[str], references: Sequence[str]
+) -> list[dict[str, float]]:
+    """ROUGE-1/2/L F-measure of each (hypothesis, reference) pair (see :func:`rouge`)."""
     _check_pairs(hypotheses, references)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    if not hypotheses:
-        return totals
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    for hypothesis, reference in zip(hypotheses, references, strict=True):
-        # rouge-score's signature is score(target, prediction).
-        scores = scorer.score(reference, hypothesis)
+    # rouge-score's signature is score(target, prediction).
+    return [
+        {name: score.fmeasure for name, score in scorer.score(reference, hypothesis).items()}
+        for hypothesis, reference in zip(hypotheses, references, strict=True)
+    ]
+
+
+def mean_rouge(per_example: Sequence[dict[str, float]], rows: Sequence[int]) -> dict[str, float]:
+    """:func:`rouge` of the examples ``rows`` (repeats allowed) from their per-example scores."""
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    if not rows:
+        return totals
+    for index in rows:
         for name in ROUGE_TYPES:
-            totals[name] += scores[name].fmeasure
-    return {name: total / len(hypotheses) for name, total in totals.items()}
+            totals[name] += per_example[index][name]
+    return {name: total / len(rows) for name, total in totals.items()}
 
 
 def accuracy(correct: Sequence[bool]) -> float:

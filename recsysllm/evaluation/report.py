@@ -83,7 +83,8 @@ def markdown_report(document: Mapping[str, Any]) -> str:
     protocol = document["protocol"]
     lines = ["# Evaluation results", ""]
     lines += [f"**Every row: {protocol['exclusion']}.** Values are metric ± standard error.", ""]
-    for key in ("checkpoint", "split", "prompts", "catalog_hash", "seed"):
+    keys = ("checkpoint", "base_model", "untrained", "split", "prompts", "catalog_hash", "seed")
+    for key in keys:
         if key in document:
             lines.append(f"- {key}: `{document[key]}`")
     sample = document.get("user_sample")
