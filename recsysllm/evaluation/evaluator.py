@@ -660,8 +660,7 @@ def choose_alpha(
     for alpha in grid:
         ranks = [_pessimistic_rank(case, alpha) for case in valid_cases]
         scores[alpha] = metrics.ndcg_at_k(ranks, k)
-    best = min(scores, key=lambda alpha: (-scores[alpha], alpha))
-    return best, scores
+    return metrics.best_on_valid(scores), scores
 
 
 def _pessimistic_rank(case: PriorCase, alpha: float) -> int | None:

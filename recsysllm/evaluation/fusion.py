@@ -149,8 +149,7 @@ def choose_weight(
     if not grid:
         raise ValueError("choose_weight needs a non-empty grid")
     scores = {weight: metrics.ndcg_at_k(fused_ranks(valid_cases, weight), k) for weight in grid}
-    best = min(scores, key=lambda weight: (-scores[weight], weight))
-    return best, scores
+    return metrics.best_on_valid(scores), scores
 
 
 def fusion_cases(
@@ -357,5 +356,4 @@ def choose_guided_weight(
             "fusion", ranker_for(weight), valid_examples, protocol, batch_size
         )
         scores[weight] = metrics.ndcg_at_k([o.rank for o in results.outcomes], k)
-    best = min(scores, key=lambda weight: (-scores[weight], weight))
-    return best, scores
+    return metrics.best_on_valid(scores), scores

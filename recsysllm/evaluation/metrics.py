@@ -11,7 +11,7 @@ Text metrics wrap sacrebleu and rouge-score; nothing here re-implements them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import sacrebleu
@@ -53,6 +53,18 @@ def hit_rate_at_k(ranks: Sequence[int | None], k: int) -> float:
     if not ranks:
         return 0.0
     return sum(1 for rank in ranks if rank is not None and rank <= k) / len(ranks)
+
+
+def best_on_valid(scores: Mapping[float, float]) -> float:
+    """The grid value with the highest valid score; ties go to the smaller value (the
+    one closer to the LM alone: fusion weight or PMI alpha 0).
+
+    >>> best_on_valid({0.0: 0.2, 0.5: 0.3, 1.0: 0.3})
+    0.5
+    """
+    if not scores:
+        raise ValueError("best_on_valid needs at least one grid value")
+    return min(scores, key=lambda value: (-scores[value], value))
 
 
 def ndcg_at_k(ranks: Sequence[int | None], k: int) -> float:
