@@ -70,6 +70,7 @@ import numpy as np
 import torch
 
 from recsysllm.config import help_field
+from recsysllm.item_loss import ItemAnswerVocabulary, label_allowed_tensor
 from recsysllm.positions import part_a_intra_positions, span_intra_positions
 from recsysllm.prompt_layout import (
     SPECIALS_FOR_ONE_SPAN,
@@ -177,6 +178,8 @@ class BlankInfilling:
         part_b_intra: from :func:`positions.span_intra_positions`. [|B|]
         part_b_targets: ``span + [eop]`` for each span. [|B|]
         span_lengths: tokens of each span (its Part B block has one more). [k]
+        part_b_allowed: per Part B target, the token ids its restricted softmax runs
+            over (``recsysllm.item_loss``), or None: the full vocabulary. [|B|] or None
     """
 
     part_a_ids: list[int]
@@ -188,6 +191,7 @@ class BlankInfilling:
     part_b_intra: list[int]
     part_b_targets: list[int]
     span_lengths: list[int]
+    part_b_allowed: list[tuple[int, ...] | None] | None = None
 
     @property
     def part_a_length(self) -> int:
@@ -341,6 +345,7 @@ class BlankInfillingCollator:
         pad_to_multiple_of: int | None = None,
         answer_budget: AnswerBudget | None = None,
         attention_layout: str = "mask",
+        item_answers: ItemAnswerVocabulary | None = None,
     ) -> None:
         """
         Args:
@@ -365,6 +370,7 @@ class BlankInfillingCollator:
                 f"attention_layout must be one of {ATTENTION_LAYOUTS}, got {attention_layout!r}"
             )
         self.attention_layout = attention_layout
+        self.item_answers = item_answers
         self.special = SpecialTokenIds.from_tokenizer(tokenizer)
         self.masking = masking if masking is not None else MaskingConfig()
         self.answer_budget = answer_budget if answer_budget is not None else AnswerBudget()
@@ -490,6 +496,16 @@ class BlankInfillingCollator:
                 intervals[row, 1, start:a_end] = a_end
                 intervals[row, 1, a_end:end] = np.arange(a_end + 1, end + 1)
 
+        restricted = {}
+        if self.item_answers is not None:
+            # One row per labelled token, in the order of labels != -100 (row-major).
+            allowed: list[tuple[int, ...] | None] = []
+            order = sorted(range(len(encoded)), key=lambda i: placement[i][:2])
+            for index in order:
+                item = encoded[index]
+                allowed += item.part_b_allowed or [None] * len(item.part_b_targets)
+            restricted["label_allowed"] = label_allowed_tensor(allowed)
+
         tokens = sum(row_lengths)
         self._last_fraction = tokens / (rows * width)
         self._tokens_total += tokens
@@ -504,6 +520,7 @@ class BlankInfillingCollator:
                 else {"attention_intervals": torch.from_numpy(intervals)}
             ),
             "labels": torch.from_numpy(labels),
+            **restricted,
         }
 
     def _place(self, lengths: list[int]) -> tuple[list[tuple[int, int, int]], list[int]]:
@@ -550,13 +567,16 @@ class BlankInfillingCollator:
             text_units = [-1, *(units[i] for i in plan.left), *plan.answer_units]
             text_units += [units[i] for i in plan.right]
             span = Span(len(left) + 1, len(left) + 1 + len(plan.answer), plan.mask_id)
-            return build_blank_infilling(
+            encoded = build_blank_infilling(
                 [*text_ids, self.special.eos],
                 [*text_units, -1],
                 [span],
                 self.special.sop,
                 self.special.eop,
             )
+            if self.item_answers is not None:
+                encoded.part_b_allowed = self.item_answers.allowed_for(example.example, plan.answer)
+            return encoded
         lo, hi, spans = self._pretrain_spans(example, unit_array, max_length)
         # Wrap the kept text as [CLS] + text + [eos]; the spans move right by one.
         text_ids = [self.special.cls, *ids[lo:hi], self.special.eos]

@@ -418,6 +418,12 @@ class DataArgs:
         )
 
 
+# Item rankings whose scores may be renormalised over the allowed answers
+# (eval.renormalize, recsysllm.inference.Inference), and the item answers whose
+# training loss is restricted the same way (train.renormalize, recsysllm.item_loss).
+RENORMALIZE_VARIANTS = ("all_items", "candidates")
+
+
 @dataclass
 class TrainArgs:
     """Optimisation, precision, checkpointing and launch settings."""
@@ -456,6 +462,13 @@ class TrainArgs:
         "with gradient_checkpointing: checkpoint blocks 0, k, 2k, ... only (1: every block); "
         "larger k recomputes less and keeps more activations",
         default=1,
+    )
+    renormalize: list[str] = help_field(
+        "train item answers with each token's softmax restricted to the tokens the item "
+        "trie allows after its prefix, as eval.renormalize scores them (recsysllm.item_loss): "
+        "all_items (next-item answers, over the catalog) and/or candidates (1-of-N answers, "
+        "over the prompt's list); [] (default): the full-softmax loss everywhere",
+        default_factory=list,
     )
     compile_blocks: bool = help_field(
         "torch.compile each transformer block (benchmarks/RESULTS.md says where it pays)",
@@ -538,6 +551,13 @@ class TrainArgs:
         )
         _check(self.logging_steps >= 1, "train", "logging_steps", "must be >= 1")
         _check(self.dataloader_workers >= 0, "train", "dataloader_workers", "must be >= 0")
+        for variant in self.renormalize:
+            _check(
+                variant in RENORMALIZE_VARIANTS,
+                "train",
+                "renormalize",
+                f"unknown {variant!r}; known: {RENORMALIZE_VARIANTS}",
+            )
         _check(
             self.deepspeed is None or self.deepspeed.endswith(".json"),
             "train",
@@ -560,11 +580,6 @@ class LoggingArgs:
     tensorboard: bool = help_field(
         "also write TensorBoard logs under output_dir/runs", default=False
     )
-
-
-# Item rankings whose scores may be renormalised over the allowed answers
-# (eval.renormalize, recsysllm.inference.Inference).
-RENORMALIZE_VARIANTS = ("all_items", "candidates")
 
 
 @dataclass

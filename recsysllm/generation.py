@@ -64,7 +64,7 @@ from transformers import DynamicCache
 from recsysllm.modeling.modeling_glm import CACHE_FIELD
 from recsysllm.positions import IntraPositionTracker, TokenKind
 from recsysllm.prompt_layout import SpecialTokenIds
-from recsysllm.trie import EntityTrie, TrieTensors
+from recsysllm.trie import EntityTrie, TrieTensors, allowed_next_tokens
 
 STRATEGIES = ("greedy", "sample", "beam")
 # recommend_items / score_candidates: "static" (tensorized trie, the default) or
@@ -909,7 +909,7 @@ def score_candidates(
     # Per pair, per scored position (its tokens, then [eop]): the tokens its list allows.
     allowed = None
     if renormalize:
-        per_prompt = [_allowed_next_tokens(c, tokenizer.eop_token_id) for c in candidates]
+        per_prompt = [allowed_next_tokens(c, tokenizer.eop_token_id) for c in candidates]
         allowed = [per_prompt[p][c] for p, c, _ in pairs]
     state = _Decoder(model, prompts, tokenizer.sop_token_id)
     state.prompt_pass(with_sop=False)
@@ -988,24 +988,6 @@ def score_candidates(
         for (prompt_index, candidate_index, _), value in zip(chunk, sums.tolist(), strict=True):
             scores[prompt_index][candidate_index] = value
     return scores
-
-
-def _allowed_next_tokens(
-    candidates: Sequence[tuple[int, ...]], eop_token_id: int
-) -> list[list[tuple[int, ...]]]:
-    """Per candidate, per scored position (each token, then [eop]): the tokens the
-    candidate list allows after the prefix before it, sorted.
-
-    >>> _allowed_next_tokens([(5, 6), (5, 7, 8), (9,)], eop_token_id=2)[1]
-    [(5, 9), (6, 7), (8,), (2,)]
-    """
-    following: dict[tuple[int, ...], set[int]] = {}
-    for ids in candidates:
-        for position in range(len(ids) + 1):
-            token = ids[position] if position < len(ids) else eop_token_id
-            following.setdefault(tuple(ids[:position]), set()).add(token)
-    frozen = {prefix: tuple(sorted(tokens)) for prefix, tokens in following.items()}
-    return [[frozen[tuple(ids[:p])] for p in range(len(ids) + 1)] for ids in candidates]
 
 
 def _allowed_logsumexp(logits: torch.Tensor, allowed: Sequence[tuple[int, ...]]) -> torch.Tensor:

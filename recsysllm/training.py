@@ -64,6 +64,7 @@ from recsysllm.checkpoints import write_extras
 from recsysllm.collator import BlankInfillingCollator, MaskingConfig
 from recsysllm.config import Config, DataArgs, load_config
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
+from recsysllm.item_loss import ItemAnswerVocabulary
 from recsysllm.modeling.families import get_backbone, resolve_family
 from recsysllm.packing import PackedDataset
 from recsysllm.pipeline import (
@@ -77,6 +78,7 @@ from recsysllm.pipeline import (
 )
 from recsysllm.prompt_layout import SpecialTokenIds, check_prompts_fit
 from recsysllm.schema import TokenizedExample
+from recsysllm.trie import EntityTrie
 
 logger = logging.getLogger(__name__)
 
@@ -497,6 +499,15 @@ def training_data(
         ).TRAINING_PAD_MULTIPLE,
         # FlexAttention builds its block mask from per-token key intervals.
         attention_layout="intervals" if config.model.attention_implementation == "flex" else "mask",
+        item_answers=(
+            ItemAnswerVocabulary(
+                EntityTrie.from_catalog(data.catalog, tokenizer),
+                tokenizer.eop_token_id,
+                config.train.renormalize,
+            )
+            if config.train.renormalize
+            else None
+        ),
     )
     examples = MixtureDataset(
         data.tasks, tokenizer, mixture, seed=config.data.seed, epochs=config.train.epochs

@@ -309,3 +309,21 @@ class TrieTensors:
             item_index={key: index for index, key in enumerate(item_keys)},
             max_children=tuple(max_children),
         )
+
+
+def allowed_next_tokens(
+    candidates: Sequence[tuple[int, ...]], eop_token_id: int
+) -> list[list[tuple[int, ...]]]:
+    """Per candidate, per scored position (each token, then [eop]): the tokens the
+    candidate list allows after the prefix before it, sorted.
+
+    >>> allowed_next_tokens([(5, 6), (5, 7, 8), (9,)], eop_token_id=2)[1]
+    [(5, 9), (6, 7), (8,), (2,)]
+    """
+    following: dict[tuple[int, ...], set[int]] = {}
+    for ids in candidates:
+        for position in range(len(ids) + 1):
+            token = ids[position] if position < len(ids) else eop_token_id
+            following.setdefault(tuple(ids[:position]), set()).add(token)
+    frozen = {prefix: tuple(sorted(tokens)) for prefix, tokens in following.items()}
+    return [[frozen[tuple(ids[:p])] for p in range(len(ids) + 1)] for ids in candidates]

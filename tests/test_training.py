@@ -427,6 +427,51 @@ def test_training_runs_the_head_on_labelled_positions_only(tmp_path, tiny_data, 
     assert head_rows == [labelled[0], labelled[0], labelled[1], labelled[1]]
 
 
+def test_trie_restricted_item_loss_reaches_the_model_from_the_config(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    """train.renormalize: every batch carries label_allowed; item answers' rows hold the
+    catalog's or the prompt's allowed ids (label included), the rest are unrestricted,
+    and the trainer's loss is the restricted one."""
+    config = tiny_config(
+        tmp_path / "run",
+        tokenizer_dir,
+        ["max_steps=4", "train.renormalize=[all_items, candidates]"],
+    )
+    trainer, _ = build_trainer(config, tiny_data)
+    seen: list[tuple[torch.Tensor, torch.Tensor, float, float]] = []
+    compute_loss = trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        loss = compute_loss(model, inputs, *args, **kwargs)
+        with torch.no_grad():
+            plain = {k: v for k, v in inputs.items() if k not in ("labels", "label_allowed")}
+            logits = model(**plain).logits[inputs["labels"] != -100].float()
+        labels = inputs["labels"][inputs["labels"] != -100]
+        expected = 0.0
+        for row, ids in enumerate(inputs["label_allowed"].tolist()):
+            ids = [i for i in ids if i >= 0] or list(range(logits.shape[1]))
+            expected -= (logits[row, labels[row]] - logits[row, ids].logsumexp(0)).item()
+        seen.append((labels, inputs["label_allowed"], loss.item(), expected / len(labels)))
+        return loss
+
+    trainer.compute_loss = recording
+    trainer.train()
+    assert len(seen) == 4
+    flags = torch.cat([(allowed >= 0).any(1) for _, allowed, _, _ in seen])
+    assert flags.any() and not flags.all()  # item answers and the rest
+    widths = torch.cat([(allowed >= 0).sum(1) for _, allowed, _, _ in seen])
+    assert int(widths.max()) > 1  # a first title token: a real choice
+    for labels, allowed, loss, expected in seen:
+        assert allowed.shape[0] == len(labels)
+        restricted = (allowed >= 0).any(1)
+        for label, ids in zip(
+            labels[restricted].tolist(), allowed[restricted].tolist(), strict=True
+        ):
+            assert label in ids
+        assert loss == pytest.approx(expected, rel=1e-4)
+
+
 def test_flex_attention_config_feeds_intervals_to_a_flex_model(tmp_path, tiny_data, tokenizer_dir):
     overrides = ["model.attention_implementation=flex", "train.use_cpu=false"]
     config = tiny_config(tmp_path / "run", tokenizer_dir, overrides)

@@ -367,6 +367,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         attention_intervals: torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         return_logits: bool = True,
+        label_allowed: torch.Tensor | None = None,
         **kwargs: object,
     ) -> CausalLMOutputWithPast:
         """Logits and, given labels, the loss.
@@ -391,6 +392,10 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             return_logits: False (with labels): no logits; the head and the loss run on
                 the labelled positions only, chunked on CPU and fused (Liger-Kernel,
                 when installed) on CUDA, never holding [tokens, vocab] logits at once.
+            label_allowed: [labelled tokens, K] long (``recsysllm.item_loss``): each
+                labelled token's softmax runs over its row's token ids only (-1 pads; an
+                all -1 row: the whole vocabulary). Rows follow ``labels != -100``
+                row-major.
             **kwargs: keyword arguments Trainer/PEFT pass that carry nothing here
                 (return_dict, ...). Any other tensor is an error.
 
@@ -421,16 +426,13 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         logits = loss = None
         if return_logits:
             logits = self.lm_head(hidden)  # [batch, seq or logits_to_keep, vocab]
+        if label_allowed is not None and labels is None:
+            raise ValueError("label_allowed needs labels")
         if labels is not None:
             if logits is not None:
-                summed = F.cross_entropy(
-                    logits.flatten(0, 1).float(),
-                    labels.flatten(),
-                    ignore_index=-100,
-                    reduction="sum",
-                )
+                summed = logits_cross_entropy(logits, labels, label_allowed)
             else:
-                summed = labelled_cross_entropy(hidden, self.lm_head, labels)
+                summed = labelled_cross_entropy(hidden, self.lm_head, labels, label_allowed)
             loss = per_item_loss(summed, labels, num_items_in_batch)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
@@ -460,10 +462,47 @@ def per_item_loss(
     return summed / max(num_items_in_batch, 1)
 
 
+def logits_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, label_allowed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Summed fp32 cross-entropy of full logits [batch, seq, vocab] at the labelled
+    positions, each restricted to its ``label_allowed`` row when given."""
+    if label_allowed is None:
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+        )
+    selected = labels != -100
+    return F.cross_entropy(
+        restrict_logits(logits[selected].float(), label_allowed), labels[selected], reduction="sum"
+    )
+
+
+def restrict_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``logits`` [N, V] with every token outside its row's ``allowed`` [N, K] set to
+    -inf; rows whose ``allowed`` is all -1 are returned unchanged."""
+    if allowed.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"label_allowed has {allowed.shape[0]} rows for {logits.shape[0]} labelled tokens "
+            "(one row per labels != -100, row-major)"
+        )
+    vocab = logits.shape[-1]
+    valid = allowed >= 0
+    if (allowed >= vocab).any():
+        raise ValueError(f"label_allowed holds token ids >= the vocabulary size {vocab}")
+    # Invalid entries scatter into a spare column that is dropped afterwards.
+    index = torch.where(valid, allowed, torch.full_like(allowed, vocab))
+    keep = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
+    keep.scatter_(1, index.to(logits.device), True)
+    keep = keep[:, :vocab]
+    keep[~valid.any(1).to(logits.device)] = True
+    return logits.masked_fill(~keep, float("-inf"))
+
+
 def labelled_cross_entropy(
     hidden: torch.Tensor,
     lm_head: nn.Linear,
     labels: torch.Tensor,
+    label_allowed: torch.Tensor | None = None,
     chunk_tokens: int | None = None,
 ) -> torch.Tensor:
     """Summed fp32 cross-entropy of ``lm_head(hidden)`` at the labelled positions only.
@@ -479,6 +518,8 @@ def labelled_cross_entropy(
         hidden: final hidden states. [batch, seq, hidden]
         lm_head: the output layer (tied to the word embeddings).
         labels: aligned targets, -100 = ignored. [batch, seq]
+        label_allowed: per labelled token, the token ids its softmax is restricted to
+            (``recsysllm.item_loss.restrict_logits``; takes the chunked path). [labelled, K]
         chunk_tokens: rows per chunk on the CPU path (default ``LOSS_CHUNK_TOKENS``).
 
     Returns:
@@ -487,7 +528,7 @@ def labelled_cross_entropy(
     selected = labels != -100
     hidden = hidden[selected]  # [labelled, hidden]
     targets = labels[selected]  # [labelled]
-    fused = _liger_fused_linear_cross_entropy()
+    fused = _liger_fused_linear_cross_entropy() if label_allowed is None else None
     # A ZeRO-3 partitioned weight (ds_numel) is gathered only inside lm_head's own
     # forward, which the fused kernel bypasses: it takes the chunked path.
     if fused is not None and hidden.is_cuda and not hasattr(lm_head.weight, "ds_numel"):
@@ -497,6 +538,11 @@ def labelled_cross_entropy(
         with torch.autocast(device_type="cuda", enabled=False):
             return fused(weight, hidden.to(weight.dtype), targets).float()
     chunk_tokens = chunk_tokens or LOSS_CHUNK_TOKENS
+    if label_allowed is not None and label_allowed.shape[0] != len(targets):
+        raise ValueError(
+            f"label_allowed has {label_allowed.shape[0]} rows for {len(targets)} labelled "
+            "tokens (one row per labels != -100, row-major)"
+        )
     total = hidden.sum().float() * 0.0
     for start in range(0, len(targets), chunk_tokens):
         total = total + checkpoint(
@@ -504,15 +550,22 @@ def labelled_cross_entropy(
             lm_head,
             hidden[start : start + chunk_tokens],
             targets[start : start + chunk_tokens],
+            None if label_allowed is None else label_allowed[start : start + chunk_tokens],
             use_reentrant=False,
         )
     return total
 
 
 def _summed_cross_entropy(
-    lm_head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor
+    lm_head: nn.Linear,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+    logits = lm_head(hidden).float()
+    if allowed is not None:
+        logits = restrict_logits(logits, allowed)
+    return F.cross_entropy(logits, targets, reduction="sum")
 
 
 @functools.cache

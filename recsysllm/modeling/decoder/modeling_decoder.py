@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import (
     Glm4ForCausalLM,
@@ -78,6 +77,7 @@ from recsysllm.modeling.modeling_glm import (
     _check_inputs,
     check_label_shape,
     labelled_cross_entropy,
+    logits_cross_entropy,
     per_item_loss,
 )
 
@@ -134,6 +134,7 @@ class _RecSysDecoderMixin:
         cache: Cache | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         return_logits: bool = True,
+        label_allowed: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """The RecSysLLM forward contract (``recsysllm.modeling.protocol.RecSysCausalLM``).
@@ -152,6 +153,8 @@ class _RecSysDecoderMixin:
                 labelled tokens (Trainer's count over the whole optimizer step).
             return_logits: False (with labels): no logits; the head and the loss run on
                 the labelled positions only (``modeling_glm.labelled_cross_entropy``).
+            label_allowed: [labelled tokens, K] restricted-softmax token ids per labelled
+                token (``recsysllm.item_loss``; all -1 row: the whole vocabulary).
             **kwargs: Trainer/PEFT keywords that carry nothing here; others are an error.
 
         Returns:
@@ -185,6 +188,8 @@ class _RecSysDecoderMixin:
         bias.masked_fill_(~attention_mask, MASKED_SCORE_BIAS)
         if logits_to_keep and labels is not None:
             raise ValueError("logits_to_keep cannot be combined with labels")
+        if label_allowed is not None and labels is None:
+            raise ValueError("label_allowed needs labels")
         if not return_logits:
             if labels is None:
                 raise ValueError("return_logits=False needs labels (the loss is all it returns)")
@@ -196,7 +201,9 @@ class _RecSysDecoderMixin:
                 cache=cache,
                 use_cache=use_cache,
             )
-            summed = labelled_cross_entropy(hidden.last_hidden_state, self.lm_head, labels)
+            summed = labelled_cross_entropy(
+                hidden.last_hidden_state, self.lm_head, labels, label_allowed
+            )
             return CausalLMOutputWithPast(
                 loss=per_item_loss(summed, labels, num_items_in_batch),
                 logits=None,
@@ -213,12 +220,7 @@ class _RecSysDecoderMixin:
         loss = None
         if labels is not None:
             check_label_shape(labels, input_ids.shape)
-            summed = F.cross_entropy(
-                outputs.logits.flatten(0, 1).float(),
-                labels.flatten(),
-                ignore_index=-100,
-                reduction="sum",
-            )
+            summed = logits_cross_entropy(outputs.logits, labels, label_allowed)
             loss = per_item_loss(summed, labels, num_items_in_batch)
         return CausalLMOutputWithPast(
             loss=loss, logits=outputs.logits, cache=outputs.cache if use_cache else None
