@@ -180,6 +180,8 @@ class BlankInfilling:
         span_lengths: tokens of each span (its Part B block has one more). [k]
         part_b_allowed: per Part B target, the token ids its restricted softmax runs
             over (``recsysllm.item_loss``), or None: the full vocabulary. [|B|] or None
+        inter_offset: added to every inter position when the batch is laid out
+            (``position_offsets``); the lists above stay 0-based.
     """
 
     part_a_ids: list[int]
@@ -192,6 +194,7 @@ class BlankInfilling:
     part_b_targets: list[int]
     span_lengths: list[int]
     part_b_allowed: list[tuple[int, ...] | None] | None = None
+    inter_offset: int = 0
 
     @property
     def part_a_length(self) -> int:
@@ -346,6 +349,7 @@ class BlankInfillingCollator:
         answer_budget: AnswerBudget | None = None,
         attention_layout: str = "mask",
         item_answers: ItemAnswerVocabulary | None = None,
+        position_offsets: bool = False,
     ) -> None:
         """
         Args:
@@ -371,6 +375,7 @@ class BlankInfillingCollator:
             )
         self.attention_layout = attention_layout
         self.item_answers = item_answers
+        self.position_offsets = position_offsets
         self.special = SpecialTokenIds.from_tokenizer(tokenizer)
         self.masking = masking if masking is not None else MaskingConfig()
         self.answer_budget = answer_budget if answer_budget is not None else AnswerBudget()
@@ -483,8 +488,8 @@ class BlankInfillingCollator:
             a_end, end = start + a, start + length
             input_ids[row, start:a_end] = item.part_a_ids
             input_ids[row, a_end:end] = item.part_b_ids
-            position_ids[row, 0, start:a_end] = self._arange[:a]
-            position_ids[row, 0, a_end:end] = item.part_b_inter
+            position_ids[row, 0, start:a_end] = self._arange[:a] + item.inter_offset
+            position_ids[row, 0, a_end:end] = np.asarray(item.part_b_inter) + item.inter_offset
             position_ids[row, 1, start:a_end] = item.part_a_intra
             position_ids[row, 1, a_end:end] = item.part_b_intra
             labels[row, a_end:end] = item.part_b_targets
@@ -582,9 +587,19 @@ class BlankInfillingCollator:
         text_ids = [self.special.cls, *ids[lo:hi], self.special.eos]
         text_units = [-1, *units[lo:hi], -1]
         shifted = [Span(s - lo + 1, e - lo + 1, m) for s, e, m in spans]
-        return build_blank_infilling(
+        encoded = build_blank_infilling(
             text_ids, text_units, shifted, self.special.sop, self.special.eop
         )
+        return self._offset(encoded, ids, unit_array, max_length)
+
+    def _offset(
+        self, encoded: BlankInfilling, ids: list[int], units: np.ndarray, max_length: int
+    ) -> BlankInfilling:
+        """With ``position_offsets``: the example's random inter-position offset."""
+        if self.position_offsets:
+            rng = self._generator(ids, units, salt=b"inter offset")
+            encoded.inter_offset = int(rng.integers(0, max_length - encoded.part_a_length + 1))
+        return encoded
 
     def build_prompt(
         self, example: TokenizedExample, max_length: int | None = None
@@ -642,9 +657,14 @@ class BlankInfillingCollator:
             spans = [(s - drop, e - drop) for s, e in spans]
         return lo, n, [Span(s + lo, e + lo, mask_id) for s, e in spans]
 
-    def _generator(self, ids: list[int], units: np.ndarray) -> np.random.Generator:
-        """A generator that depends only on (seed, epoch, the document's ids and units)."""
-        digest = hashlib.blake2b(digest_size=16, key=f"{self.seed}:{self.epoch}".encode())
+    def _generator(
+        self, ids: list[int], units: np.ndarray, salt: bytes = b""
+    ) -> np.random.Generator:
+        """A generator that depends only on (seed, epoch, the document's ids and units,
+        and ``salt``: one independent stream per use)."""
+        digest = hashlib.blake2b(
+            digest_size=16, key=f"{self.seed}:{self.epoch}".encode(), salt=salt
+        )
         digest.update(np.asarray(ids, dtype=np.int64).tobytes())
         digest.update(units.tobytes())
         return np.random.Generator(np.random.PCG64(int.from_bytes(digest.digest(), "little")))

@@ -313,6 +313,13 @@ class DataArgs:
         "collator: probability of document-level [gMASK] for pretrain documents (0 for glm-large)",
         default=0.25,
     )
+    position_offsets: bool = help_field(
+        "collator: start each training example's inter positions at a random offset "
+        "(uniform over 0..max_length - its Part A, per example and epoch), so every learned "
+        "position is trained even when training prompts are shorter than evaluation ones "
+        "(1-of-100 lists at evaluation, shorter lists in training); evaluation starts at 0",
+        default=False,
+    )
     prompts_dir: str | None = help_field(
         "directory of the prompt YAMLs (one per task family); null: the repository's prompts/",
         default=None,

@@ -508,6 +508,7 @@ def training_data(
             if config.train.renormalize
             else None
         ),
+        position_offsets=config.data.position_offsets,
     )
     examples = MixtureDataset(
         data.tasks, tokenizer, mixture, seed=config.data.seed, epochs=config.train.epochs

@@ -380,6 +380,38 @@ def test_packing_is_block_diagonal_and_equals_unpacked_rows():
         assert (p["labels"][row, used:] == IGNORE_INDEX).all()
 
 
+def test_position_offsets_shift_only_inter_positions_within_the_table():
+    """data.position_offsets: each example's inter positions (Part A and Part B alike)
+    move by one offset in 0..max_length - |A|, a function of (seed, epoch, example);
+    everything else is the unshifted batch."""
+    examples = _mixed_examples(seed=5, count=40)
+    plain = BlankInfillingCollator(SPECIAL, answer_budget=BUDGET, max_length=96, packing=False)
+    shifted = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=96, packing=False, position_offsets=True
+    )
+    p, s = plain(examples), shifted(examples)
+    for key in ("input_ids", "labels", "attention_mask"):
+        assert torch.equal(p[key], s[key])
+    assert torch.equal(p["position_ids"][:, 1], s["position_ids"][:, 1])  # intra unchanged
+    offsets = []
+    for i, (_, _, length) in enumerate(plain.last_placement):
+        a = length - int((p["labels"][i] != IGNORE_INDEX).sum())
+        moved = s["position_ids"][i, 0, :length] - p["position_ids"][i, 0, :length]
+        offset = int(moved[0])
+        assert (moved == offset).all()
+        assert 0 <= offset <= 96 - a
+        assert int(s["position_ids"][i, 0, :length].max()) < 96
+        offsets.append(offset / (96 - a))
+    # Spread over the whole range, not a constant: every learned position gets trained.
+    assert min(offsets) < 0.2 and max(offsets) > 0.8
+    again = BlankInfillingCollator(
+        SPECIAL, answer_budget=BUDGET, max_length=96, packing=False, position_offsets=True
+    )
+    assert torch.equal(again(examples)["position_ids"], s["position_ids"])
+    again.set_epoch(1)
+    assert not torch.equal(again(examples)["position_ids"], s["position_ids"])
+
+
 def test_first_fit_placement_and_non_pad_fraction():
     # Lengths n + 4 for one-span task examples: 12, 8, 6, 10 tokens.
     examples = [make_example([(False, n)], answer_unit=0) for n in (8, 4, 2, 6)]
