@@ -581,7 +581,7 @@ class BlankInfillingCollator:
             )
             if self.item_answers is not None:
                 encoded.part_b_allowed = self.item_answers.allowed_for(example.example, plan.answer)
-            return encoded
+            return self._offset(encoded, ids, unit_array, max_length)
         lo, hi, spans = self._pretrain_spans(example, unit_array, max_length)
         # Wrap the kept text as [CLS] + text + [eos]; the spans move right by one.
         text_ids = [self.special.cls, *ids[lo:hi], self.special.eos]
