@@ -429,6 +429,9 @@ class DataArgs:
 # (eval.renormalize, recsysllm.inference.Inference), and the item answers whose
 # training loss is restricted the same way (train.renormalize, recsysllm.item_loss).
 RENORMALIZE_VARIANTS = ("all_items", "candidates")
+# Default weights of the guided LM + SASRec fusion search (eval.fusion_grid); w 0 reuses
+# the model's own answers.
+FUSION_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
 @dataclass
@@ -619,6 +622,17 @@ class EvalArgs:
         "add an LM + SASRec fusion row (weight chosen on the valid split); needs sasrec",
         default=True,
     )
+    fusion_rescore: bool = help_field(
+        "with the fusion row, also a fusion-rescore row: the model's own beam top-N rescored "
+        "by the same weighted score (cheap; all-item examples only)",
+        default=True,
+    )
+    fusion_grid: list[float] = help_field(
+        "weights w in [0, 1] the guided fusion search tries on the valid split, one search "
+        "of the valid examples each (dense near 1: summed over an item's tokens, LM "
+        "log-probabilities spread wider than SASRec's log-softmax)",
+        default_factory=lambda: list(FUSION_GRID),
+    )
     pmi: bool = help_field(
         "add a prior-corrected model+pmi row: log p(item | prompt) - alpha * log p(item | "
         "user-free prompt), alpha chosen on the valid split",
@@ -693,6 +707,12 @@ class EvalArgs:
         )
         _check(self.batch_size >= 1, "eval", "batch_size", "must be >= 1")
         _check(self.num_beams >= 1, "eval", "num_beams", "must be >= 1")
+        _check(
+            bool(self.fusion_grid) and all(0.0 <= w <= 1.0 for w in self.fusion_grid),
+            "eval",
+            "fusion_grid",
+            f"must be a non-empty list of weights in [0, 1], got {self.fusion_grid}",
+        )
         for variant in self.renormalize:
             _check(
                 variant in RENORMALIZE_VARIANTS,

@@ -778,3 +778,22 @@ def test_cli_on_the_valid_split_chooses_fusion_on_the_evaluated_examples(
     assert main(argv) == 0
     assert json.loads(out.read_text())["rows"]["SASRec"]["cache"] == "reused"
     assert "SASRec: reused" in capsys.readouterr().err
+
+
+def test_fusion_grid_and_rescore_come_from_the_config_unless_flagged():
+    from recsysllm.config import FUSION_GRID, EvalArgs
+    from recsysllm.evaluation.cli import build_parser, row_settings
+
+    configured = EvalArgs(fusion_grid=[0.0, 0.9], fusion_rescore=False)
+    plain = build_parser().parse_args(["--checkpoint", "ck", "--out", "o"])
+    settings = row_settings(plain, configured, num_beams=10, batch_size=4, seed=0)
+    assert settings.fusion_grid == (0.0, 0.9) and settings.fusion_rescore is False
+    flagged = build_parser().parse_args(
+        ["--checkpoint", "ck", "--out", "o", "--fusion-grid", "0.5", "1", "--fusion-rescore"]
+    )
+    settings = row_settings(flagged, configured, num_beams=10, batch_size=4, seed=0)
+    assert settings.fusion_grid == (0.5, 1.0) and settings.fusion_rescore is True
+    assert tuple(EvalArgs().fusion_grid) == FUSION_GRID
+    for bad in ([], [0.5, 1.5]):
+        with pytest.raises(ValueError, match="eval.fusion_grid"):
+            EvalArgs(fusion_grid=bad)

@@ -155,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fusion-rescore",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="with the fusion row, also a fusion-rescore row: the model's own beam top-N "
-        "rescored by the same score (cheap; all-item examples only; default: true)",
+        "rescored by the same score (cheap; all-item examples only; default: "
+        "eval.fusion_rescore, true)",
     )
     parser.add_argument(
         "--fusion-grid",
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="W",
         help="weights the guided fusion search tries on the valid split, one search of the "
-        f"valid examples each (default: {' '.join(f'{w:g}' for w in GUIDED_GRID)})",
+        f"valid examples each (default: eval.fusion_grid, {' '.join(f'{w:g}' for w in GUIDED_GRID)})",
     )
     parser.add_argument(
         "--pmi",
@@ -342,8 +343,8 @@ def row_settings(args, eval_args, num_beams: int, batch_size: int, seed: int) ->
     return RowSettings(
         sasrec=pick(args.sasrec, "sasrec"),
         fusion=pick(args.fusion, "fusion"),
-        fusion_rescore=args.fusion_rescore,
-        fusion_grid=GUIDED_GRID if args.fusion_grid is None else tuple(args.fusion_grid),
+        fusion_rescore=pick(args.fusion_rescore, "fusion_rescore"),
+        fusion_grid=tuple(pick(args.fusion_grid, "fusion_grid")),
         pmi=pick(args.pmi, "pmi"),
         length_norm=pick(args.length_norm_row, "length_norm_row"),
         sasrec_config=sasrec_config,

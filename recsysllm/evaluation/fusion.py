@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
+from recsysllm.config import FUSION_GRID
 from recsysllm.evaluation import metrics
 from recsysllm.evaluation.evaluator import (
     RANKING_VARIANTS,
@@ -59,10 +60,8 @@ from recsysllm.evaluation.sasrec import SASRecItemRanker
 from recsysllm.schema import Example
 
 DEFAULT_GRID = tuple(round(0.1 * step, 1) for step in range(11))  # 0.0, 0.1, ..., 1.0
-# Weights the guided search tries on valid: one search of the valid examples each (w 0
-# reuses the model's own answers). Dense near 1: summed over an item's tokens, LM
-# log-probabilities spread wider than SASRec's log-softmax.
-GUIDED_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
+# Weights the guided search tries on valid by default (eval.fusion_grid).
+GUIDED_GRID = FUSION_GRID
 
 
 @dataclass(frozen=True)
