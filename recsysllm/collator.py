@@ -434,8 +434,8 @@ class BlankInfillingCollator:
             rows: the examples of each row: TokenizedExamples (encoded here, with this
                 collator's epoch) or BlankInfillings the caller encoded (e.g. each with
                 its own epoch).
-            row_length: most tokens a row may hold (default ``max_length``, which still
-                bounds each example).
+            row_length: most tokens a row of several examples may hold (default
+                ``max_length``); a row of one example may be up to ``max_length``.
 
         ``last_placement`` lists the examples row by row.
         """
@@ -452,7 +452,7 @@ class BlankInfillingCollator:
                 encoded.append(item)
                 placement.append((row, offset, item.length))
                 offset += item.length
-            if offset > row_length:
+            if offset > row_length and len(examples) > 1:
                 raise ValueError(
                     f"row {row}: its examples take {offset} tokens, more than the row "
                     f"length {row_length}"

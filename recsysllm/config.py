@@ -246,8 +246,9 @@ class DataArgs:
         default=2000,
     )
     packing_row_length: int | None = help_field(
-        "with packing_window > 0: tokens per packed row (several examples of at most "
-        "max_length each); null: max_length",
+        "with packing_window > 0: tokens per packed row; shorter than max_length, short "
+        "examples share short rows (attention costs the square of a row's width) and an "
+        "example longer than a row gets one of its own (up to max_length); null: max_length",
         default=None,
     )
     mixture: dict[str, float] = help_field(
@@ -364,10 +365,10 @@ class DataArgs:
             f"must be >= 0, got {self.packing_window}",
         )
         _check(
-            self.packing_row_length is None or self.packing_row_length >= self.max_length,
+            self.packing_row_length is None or self.packing_row_length >= 1,
             "data",
             "packing_row_length",
-            f"must be null or >= max_length ({self.max_length}), got {self.packing_row_length}",
+            f"must be null or >= 1, got {self.packing_row_length}",
         )
         known = (*TASK_FAMILIES, PRETRAIN_TASK)
         for name, weight in self.mixture.items():

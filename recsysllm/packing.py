@@ -31,20 +31,30 @@ import numpy as np
 import torch
 
 
-def pack_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
+def pack_rows(
+    lengths: Sequence[int], max_length: int, max_example_length: int | None = None
+) -> list[list[int]]:
     """Best-fit decreasing: indices of ``lengths`` grouped into rows of <= ``max_length``.
 
     Longest first; each goes into the row with the least room left that still fits it,
     or opens a new row. Ties keep index order (a stable sort), so the result is a pure
-    function of ``lengths``. Rows come out in the order they were opened.
+    function of ``lengths``. Rows come out in the order they were opened. An example
+    longer than ``max_length`` (allowed up to ``max_example_length``) gets a row of its
+    own: short rows for short examples keep the attention cost of a packed row low
+    (it grows with the square of the row's width) while rare long examples still train.
 
     Raises:
-        ValueError: a length that is not in ``1..max_length``.
+        ValueError: a length that is not in ``1..max(max_length, max_example_length)``.
+
+    >>> pack_rows([5, 12, 3], max_length=8, max_example_length=16)
+    [[1], [0, 2]]
     """
+    longest = max(max_length, max_example_length or 0)
     for index, length in enumerate(lengths):
-        if not 0 < length <= max_length:
+        if not 0 < length <= longest:
             raise ValueError(
-                f"example {index}: encoded length {length} is not in 1..max_length={max_length}"
+                f"example {index}: encoded length {length} is not in 1..{longest} "
+                f"(max_length={max_length}, max_example_length={max_example_length})"
             )
     rows: list[list[int]] = []
     # Open rows as (room left, row index), sorted: bisect finds the tightest fit.
@@ -65,7 +75,12 @@ def pack_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
 
 
 def window_rows(
-    lengths: Sequence[int], max_length: int, window: int, seed: int, epoch: int
+    lengths: Sequence[int],
+    max_length: int,
+    window: int,
+    seed: int,
+    epoch: int,
+    max_example_length: int | None = None,
 ) -> list[list[int]]:
     """The rows of one epoch: :func:`pack_rows` per window, each window's rows shuffled.
 
@@ -75,6 +90,8 @@ def window_rows(
         window: examples planned together (the last window may be shorter).
         seed: seed of the row shuffles.
         epoch: the epoch, mixed into the shuffle seed.
+        max_example_length: longest example allowed (alone in its row; default
+            ``max_length``).
 
     Returns:
         Rows of example indices (into ``lengths``); every index appears exactly once.
@@ -83,7 +100,7 @@ def window_rows(
         raise ValueError(f"window must be >= 1, got {window}")
     rows: list[list[int]] = []
     for number, start in enumerate(range(0, len(lengths), window)):
-        planned = pack_rows(lengths[start : start + window], max_length)
+        planned = pack_rows(lengths[start : start + window], max_length, max_example_length)
         order = np.random.default_rng([seed, epoch, number]).permutation(len(planned))
         rows += [[start + i for i in planned[r]] for r in order.tolist()]
     return rows
@@ -101,6 +118,8 @@ class PackedDataset(torch.utils.data.Dataset):
         max_length: tokens per row.
         window: examples planned together.
         seed: seed of the row shuffles.
+        max_example_length: longest example allowed (alone in its row; default
+            ``max_length``).
 
     Item ``i`` is a tuple of the examples of row ``i``.
     """
@@ -113,12 +132,13 @@ class PackedDataset(torch.utils.data.Dataset):
         max_length: int,
         window: int,
         seed: int,
+        max_example_length: int | None = None,
     ) -> None:
         self.dataset = dataset
         self.rows: list[list[int]] = []
         for epoch, (start, end) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
             lengths = [encoded_length(dataset[i]) for i in range(start, end)]
-            planned = window_rows(lengths, max_length, window, seed, epoch)
+            planned = window_rows(lengths, max_length, window, seed, epoch, max_example_length)
             self.rows += [[start + i for i in row] for row in planned]
 
     def __len__(self) -> int:

@@ -528,6 +528,7 @@ def training_data(
         max_length=row_length(config),
         window=config.data.packing_window,
         seed=config.data.seed,
+        max_example_length=config.data.max_length,
     )
     return packed, TrainingCollator(collator, row_length=row_length(config))
 

@@ -37,6 +37,27 @@ def test_pack_rows_places_every_example_once_within_max_length(lengths, max_leng
 def test_pack_rows_refuses_an_example_longer_than_a_row():
     with pytest.raises(ValueError, match="example 1: encoded length 11"):
         pack_rows([3, 11], max_length=10)
+    with pytest.raises(ValueError, match="example 1: encoded length 17"):
+        pack_rows([3, 17], max_length=10, max_example_length=16)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=80))
+def test_short_rows_pack_short_examples_and_give_long_ones_a_row_each(lengths):
+    """Rows of 24 for examples up to 60 (data.packing_row_length < max_length): every
+    example once; a row over 24 tokens is one example alone; the short ones are packed
+    exactly as pack_rows packs them without the long ones."""
+    rows = pack_rows(lengths, max_length=24, max_example_length=60)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    for row in rows:
+        assert sum(lengths[i] for i in row) <= 24 or len(row) == 1
+    long = {i for i, n in enumerate(lengths) if n > 24}
+    assert {row[0] for row in rows if len(row) == 1 and row[0] in long} == long
+    short = [i for i in range(len(lengths)) if i not in long]
+    alone = pack_rows([lengths[i] for i in short], max_length=24) if short else []
+    assert sorted(sorted(row) for row in rows if row[0] not in long) == sorted(
+        sorted(short[i] for i in row) for row in alone
+    )
 
 
 def test_window_rows_are_deterministic_per_seed_and_epoch_and_stay_in_their_window():
@@ -117,3 +138,10 @@ def test_collate_rows_refuses_an_overfull_row():
     collator = BlankInfillingCollator(SPECIAL, max_length=96, seed=1)
     with pytest.raises(ValueError, match="row 0: its examples take"):
         collator.collate_rows([examples])
+    # A lone example longer than the row length is a row of its own (up to max_length).
+    longest = max(examples, key=lambda e: collator.encode(e).length)
+    length = collator.encode(longest).length
+    batch = collator.collate_rows([[longest], examples[:1]], row_length=length - 1)
+    assert batch["input_ids"].shape[1] >= length
+    with pytest.raises(ValueError, match="row 0: its examples take"):
+        collator.collate_rows([[longest, examples[0]]], row_length=length - 1)

@@ -405,6 +405,33 @@ def test_packed_rows_keep_every_examples_loss(tmp_path, tiny_data, tokenizer_dir
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_rows_shorter_than_max_length_pack_short_examples_and_train(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    """data.packing_row_length < max_length: short examples share rows of that length,
+    longer ones (up to max_length) get a row each, and training runs on them."""
+    config = tiny_config(
+        tmp_path / "run",
+        tokenizer_dir,
+        ["data.packing_row_length=96", "data.history_budget=1", "max_steps=2"],
+    )
+    # One history item: examples short enough for several to share a row.
+    trainer, _ = build_trainer(config, prepare_from_tables(tiny_tables(), config.data, seed=0))
+    dataset = trainer.train_dataset
+    collator = trainer.data_collator.collator
+    lengths = []
+    for index in range(len(dataset)):
+        row = dataset[index]
+        lengths.append([collator.encode(item.tokenized).length for item in row])
+    assert any(len(row) > 1 for row in lengths)  # shared rows
+    assert any(sum(row) > 96 for row in lengths)  # and a long example alone
+    for row in lengths:
+        assert sum(row) <= 96 or len(row) == 1
+        assert max(row) <= 128
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
 def test_training_runs_the_head_on_labelled_positions_only(tmp_path, tiny_data, tokenizer_dir):
     trainer, _ = build_trainer(
         tiny_config(tmp_path / "run", tokenizer_dir, ["max_steps=2"]), tiny_data
