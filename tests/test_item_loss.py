@@ -10,10 +10,11 @@ ranked.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
+from test_decoder import tiny_config
+from test_generation import SPECIAL
 
 from recsysllm.collator import BlankInfillingCollator
 from recsysllm.config import config_from_dict
@@ -25,18 +26,6 @@ from recsysllm.modeling.modeling_glm import restrict_logits
 from recsysllm.schema import Example, TokenizedExample
 from recsysllm.trie import EntityTrie
 
-SPECIAL = SimpleNamespace(
-    pad_token_id=0,
-    cls_token_id=1,
-    eos_token_id=2,
-    mask_token_id=3,
-    smask_token_id=4,
-    gmask_token_id=5,
-    sop_token_id=6,
-    eop_token_id=7,
-    banned_generation_ids=(8, 9),
-    vocab_size=310,
-)
 EOP = SPECIAL.eop_token_id
 # Shared prefixes, one item a prefix of another, different lengths.
 ITEMS = {
@@ -234,21 +223,8 @@ def test_the_logits_path_and_the_labelled_path_agree_with_a_restriction(model):
 
 
 def test_decoder_family_takes_the_same_restriction():
-    from transformers import LlamaConfig
-
-    config = LlamaConfig(
-        vocab_size=320,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=128,
-        pad_token_id=None,
-    )
     torch.manual_seed(0)
-    model = build_decoder(config, block_positions=64).eval()
+    model = build_decoder(tiny_config("llama"), block_positions=64).eval()
     batch = collator(["candidates"])([item_example("b", ("a", "b", "c")), text_example()])
     expected = manual_restricted_loss(model, batch)
     with torch.no_grad():
