@@ -478,7 +478,8 @@ class TrainArgs:
         "train item answers with each token's softmax restricted to the tokens the item "
         "trie allows after its prefix, as eval.renormalize scores them (recsysllm.item_loss): "
         "all_items (next-item answers, over the catalog) and/or candidates (1-of-N answers, "
-        "over the prompt's list); [] (default): the full-softmax loss everywhere",
+        "over the prompt's list); evaluate with the same eval.renormalize variants, which "
+        "score that distribution; [] (default): the full-softmax loss everywhere",
         default_factory=list,
     )
     compile_blocks: bool = help_field(
