@@ -432,6 +432,24 @@ def test_rows_shorter_than_max_length_pack_short_examples_and_train(
     assert trainer.state.global_step == 2
 
 
+def test_position_offsets_reach_the_training_batches(tmp_path, tiny_data, tokenizer_dir):
+    """data.position_offsets: the Trainer's batches start examples at shifted inter
+    positions, within the model's table; off, every example starts at 0."""
+    starts = {}
+    for flag in (False, True):
+        config = tiny_config(
+            tmp_path / f"run{flag}", tokenizer_dir, [f"data.position_offsets={str(flag).lower()}"]
+        )
+        trainer, _ = build_trainer(config, tiny_data)
+        rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+        batch = trainer.data_collator(rows)
+        placement = trainer.data_collator.collator.last_placement
+        starts[flag] = [int(batch["position_ids"][row, 0, start]) for row, start, _ in placement]
+        assert int(batch["position_ids"][:, 0].max()) < config.data.max_length
+    assert set(starts[False]) == {0}
+    assert len(set(starts[True])) > len(starts[True]) // 2  # offsets, not a constant
+
+
 def test_training_runs_the_head_on_labelled_positions_only(tmp_path, tiny_data, tokenizer_dir):
     trainer, _ = build_trainer(
         tiny_config(tmp_path / "run", tokenizer_dir, ["max_steps=2"]), tiny_data
