@@ -405,9 +405,7 @@ def test_packed_rows_keep_every_examples_loss(tmp_path, tiny_data, tokenizer_dir
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_rows_shorter_than_max_length_pack_short_examples_and_train(
-    tmp_path, tiny_data, tokenizer_dir
-):
+def test_rows_shorter_than_max_length_pack_short_examples_and_train(tmp_path, tokenizer_dir):
     """data.packing_row_length < max_length: short examples share rows of that length,
     longer ones (up to max_length) get a row each, and training runs on them."""
     config = tiny_config(
