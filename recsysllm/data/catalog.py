@@ -187,29 +187,31 @@ def _cut_title(title: str, count_tokens: Callable[[str], int], budget: int, sour
         return title
     words = title.split()
     # Words are pre-tokenized apart, so tokens grow with the number of words: bisect.
-    fits, too_long = 0, len(words)
-    while too_long - fits > 1:
-        middle = (fits + too_long) // 2
-        if count_tokens(" ".join(words[:middle])) <= budget:
-            fits = middle
-        else:
-            too_long = middle
+    fits = _longest_fitting(len(words), lambda n: count_tokens(" ".join(words[:n])) <= budget)
     if fits:
         prefix = " ".join(words[:fits])
         return prefix.rstrip(_TRAILING) or prefix
-    fits, too_long = 0, len(words[0])  # the first word alone is too long: cut characters
-    while too_long - fits > 1:
-        middle = (fits + too_long) // 2
-        if count_tokens(words[0][:middle]) <= budget:
-            fits = middle
-        else:
-            too_long = middle
+    # The first word alone is too long: cut characters.
+    fits = _longest_fitting(len(words[0]), lambda n: count_tokens(words[0][:n]) <= budget)
     if not fits:
         raise ValueError(
             f"{source}: items: title {title!r} cannot be cut to {budget} token(s); "
             "raise data.item_name_max_tokens"
         )
     return words[0][:fits]
+
+
+def _longest_fitting(too_long: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in ``0..too_long - 1`` with ``fits(n)``, by bisection (``fits`` is
+    monotone, ``fits(0)`` assumed and ``fits(too_long)`` known to be false)."""
+    low = 0
+    while too_long - low > 1:
+        middle = (low + too_long) // 2
+        if fits(middle):
+            low = middle
+        else:
+            too_long = middle
+    return low
 
 
 class EntityCatalog:
