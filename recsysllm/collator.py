@@ -70,7 +70,7 @@ import numpy as np
 import torch
 
 from recsysllm.config import help_field
-from recsysllm.item_loss import ItemAnswerVocabulary, label_allowed_tensor
+from recsysllm.item_loss import ItemAnswerVocabulary
 from recsysllm.positions import part_a_intra_positions, span_intra_positions
 from recsysllm.prompt_layout import (
     SPECIALS_FOR_ONE_SPAN,
@@ -81,6 +81,7 @@ from recsysllm.prompt_layout import (
 )
 from recsysllm.prompt_layout import build_prompt as layout_build_prompt
 from recsysllm.schema import TokenizedExample
+from recsysllm.trie import pad_token_sets
 
 __all__ = [
     "IGNORE_INDEX",
@@ -509,7 +510,7 @@ class BlankInfillingCollator:
             for index in order:
                 item = encoded[index]
                 allowed += item.part_b_allowed or [None] * len(item.part_b_targets)
-            restricted["label_allowed"] = label_allowed_tensor(allowed)
+            restricted["label_allowed"] = pad_token_sets(allowed)
 
         tokens = sum(row_lengths)
         self._last_fraction = tokens / (rows * width)

@@ -64,7 +64,7 @@ from transformers import DynamicCache
 from recsysllm.modeling.modeling_glm import CACHE_FIELD
 from recsysllm.positions import IntraPositionTracker, TokenKind
 from recsysllm.prompt_layout import SpecialTokenIds
-from recsysllm.trie import EntityTrie, TrieTensors, allowed_next_tokens
+from recsysllm.trie import EntityTrie, TrieTensors, allowed_next_tokens, pad_token_sets
 
 STRATEGIES = ("greedy", "sample", "beam")
 # recommend_items / score_candidates: "static" (tensorized trie, the default) or
@@ -993,15 +993,9 @@ def score_candidates(
 def _allowed_logsumexp(logits: torch.Tensor, allowed: Sequence[tuple[int, ...]]) -> torch.Tensor:
     """Per row of ``logits`` [N, V], logsumexp over that row's ``allowed`` token ids
     (an empty tuple gives 0: a padding position whose score is ignored)."""
-    width = max(1, max(len(tokens) for tokens in allowed))
-    ids = np.zeros((len(allowed), width), dtype=np.int64)
-    valid = np.zeros((len(allowed), width), dtype=bool)
-    for row, tokens in enumerate(allowed):
-        ids[row, : len(tokens)] = tokens
-        valid[row, : len(tokens)] = True
-    gathered = logits.gather(1, torch.from_numpy(ids).to(logits.device))
-    valid_mask = torch.from_numpy(valid).to(logits.device)
-    return _finite_or_zero(gathered.masked_fill(~valid_mask, -math.inf).logsumexp(1))
+    ids = pad_token_sets(allowed).to(logits.device)
+    gathered = logits.gather(1, ids.clamp(min=0))
+    return _finite_or_zero(gathered.masked_fill(ids < 0, -math.inf).logsumexp(1))
 
 
 def _score_packed(

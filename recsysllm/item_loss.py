@@ -26,9 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-import torch
-
 from recsysllm.config import RENORMALIZE_VARIANTS
 from recsysllm.schema import Example
 from recsysllm.trie import EntityTrie, allowed_next_tokens
@@ -105,14 +102,3 @@ class ItemAnswerVocabulary:
                 )
             return allowed_next_tokens(candidates, self.eop_id)[candidates.index(target)]
         return [self._catalog_allowed(answer[:p]) for p in range(len(answer) + 1)]
-
-
-def label_allowed_tensor(allowed: Sequence[Allowed | None]) -> torch.Tensor:
-    """``label_allowed`` [len(allowed), K] long: each row's token ids, -1 padded; a None
-    (unrestricted) row is all -1. K is the largest set (at least 1)."""
-    width = max((len(a) for a in allowed if a is not None), default=1)
-    out = np.full((len(allowed), width), -1, dtype=np.int64)
-    for row, tokens in enumerate(allowed):
-        if tokens is not None:
-            out[row, : len(tokens)] = tokens
-    return torch.from_numpy(out)

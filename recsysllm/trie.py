@@ -327,3 +327,18 @@ def allowed_next_tokens(
             following.setdefault(tuple(ids[:position]), set()).add(token)
     frozen = {prefix: tuple(sorted(tokens)) for prefix, tokens in following.items()}
     return [[frozen[tuple(ids[:p])] for p in range(len(ids) + 1)] for ids in candidates]
+
+
+def pad_token_sets(token_sets: Sequence[Sequence[int] | None]) -> torch.Tensor:
+    """[len(token_sets), K] long: each set's ids, -1 padded; None or () is a row of -1 only.
+    K is the largest set (at least 1).
+
+    >>> pad_token_sets([(2, 5), None, (0, 7, 9)]).tolist()
+    [[2, 5, -1], [-1, -1, -1], [0, 7, 9]]
+    """
+    width = max((len(ids) for ids in token_sets if ids is not None), default=1) or 1
+    out = np.full((len(token_sets), width), -1, dtype=np.int64)
+    for row, ids in enumerate(token_sets):
+        if ids:
+            out[row, : len(ids)] = ids
+    return torch.from_numpy(out)

@@ -11,8 +11,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from recsysllm.config import FUSION_GRID
 from recsysllm.evaluation.evaluator import EvalProtocol, EvaluationResults, ExampleOutcome
-from recsysllm.evaluation.fusion import GUIDED_GRID
 from recsysllm.evaluation.metrics import UNPARSEABLE_RATING_RULE
 from recsysllm.evaluation.report import write_reports
 
@@ -619,8 +619,8 @@ def test_cli_uses_the_checkpoint_config_and_a_seeded_user_sample(cli_checkpoint,
     assert set(facts["fusion"]["weights"]) == {"all_items", "candidates"}
     assert facts["fusion"]["chosen_on"]["split"] == "valid"
     assert facts["fusion"]["chosen_on"]["users"] == 3  # the evaluated users' valid targets
-    assert set(facts["fusion"]["valid_ndcg"]["all_items"]) == {f"{w:g}" for w in GUIDED_GRID}
-    assert facts["fusion"]["weights"]["all_items"] in GUIDED_GRID
+    assert set(facts["fusion"]["valid_ndcg"]["all_items"]) == {f"{w:g}" for w in FUSION_GRID}
+    assert facts["fusion"]["weights"]["all_items"] in FUSION_GRID
     assert "guided search" in facts["fusion"]["all_items"]
     assert set(facts["fusion-rescore"]["weights"]) == {"all_items"}
     # The rescoring row: all-item examples only (candidates score alike in both rows).

@@ -19,12 +19,12 @@ from test_generation import SPECIAL
 from recsysllm.collator import BlankInfillingCollator
 from recsysllm.config import config_from_dict
 from recsysllm.generation import score_candidates
-from recsysllm.item_loss import ItemAnswerVocabulary, label_allowed_tensor
+from recsysllm.item_loss import ItemAnswerVocabulary
 from recsysllm.modeling import GLMForConditionalGeneration
 from recsysllm.modeling.decoder import build_decoder
 from recsysllm.modeling.modeling_glm import restrict_logits
 from recsysllm.schema import Example, TokenizedExample
-from recsysllm.trie import EntityTrie
+from recsysllm.trie import EntityTrie, pad_token_sets
 
 EOP = SPECIAL.eop_token_id
 # Shared prefixes, one item a prefix of another, different lengths.
@@ -133,7 +133,7 @@ def test_an_answer_that_is_not_the_targets_trie_entry_is_refused():
 
 def test_restrict_logits_is_a_log_softmax_over_the_allowed_ids_only():
     logits = torch.randn(3, 10)
-    allowed = label_allowed_tensor([(2, 5), None, (0, 7, 9)])
+    allowed = pad_token_sets([(2, 5), None, (0, 7, 9)])
     assert allowed.tolist() == [[2, 5, -1], [-1, -1, -1], [0, 7, 9]]
     got = restrict_logits(logits, allowed).log_softmax(-1)
     for row, ids in ((0, [2, 5]), (2, [0, 7, 9])):

@@ -35,11 +35,16 @@ import numpy as np
 
 from recsysllm import pipeline
 from recsysllm.checkpoint_meta import check_compatible
-from recsysllm.config import RENORMALIZE_VARIANTS, Config, config_from_dict, load_config
+from recsysllm.config import (
+    FUSION_GRID,
+    RENORMALIZE_VARIANTS,
+    Config,
+    config_from_dict,
+    load_config,
+)
 from recsysllm.config import apply_overrides as apply_override_strings
 from recsysllm.evaluation.baselines import evaluate_baselines, training_statistics
 from recsysllm.evaluation.evaluator import EvalProtocol, ModelRanker, evaluate, history_items
-from recsysllm.evaluation.fusion import GUIDED_GRID
 from recsysllm.evaluation.report import write_reports
 from recsysllm.evaluation.rows import RowSettings, extra_rows
 from recsysllm.evaluation.sasrec import SASRecConfig
@@ -167,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="W",
         help="weights the guided fusion search tries on the valid split, one search of the "
-        f"valid examples each (default: eval.fusion_grid, {' '.join(f'{w:g}' for w in GUIDED_GRID)})",
+        f"valid examples each (default: eval.fusion_grid, {' '.join(f'{w:g}' for w in FUSION_GRID)})",
     )
     parser.add_argument(
         "--pmi",

@@ -60,8 +60,6 @@ from recsysllm.evaluation.sasrec import SASRecItemRanker
 from recsysllm.schema import Example
 
 DEFAULT_GRID = tuple(round(0.1 * step, 1) for step in range(11))  # 0.0, 0.1, ..., 1.0
-# Weights the guided search tries on valid by default (eval.fusion_grid).
-GUIDED_GRID = FUSION_GRID
 
 
 @dataclass(frozen=True)
@@ -321,7 +319,7 @@ def choose_guided_weight(
     ranker_for: Callable[[float], ItemRanker],
     valid_examples: Sequence[Example],
     protocol: EvalProtocol,
-    grid: Sequence[float] = GUIDED_GRID,
+    grid: Sequence[float] = FUSION_GRID,
     k: int = 10,
     batch_size: int = 16,
 ) -> tuple[float, dict[float, float]]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recsysllm.config import FUSION_GRID
 from recsysllm.data.splits import RecSplits
 from recsysllm.evaluation.evaluator import (
     RANKING_VARIANTS,
@@ -46,7 +47,6 @@ from recsysllm.evaluation.evaluator import (
 )
 from recsysllm.evaluation.fusion import (
     DEFAULT_GRID,
-    GUIDED_GRID,
     FusionRanker,
     GuidedFusionRanker,
     candidate_cases,
@@ -85,7 +85,7 @@ class RowSettings:
     sasrec: bool = True
     fusion: bool = True
     fusion_rescore: bool = True
-    fusion_grid: tuple[float, ...] = GUIDED_GRID
+    fusion_grid: tuple[float, ...] = FUSION_GRID
     pmi: bool = False
     length_norm: bool = False
     sasrec_config: SASRecConfig = field(default_factory=SASRecConfig)
