@@ -517,6 +517,7 @@ class BlankInfillingCollator:
         self._tokens_total += tokens
         self._cells_total += rows * width
         self.last_placement = placement
+        self.last_row_lengths = list(row_lengths)
         return {
             "input_ids": torch.from_numpy(input_ids),
             "position_ids": torch.from_numpy(position_ids),

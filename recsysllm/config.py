@@ -286,9 +286,10 @@ class DataArgs:
     history_budget: int = help_field(
         "most history items one prompt shows (N of the 60/30/10 sampling)", default=20
     )
-    train_num_negatives: int | None = help_field(
+    train_num_negatives: int | list[int] | None = help_field(
         "negatives of the candidate lists of TRAINING examples (null: as many as the stored "
-        "valid/test lists, data.num_negatives); evaluation lists are never changed",
+        "valid/test lists, data.num_negatives); a list draws each example's count from it "
+        "uniformly (repeat a value to weight it); evaluation lists are never changed",
         default=None,
     )
     answer_text_tokens: int = help_field(
@@ -344,11 +345,19 @@ class DataArgs:
             "history_budget",
             f"must be >= 1, got {self.history_budget}",
         )
+        train_negatives = self.train_num_negatives
+        if isinstance(train_negatives, list):
+            _check(
+                bool(train_negatives) and min(train_negatives) >= 1,
+                "data",
+                "train_num_negatives",
+                f"a list needs counts >= 1 (null: as the evaluation lists), got {train_negatives}",
+            )
         _check(
-            self.train_num_negatives is None or self.train_num_negatives >= 1,
+            not isinstance(train_negatives, int) or train_negatives >= 1,
             "data",
             "train_num_negatives",
-            f"must be >= 1 (null: as the evaluation lists), got {self.train_num_negatives}",
+            f"must be >= 1 (null: as the evaluation lists), got {train_negatives}",
         )
         _check(self.max_length >= 16, "data", "max_length", f"must be >= 16, got {self.max_length}")
         _check(self.answer_text_tokens >= 1, "data", "answer_text_tokens", "must be >= 1")
@@ -812,7 +821,12 @@ def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         non_none = [a for a in args if a is not type(None)]
-        return _coerce(value, non_none[0], key, where)
+        for option in non_none[:-1]:
+            try:
+                return _coerce(value, option, key, where)
+            except ValueError:
+                continue
+        return _coerce(value, non_none[-1], key, where)
     error = ValueError(f"{where}: config key {key!r} expects {annotation}, got {value!r}")
     if annotation is Any:
         return value

@@ -61,7 +61,7 @@ from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
 from recsysllm.checkpoint_meta import CheckpointMeta, check_compatible, read_meta, verify_weights
 from recsysllm.checkpoints import write_extras
-from recsysllm.collator import BlankInfillingCollator, MaskingConfig
+from recsysllm.collator import IGNORE_INDEX, BlankInfillingCollator, MaskingConfig
 from recsysllm.config import Config, DataArgs, load_config
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
 from recsysllm.item_loss import ItemAnswerVocabulary
@@ -85,6 +85,9 @@ logger = logging.getLogger(__name__)
 STAGING_DIRNAME = ".staging"
 FINAL_DIRNAME = "final"
 BATCH_IDENTITY_KEY = "batch_examples"
+# Packed batches whose rows differ much in width (short packed rows beside the long
+# example alone in its row): [(row indices, width), ...], each group run at its own width.
+ROW_GROUPS_KEY = "batch_row_groups"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -176,6 +179,9 @@ class TrainingCollator:
                     self.collator.set_epoch(it.epoch)
                     encoded[-1].append(self.collator.encode(it.tokenized))
             batch: dict[str, Any] = self.collator.collate_rows(encoded, row_length=self.row_length)
+            groups = self.row_groups(self.collator.last_row_lengths)
+            if groups is not None:
+                batch[ROW_GROUPS_KEY] = groups
         else:
             items = [
                 it if isinstance(it, TrainingItem) else TrainingItem(-1, 0, it) for it in items
@@ -187,8 +193,58 @@ class TrainingCollator:
         ]
         return batch
 
+    def row_groups(self, row_lengths: Sequence[int]) -> list[tuple[list[int], int]] | None:
+        """Rows of at most ``row_length`` tokens and longer rows, each group with its width.
+
+        A packed batch is as wide as its longest row, so one example longer than
+        ``row_length`` (alone in its row) would widen every row of the batch to its
+        length; the trainer runs each group at its own width instead (the same loss and
+        gradients: :meth:`RecTrainer.compute_loss`). None: one group, nothing to split.
+        """
+        if self.row_length is None:
+            return None
+        short = [row for row, length in enumerate(row_lengths) if length <= self.row_length]
+        wide = [row for row, length in enumerate(row_lengths) if length > self.row_length]
+        if not short or not wide:
+            return None
+        multiple = self.collator.pad_to_multiple_of or 1
+        return [
+            (rows, -(-max(row_lengths[row] for row in rows) // multiple) * multiple)
+            for rows in (short, wide)
+        ]
+
 
 # --------------------------------------------------------------------------- trainer
+
+
+def _row_slice(
+    inputs: dict[str, Any], rows: list[int], width: int, label_counts: torch.Tensor
+) -> dict[str, Any]:
+    """The batch restricted to ``rows``, cut to their first ``width`` columns.
+
+    ``label_counts``: labelled tokens per row, to pick the rows' ``label_allowed`` rows
+    (which follow ``labels != -100`` row-major).
+    """
+    index = torch.tensor(rows, device=inputs["input_ids"].device)
+    part: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if key in ("input_ids", "labels"):
+            part[key] = value[index, :width]
+        elif key in ("position_ids", "attention_intervals"):
+            part[key] = value[index, :, :width]
+        elif key == "attention_mask":
+            part[key] = value[index, :, :width, :width]
+        elif key == "label_allowed":
+            starts = torch.cumsum(label_counts, 0) - label_counts
+            picked = [
+                torch.arange(int(starts[row]), int(starts[row] + label_counts[row])) for row in rows
+            ]
+            part[key] = value[torch.cat(picked).to(value.device)]
+        elif torch.is_tensor(value):
+            raise ValueError(f"cannot split batch field {key!r} by rows")
+        else:
+            part[key] = value
+    return part
 
 
 class RecTrainer(Trainer):
@@ -207,11 +263,15 @@ class RecTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
         identity = inputs.pop(BATCH_IDENTITY_KEY, None)
+        groups = inputs.pop(ROW_GROUPS_KEY, None)
         # Loss only: the model runs its head on the labelled (Part B) positions alone.
         inputs = {**inputs, "return_logits": False}
-        result = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+        if groups is None or return_outputs:
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        else:
+            result = self._grouped_loss(model, inputs, groups, num_items_in_batch)
         loss = result[0] if return_outputs else result
         bad = torch.tensor(
             [0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device
@@ -228,6 +288,31 @@ class RecTrainer(Trainer):
             logger.error(message)
             raise NonFiniteLossError(message)
         return result
+
+    def _grouped_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        groups: list[tuple[list[int], int]],
+        num_items_in_batch: Any,
+    ) -> torch.Tensor:
+        """The batch's loss, each row group run at its own width (``ROW_GROUPS_KEY``).
+
+        Equal to the loss of the whole padded batch: each group's summed cross-entropy
+        is divided by the same count (Trainer's ``num_items_in_batch``, else the batch's
+        labelled tokens, weighting each group's mean by its share of them).
+        """
+        labels = inputs["labels"]
+        counts = (labels != IGNORE_INDEX).sum(dim=1)
+        total = counts.sum().clamp(min=1)
+        loss = None
+        for rows, width in groups:
+            part = _row_slice(inputs, rows, width, counts)
+            group_loss = super().compute_loss(model, part, num_items_in_batch=num_items_in_batch)
+            if num_items_in_batch is None:
+                group_loss = group_loss * (counts[rows].sum() / total)
+            loss = group_loss if loss is None else loss + group_loss
+        return loss
 
     def _get_output_dir(self, trial: Any) -> str:
         if self._staging:

@@ -181,6 +181,17 @@ def test_type_and_validation_errors_name_field(tmp_path: Path):
         load_config(path, ["data.train_templates=[]"])
 
 
+def test_train_num_negatives_takes_a_count_or_a_list(tmp_path: Path):
+    path = _write(tmp_path, MINIMAL)
+    assert load_config(path, ["data.train_num_negatives=19"]).data.train_num_negatives == 19
+    mixed = load_config(path, ["data.train_num_negatives=[19, 19, 99]"])
+    assert mixed.data.train_num_negatives == [19, 19, 99]
+    assert load_config(path).data.train_num_negatives is None
+    for bad in ("0", "[]", "[19, 0]", "many", "[19, x]"):
+        with pytest.raises(ValueError, match="data.train_num_negatives"):
+            load_config(path, [f"data.train_num_negatives={bad}"])
+
+
 def test_train_templates_reach_the_mixture(tmp_path: Path):
     from recsysllm.pipeline import task_mixture
 

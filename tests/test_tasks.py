@@ -330,6 +330,39 @@ def test_train_num_negatives_shortens_training_lists_only(review_world, prompts)
         TaskBuilder(splits, catalog, prompts, train_num_negatives=0)
 
 
+def test_train_num_negatives_list_mixes_list_lengths(review_world, prompts):
+    splits, catalog, _ = review_world
+    mixed = TaskBuilder(splits, catalog, prompts, history_budget=5, train_num_negatives=[4, 9])
+    mixture = TaskMixture({"direct": 1.0}, examples_per_epoch=200)
+    listed = [
+        e for e in mixed.training_examples(mixture, seed=0, epoch=0) if e.answer_type == "item"
+    ]
+    lengths = [len(set(e.candidates)) for e in listed]
+    assert set(lengths) == {5, 10}
+    # Uniform over the two counts: far from all of one kind (binomial, n > 60).
+    assert 0.3 < lengths.count(10) / len(lengths) < 0.7
+    for example in listed:
+        interacted = {e.item for e in splits.sequences[example.user]}
+        assert example.target in example.candidates
+        assert not (set(example.candidates) - {example.target}) & interacted
+    # Seeded like every other draw: the same seed and epoch give the same lists.
+    again = [
+        e.candidates
+        for e in mixed.training_examples(mixture, seed=0, epoch=0)
+        if e.answer_type == "item"
+    ]
+    assert again == [e.candidates for e in listed]
+    # A one-element list is the plain count.
+    single = TaskBuilder(splits, catalog, prompts, history_budget=5, train_num_negatives=[9])
+    plain = TaskBuilder(splits, catalog, prompts, history_budget=5, train_num_negatives=9)
+    assert single.training_examples(mixture, seed=1, epoch=0) == plain.training_examples(
+        mixture, seed=1, epoch=0
+    )
+    for bad in ([], [9, 0]):
+        with pytest.raises(ValueError, match="train_num_negatives must be >= 1"):
+            TaskBuilder(splits, catalog, prompts, train_num_negatives=bad)
+
+
 def test_training_examples_use_only_seen_templates_and_follow_the_weights(review_world, prompts):
     _, catalog, builder = review_world
     unseen = {t.id for f in TASK_FAMILIES for t in prompts.templates(f, seen=False)}

@@ -42,6 +42,7 @@ from recsysllm.pipeline import (  # noqa: E402
     task_mixture,
 )
 from recsysllm.training import (  # noqa: E402
+    ROW_GROUPS_KEY,
     STAGING_DIRNAME,
     NonFiniteLossError,
     build_trainer,
@@ -428,6 +429,74 @@ def test_rows_shorter_than_max_length_pack_short_examples_and_train(tmp_path, to
         assert max(row) <= 128
     trainer.train()
     assert trainer.state.global_step == 2
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_wide_rows_run_apart_with_the_loss_and_gradients_of_the_padded_batch(
+    tmp_path, tokenizer_dir, renormalize
+):
+    """A batch of short packed rows and a long example alone in its row: the trainer
+    runs each group at its own width (not every row at the long one's), and the loss
+    and gradients equal those of the whole padded batch, with and without Trainer's
+    count of labelled tokens and with the trie-restricted loss's per-token sets."""
+    overrides = ["data.packing_row_length=96", "data.history_budget=1"]
+    if renormalize:
+        overrides.append("train.renormalize=[all_items, candidates]")
+    config = tiny_config(tmp_path / "run", tokenizer_dir, overrides)
+    trainer, _ = build_trainer(config, prepare_from_tables(tiny_tables(), config.data, seed=0))
+    dataset, collator = trainer.train_dataset, trainer.data_collator
+    shared = [dataset[i] for i in range(len(dataset)) if len(dataset.rows[i]) > 1][:3]
+    encode = collator.collator.encode
+    wide = [
+        dataset[i]
+        for i in range(len(dataset))
+        if len(dataset.rows[i]) == 1 and encode(dataset[i][0].tokenized).length > 96
+    ][:2]
+    assert shared and wide
+    rows = [shared[0], wide[0], *shared[1:], *wide[1:]]
+    collator.collator.pad_to_multiple_of = 32
+    batch = collator(rows)
+    lengths = collator.collator.last_row_lengths
+    groups = batch[ROW_GROUPS_KEY]
+    assert [rows for rows, _ in groups] == [
+        [r for r, n in enumerate(lengths) if n <= 96],
+        [r for r, n in enumerate(lengths) if n > 96],
+    ]
+    # Group widths padded to the collator's multiple (32 here): 96 for the shared rows,
+    # the batch's own 128 for the rest.
+    assert [width for _, width in groups] == [96, 128] == [96, batch["input_ids"].shape[1]]
+    assert ("label_allowed" in batch) == renormalize
+    model = trainer.model.train()
+    labelled = int((batch["labels"] != -100).sum())
+
+    def loss_and_grads(inputs: dict, count) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(inputs), num_items_in_batch=count)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    seen_widths = []
+    forward = model.forward
+
+    def recording(*args, **kwargs):
+        seen_widths.append(kwargs["input_ids"].shape[1])
+        return forward(*args, **kwargs)
+
+    padded = {k: v for k, v in batch.items() if k != ROW_GROUPS_KEY}
+    for count in (None, torch.tensor(labelled * 2)):
+        whole, whole_grads = loss_and_grads(padded, count)
+        model.forward = recording
+        try:
+            split, split_grads = loss_and_grads(batch, count)
+        finally:
+            model.forward = forward
+        assert seen_widths[-2:] == [width for _, width in groups]
+        torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-6)
+        assert len(split_grads) == len(whole_grads)
+        for got, expected in zip(split_grads, whole_grads, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    # Rows all short (or all long): one group, no split.
+    assert ROW_GROUPS_KEY not in collator(shared)
 
 
 def test_position_offsets_reach_the_training_batches(tmp_path, tiny_data, tokenizer_dir):

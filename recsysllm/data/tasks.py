@@ -388,7 +388,8 @@ class TaskBuilder:
         history_budget: N, the most history items one prompt shows (see
             ``sampling.history_budget``).
         train_num_negatives: negatives of each training candidate list (None: as many
-            as the stored valid/test lists); the stored lists are never changed.
+            as the stored valid/test lists); a sequence draws each training example's
+            count from it uniformly. The stored lists are never changed.
 
     Example:
         >>> builder = TaskBuilder(splits, EntityCatalog.from_tables(splits.tables), load_prompts())
@@ -403,7 +404,7 @@ class TaskBuilder:
         prompts: PromptSet,
         sampling: SamplingConfig | None = None,
         history_budget: int = 20,
-        train_num_negatives: int | None = None,
+        train_num_negatives: int | Sequence[int] | None = None,
     ) -> None:
         if history_budget < 1:
             raise ValueError(f"history_budget must be >= 1, got {history_budget}")
@@ -437,11 +438,20 @@ class TaskBuilder:
         stored = next(
             (keys for lists in splits.candidates.values() for keys in lists.values()), None
         )
-        self._num_candidates = len(stored) if stored else splits.num_negatives + 1
-        if train_num_negatives is not None:
-            if train_num_negatives < 1:
-                raise ValueError(f"train_num_negatives must be >= 1, got {train_num_negatives}")
-            self._num_candidates = train_num_negatives + 1
+        # Each training list's negative count is drawn from these (one: no draw).
+        self._train_negatives: tuple[int, ...] = (
+            (len(stored) - 1 if stored else splits.num_negatives,)
+            if train_num_negatives is None
+            else (train_num_negatives,)
+            if isinstance(train_num_negatives, int)
+            else tuple(train_num_negatives)
+        )
+        if train_num_negatives is not None and (
+            not self._train_negatives or min(self._train_negatives) < 1
+        ):
+            raise ValueError(
+                f"train_num_negatives must be >= 1 or a non-empty list of such, got {train_num_negatives}"
+            )
         events = [event for sequence in self._sequences.values() for event in sequence]
         self.missing_data: dict[str, str] = {}
         if not tables.has_reviews or not any(event.review.strip() for event in events):
@@ -527,8 +537,12 @@ class TaskBuilder:
                 target = event.item
                 if "candidates" in template.placeholders:
                     if stored is None:
+                        counts = self._train_negatives
+                        count = (
+                            counts[int(rng.integers(len(counts)))] if len(counts) > 1 else counts[0]
+                        )
                         negatives = sample_negatives(
-                            rng, self._item_pool, self._interacted[user], self._num_candidates - 1
+                            rng, self._item_pool, self._interacted[user], count
                         )
                         stored = (event.item, *negatives)
                     candidates = [stored[index] for index in rng.permutation(len(stored))]
