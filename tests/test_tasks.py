@@ -363,6 +363,25 @@ def test_train_num_negatives_list_mixes_list_lengths(review_world, prompts):
             TaskBuilder(splits, catalog, prompts, train_num_negatives=bad)
 
 
+def test_train_num_negatives_above_the_evaluation_lists_is_capped_at_them(
+    review_world, prompts, caplog
+):
+    """A catalog too small for the configured lists gives the stored lists fewer negatives;
+    training lists then get no more than those, and the log says so."""
+    splits, catalog, _ = review_world
+    stored = len(next(iter(splits.candidates["test"].values()))) - 1
+    with caplog.at_level("WARNING", logger="recsysllm.data.tasks"):
+        capped = TaskBuilder(splits, catalog, prompts, train_num_negatives=[4, stored + 400])
+    assert f"only {stored} negatives" in caplog.text
+    mixture = TaskMixture({"direct": 1.0}, examples_per_epoch=100)
+    lengths = {
+        len(e.candidates)
+        for e in capped.training_examples(mixture, seed=0, epoch=0)
+        if e.answer_type == "item"
+    }
+    assert lengths == {5, stored + 1}
+
+
 def test_training_examples_use_only_seen_templates_and_follow_the_weights(review_world, prompts):
     _, catalog, builder = review_world
     unseen = {t.id for f in TASK_FAMILIES for t in prompts.templates(f, seen=False)}

@@ -452,6 +452,18 @@ class TaskBuilder:
             raise ValueError(
                 f"train_num_negatives must be >= 1 or a non-empty list of such, got {train_num_negatives}"
             )
+        # A catalog too small for the configured lists gave the stored lists fewer
+        # negatives (every list the same length); training lists get no more than those.
+        eval_negatives = len(stored) - 1 if stored else splits.num_negatives
+        if eval_negatives >= 1 and max(self._train_negatives) > eval_negatives:
+            logger.warning(
+                "data.train_num_negatives %s: the evaluation lists have only %d negatives "
+                "(the catalog allows no more); training lists use at most %d",
+                train_num_negatives,
+                eval_negatives,
+                eval_negatives,
+            )
+            self._train_negatives = tuple(min(c, eval_negatives) for c in self._train_negatives)
         events = [event for sequence in self._sequences.values() for event in sequence]
         self.missing_data: dict[str, str] = {}
         if not tables.has_reviews or not any(event.review.strip() for event in events):
