@@ -929,6 +929,42 @@ def test_deepspeed_zero2_in_one_process(
     assert any(p.name.startswith("global_step") for p in checkpoint.iterdir())
 
 
+def test_deepspeed_trains_row_groups_with_the_losses_of_padded_batches(
+    tmp_path, tokenizer_dir, single_rank_distributed_env, monkeypatch
+):
+    """Under DeepSpeed (ZeRO-2), batches split into row groups (two forward passes, one
+    backward) log the same losses, step by step, as the same batches run padded."""
+    import recsysllm.training as training_module
+
+    overrides = [
+        "train.deepspeed=configs/ds/zero2.json",
+        "max_steps=4",
+        "train.save_steps=4",
+        "data.packing_row_length=96",
+        "data.history_budget=1",
+    ]
+    split_batches = []
+    row_groups = training_module.TrainingCollator.row_groups
+
+    def recording(self, row_lengths):
+        groups = row_groups(self, row_lengths)
+        split_batches.append(groups is not None)
+        return groups
+
+    losses = {}
+    for name, grouping in (("grouped", recording), ("padded", lambda self, lengths: None)):
+        monkeypatch.setattr(training_module.TrainingCollator, "row_groups", grouping)
+        config = tiny_config(tmp_path / name, tokenizer_dir, overrides)
+        data = prepare_from_tables(tiny_tables(), config.data, seed=0)
+        trainer, recorder = _train(config, data)
+        assert trainer.is_deepspeed_enabled
+        losses[name] = [recorder.losses[s] for s in sorted(recorder.losses)]
+    assert any(split_batches)  # some batches really ran as two groups
+    assert len(losses["grouped"]) == 4
+    for got, expected in zip(losses["grouped"], losses["padded"], strict=True):
+        assert math.isclose(got, expected, rel_tol=1e-4), (losses["grouped"], losses["padded"])
+
+
 @pytest.mark.slow
 def test_two_cpu_ranks_under_torchrun_see_different_data_and_learn(tmp_path, tokenizer_dir):
     spec = {
