@@ -468,9 +468,7 @@ class BlankInfillingCollator:
         row_lengths: list[int],
     ) -> dict[str, torch.Tensor]:
         """The batch tensors for examples placed at (row, offset, length)."""
-        width = max(row_lengths)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        width = self.padded_width(max(row_lengths))
         rows = len(row_lengths)
 
         input_ids = np.full((rows, width), self.special.pad, dtype=np.int64)
@@ -529,6 +527,11 @@ class BlankInfillingCollator:
             "labels": torch.from_numpy(labels),
             **restricted,
         }
+
+    def padded_width(self, width: int) -> int:
+        """``width`` rounded up to ``pad_to_multiple_of`` (unchanged without one)."""
+        multiple = self.pad_to_multiple_of or 1
+        return -(-width // multiple) * multiple
 
     def _place(self, lengths: list[int]) -> tuple[list[tuple[int, int, int]], list[int]]:
         """(row, offset, length) per example and the used length of each row."""

@@ -345,19 +345,14 @@ class DataArgs:
             "history_budget",
             f"must be >= 1, got {self.history_budget}",
         )
-        train_negatives = self.train_num_negatives
-        if isinstance(train_negatives, list):
-            _check(
-                bool(train_negatives) and min(train_negatives) >= 1,
-                "data",
-                "train_num_negatives",
-                f"a list needs counts >= 1 (null: as the evaluation lists), got {train_negatives}",
-            )
+        negatives = self.train_num_negatives
+        counts = negatives if isinstance(negatives, list) else [negatives]
         _check(
-            not isinstance(train_negatives, int) or train_negatives >= 1,
+            negatives is None or (bool(counts) and min(counts) >= 1),
             "data",
             "train_num_negatives",
-            f"must be >= 1 (null: as the evaluation lists), got {train_negatives}",
+            f"must be >= 1 or a non-empty list of such (null: as the evaluation lists), "
+            f"got {negatives}",
         )
         _check(self.max_length >= 16, "data", "max_length", f"must be >= 16, got {self.max_length}")
         _check(self.answer_text_tokens >= 1, "data", "answer_text_tokens", "must be >= 1")

@@ -207,9 +207,8 @@ class TrainingCollator:
         wide = [row for row, length in enumerate(row_lengths) if length > self.row_length]
         if not short or not wide:
             return None
-        multiple = self.collator.pad_to_multiple_of or 1
         return [
-            (rows, -(-max(row_lengths[row] for row in rows) // multiple) * multiple)
+            (rows, self.collator.padded_width(max(row_lengths[row] for row in rows)))
             for rows in (short, wide)
         ]
 
@@ -220,7 +219,7 @@ class TrainingCollator:
 def _row_slice(
     inputs: dict[str, Any], rows: list[int], width: int, label_counts: torch.Tensor
 ) -> dict[str, Any]:
-    """The batch restricted to ``rows``, cut to their first ``width`` columns.
+    """The batch restricted to ``rows`` (ascending), cut to their first ``width`` columns.
 
     ``label_counts``: labelled tokens per row, to pick the rows' ``label_allowed`` rows
     (which follow ``labels != -100`` row-major).
@@ -235,11 +234,11 @@ def _row_slice(
         elif key == "attention_mask":
             part[key] = value[index, :, :width, :width]
         elif key == "label_allowed":
-            starts = torch.cumsum(label_counts, 0) - label_counts
-            picked = [
-                torch.arange(int(starts[row]), int(starts[row] + label_counts[row])) for row in rows
-            ]
-            part[key] = value[torch.cat(picked).to(value.device)]
+            # The batch row of each labelled token, in label_allowed's (row-major) order.
+            label_rows = torch.repeat_interleave(
+                torch.arange(len(label_counts), device=label_counts.device), label_counts
+            )
+            part[key] = value[torch.isin(label_rows, index.to(label_rows.device))]
         elif torch.is_tensor(value):
             raise ValueError(f"cannot split batch field {key!r} by rows")
         else:

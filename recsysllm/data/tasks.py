@@ -438,14 +438,14 @@ class TaskBuilder:
         stored = next(
             (keys for lists in splits.candidates.values() for keys in lists.values()), None
         )
+        eval_negatives = len(stored) - 1 if stored else splits.num_negatives
         # Each training list's negative count is drawn from these (one: no draw).
-        self._train_negatives: tuple[int, ...] = (
-            (len(stored) - 1 if stored else splits.num_negatives,)
-            if train_num_negatives is None
-            else (train_num_negatives,)
-            if isinstance(train_num_negatives, int)
-            else tuple(train_num_negatives)
-        )
+        if train_num_negatives is None:
+            self._train_negatives: tuple[int, ...] = (eval_negatives,)
+        elif isinstance(train_num_negatives, int):
+            self._train_negatives = (train_num_negatives,)
+        else:
+            self._train_negatives = tuple(train_num_negatives)
         if train_num_negatives is not None and (
             not self._train_negatives or min(self._train_negatives) < 1
         ):
@@ -454,7 +454,6 @@ class TaskBuilder:
             )
         # A catalog too small for the configured lists gave the stored lists fewer
         # negatives (every list the same length); training lists get no more than those.
-        eval_negatives = len(stored) - 1 if stored else splits.num_negatives
         if eval_negatives >= 1 and max(self._train_negatives) > eval_negatives:
             logger.warning(
                 "data.train_num_negatives %s: the evaluation lists have only %d negatives "
