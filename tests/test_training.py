@@ -905,6 +905,9 @@ def single_rank_distributed_env(monkeypatch):
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(_free_port()),
         "DS_ACCELERATOR": "cpu",
+        # TrainingArguments sets it to "true" for a DeepSpeed config and never unsets it:
+        # recorded here, so the teardown removes it and later tests train without DeepSpeed.
+        "ACCELERATE_USE_DEEPSPEED": "false",
     }.items():
         monkeypatch.setenv(key, value)
     AcceleratorState._reset_state(reset_partial_state=True)
