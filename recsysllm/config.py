@@ -458,6 +458,15 @@ class TrainArgs:
         "passes over the epoch mixtures (each epoch draws its own mixture)", default=1
     )
     max_steps: int = help_field("optimizer steps; > 0 overrides epochs", default=-1)
+    max_seconds: float | None = help_field(
+        "time budget of the optimizer steps in seconds (data preparation and saving not "
+        "counted): training stops at the first step boundary past it, or at the end of the "
+        "epochs/max_steps if sooner, and lr_schedule decays over the budget (its progress "
+        "is the larger of elapsed/max_seconds and step/steps); the steps run then depend on "
+        "the machine (the checkpoint records them: pass them as max_steps to repeat the run "
+        "step for step); null: no budget",
+        default=None,
+    )
     per_device_batch_size: int = help_field(
         "examples per device and micro-step (with packing they share fewer rows); "
         "rows of data.max_length tokens when data.packing_window > 0",
@@ -527,6 +536,19 @@ class TrainArgs:
         _check(self.epochs >= 1, "train", "epochs", "must be >= 1")
         _check(
             self.max_steps == -1 or self.max_steps > 0, "train", "max_steps", "must be -1 or > 0"
+        )
+        _check(
+            self.max_seconds is None or self.max_seconds > 0,
+            "train",
+            "max_seconds",
+            f"must be > 0 (null: no budget), got {self.max_seconds}",
+        )
+        _check(
+            self.max_seconds is None or self.resume is None,
+            "train",
+            "max_seconds",
+            "cannot be combined with train.resume (the schedule follows wall time, which a "
+            "resumed run cannot restore); resume with max_steps instead",
         )
         _check(self.per_device_batch_size >= 1, "train", "per_device_batch_size", "must be >= 1")
         _check(

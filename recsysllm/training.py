@@ -47,15 +47,17 @@ import argparse
 import contextlib
 import copy
 import logging
+import math
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
@@ -246,6 +248,63 @@ def _row_slice(
     return part
 
 
+class TimeBudget(TrainerCallback):
+    """``train.max_seconds``: stops at the first optimizer step past the budget.
+
+    ``fraction`` (elapsed / budget, updated at every step's end) is what the budgeted
+    learning-rate schedule reads (:func:`budget_lr_lambda`). Under several ranks the
+    elapsed time is the slowest rank's (an all-reduce MAX), so every rank stops at the
+    same step and follows the same learning rates.
+    """
+
+    def __init__(self, max_seconds: float, clock: Any = time.monotonic) -> None:
+        self.max_seconds = max_seconds
+        self.clock = clock
+        self.started: float | None = None
+        self.fraction = 0.0
+        self.stopped_at: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.started = self.clock()
+        self.fraction = 0.0
+        self.stopped_at = None
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
+        elapsed = torch.tensor([self.clock() - self.started], dtype=torch.float64)
+        if args.world_size > 1:
+            elapsed = elapsed.to(args.device)
+            torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
+        self.fraction = float(elapsed.item()) / self.max_seconds
+        if self.fraction >= 1.0 and not control.should_training_stop:
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+        return control
+
+
+def budget_lr_lambda(schedule: str, warmup: int, total: int, budget: TimeBudget) -> Any:
+    """The learning-rate factor of ``schedule`` whose progress is also wall time.
+
+    After warmup the progress is ``max(budget.fraction, (step - warmup) / (total -
+    warmup))``: the schedule ends at the budget or at the last step, whichever comes
+    first. With ``budget.fraction`` 0 every factor equals transformers' ``get_scheduler``
+    of the same name. A plain function, so the scheduler's state_dict stays picklable.
+    """
+
+    def factor(step: int) -> float:
+        if schedule == "constant":
+            return 1.0
+        if step < warmup:
+            return step / max(1, warmup)
+        if schedule == "constant_with_warmup":
+            return 1.0
+        progress = min(1.0, max(budget.fraction, (step - warmup) / max(1, total - warmup)))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
+
+    return factor
+
+
 class RecTrainer(Trainer):
     """HF Trainer with the loss guard and atomic, self-contained checkpoints.
 
@@ -255,10 +314,36 @@ class RecTrainer(Trainer):
         **kwargs: passed to ``transformers.Trainer``.
     """
 
-    def __init__(self, *args: Any, checkpoint_extras: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        checkpoint_extras: Any = None,
+        time_budget: TimeBudget | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.checkpoint_extras = checkpoint_extras
+        self.time_budget = time_budget
+        if time_budget is not None:
+            self.add_callback(time_budget)
         self._staging = False
+
+    def create_scheduler(self, num_training_steps, optimizer=None):  # noqa: D102
+        if self.time_budget is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer if optimizer is not None else self.optimizer,
+            budget_lr_lambda(
+                self.args.lr_scheduler_type.value
+                if hasattr(self.args.lr_scheduler_type, "value")
+                else str(self.args.lr_scheduler_type),
+                self.args.get_warmup_steps(num_training_steps),
+                num_training_steps,
+                self.time_budget,
+            ),
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
         identity = inputs.pop(BATCH_IDENTITY_KEY, None)
@@ -679,6 +764,7 @@ def build_trainer(
         eval_dataset=eval_dataset,
         data_collator=data_collator,
         checkpoint_extras=extras,
+        time_budget=TimeBudget(config.train.max_seconds) if config.train.max_seconds else None,
     )
     if trainer.args.should_save:
         # Leftovers of a crash while saving: never a valid checkpoint.
@@ -700,6 +786,16 @@ def train(config: Config, data: PreparedData | None = None) -> Path:
         "packed rows" if isinstance(trainer.train_dataset, PackedDataset) else "examples",
     )
     trainer.train(resume_from_checkpoint=resume)
+    budget = trainer.time_budget
+    if budget is not None and budget.stopped_at is not None:
+        logger.info(
+            "train.max_seconds=%g reached: stopped after optimizer step %d of %d "
+            "(max_steps=%d without the budget trains as many steps)",
+            budget.max_seconds,
+            budget.stopped_at,
+            trainer.state.max_steps,
+            budget.stopped_at,
+        )
     return trainer.save_final()
 
 

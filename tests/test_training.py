@@ -830,6 +830,81 @@ def test_candidate_fit_check_covers_only_the_trained_templates(
     assert "direct-3" not in str(info.value)
 
 
+class LearningRates(TrainerCallback):
+    """The optimizer's learning rate at the end of every step."""
+
+    def __init__(self) -> None:
+        self.rates: dict[int, float] = {}
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        self.rates[state.global_step] = optimizer.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant", "constant_with_warmup"])
+def test_budget_schedule_without_elapsed_time_is_transformers_schedule(schedule):
+    from transformers import get_scheduler
+
+    from recsysllm.training import TimeBudget, budget_lr_lambda
+
+    budget = TimeBudget(max_seconds=1e9)
+    ours = budget_lr_lambda(schedule, warmup=4, total=20, budget=budget)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    reference = get_scheduler(
+        schedule,
+        torch.optim.SGD([parameter], lr=1.0),
+        num_warmup_steps=4,
+        num_training_steps=20,
+    )
+    expected = [reference.lr_lambdas[0](step) for step in range(21)]
+    assert [ours(step) for step in range(21)] == pytest.approx(expected)
+
+
+def test_budget_schedule_follows_whichever_of_time_and_steps_is_further():
+    from recsysllm.training import TimeBudget, budget_lr_lambda
+
+    budget = TimeBudget(max_seconds=100.0)
+    cosine = budget_lr_lambda("cosine", warmup=2, total=102, budget=budget)
+    linear = budget_lr_lambda("linear", warmup=2, total=102, budget=budget)
+    budget.fraction = 0.5  # half the time spent at step 12 (a tenth of the steps)
+    assert cosine(12) == pytest.approx(0.5)  # cos(pi / 2): half way by time
+    assert linear(12) == pytest.approx(0.5)
+    assert linear(1) == pytest.approx(0.5)  # warmup is by steps: 1 of 2
+    assert linear(82) == pytest.approx(0.2)  # steps (0.8) ahead of time (0.5)
+    budget.fraction = 1.3  # past the budget: the schedule's end, not beyond it
+    assert cosine(20) == pytest.approx(0.0) and linear(20) == pytest.approx(0.0)
+
+
+def test_time_budget_stops_training_and_decays_the_learning_rate_within_it(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    ticks = iter(range(1000))  # a clock that advances 10 s at every reading
+
+    config = tiny_config(
+        tmp_path,
+        tokenizer_dir,
+        ["train.max_seconds=45", "max_steps=50", "train.lr_schedule=linear", "train.save_steps=3"],
+    )
+    trainer, _ = build_trainer(config, tiny_data)
+    trainer.time_budget.clock = lambda: 10.0 * next(ticks)
+    rates = LearningRates()
+    trainer.add_callback(rates)
+    trainer.train()
+    # Begin reads 0; step k ends at 10 k s: step 5 is the first at or past 45 s.
+    assert trainer.time_budget.stopped_at == 5 and trainer.state.global_step == 5
+    # Learning rate of step k + 1 (set after step k): 1e-2 x (1 - progress), progress the
+    # larger of step k's share of 50 steps and the time read at the end of step k - 1.
+    expected = {k: 1e-2 * (1 - max(10 * (k - 1) / 45, k / 50)) for k in range(1, 6)}
+    assert rates.rates == pytest.approx(expected)
+    assert (tmp_path / "checkpoint-3" / "scheduler.pt").is_file()  # the schedule pickles
+    final = trainer.save_final()
+    assert read_meta(final).step == 5
+    # The configuration: a budget must be positive and cannot resume.
+    with pytest.raises(ValueError, match="train.max_seconds: must be > 0"):
+        tiny_config(tmp_path, tokenizer_dir, ["train.max_seconds=0"])
+    with pytest.raises(ValueError, match="train.max_seconds: cannot be combined with train.resume"):
+        tiny_config(tmp_path, tokenizer_dir, ["train.max_seconds=10", "train.resume=latest"])
+
+
 def test_training_arguments_follow_the_config(tmp_path, tokenizer_dir):
     config = tiny_config(
         tmp_path, tokenizer_dir, ["train.warmup_ratio=0.1", "train.gradient_accumulation_steps=3"]
