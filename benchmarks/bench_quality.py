@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default=None, help="skip training: evaluate this one")
     parser.add_argument("--limit", type=int, default=None, help="users (default: eval.limit)")
     parser.add_argument("--families", nargs="+", default=["sequential", "direct"])
+    parser.add_argument(
+        "--templates", nargs="+", default=None, help="template ids (default: all of --families)"
+    )
     parser.add_argument("--out-dir", default=None, help="default: <train.output_dir>/quality")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--no-append", action="store_true", help="print the rows only")
@@ -188,6 +191,8 @@ def main(argv=None) -> int:
     results = out_dir / "results.json"
     eval_argv = ["--checkpoint", str(final), "--out", str(results), "--split", "test"]
     eval_argv += ["--families", *args.families]
+    if args.templates:
+        eval_argv += ["--templates", *args.templates]
     if args.limit is not None:
         eval_argv += ["--limit", str(args.limit)]
     eval_argv += args.eval_arg

