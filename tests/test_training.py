@@ -905,6 +905,40 @@ def test_time_budget_stops_training_and_decays_the_learning_rate_within_it(
         tiny_config(tmp_path, tokenizer_dir, ["train.max_seconds=10", "train.resume=latest"])
 
 
+def _budget_rank(rank: int, init_file: str, results: str) -> None:
+    """One of two gloo ranks whose clocks differ: rank 0 reads 10 s, rank 1 30 s."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from recsysllm.training import TimeBudget
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2
+    )
+    try:
+        budget = TimeBudget(max_seconds=25.0, clock=lambda: 0.0)
+        args = SimpleNamespace(world_size=2, device=torch.device("cpu"))
+        budget.on_train_begin(args, None, TrainerControl())
+        budget.clock = lambda: 10.0 if rank == 0 else 30.0
+        control = budget.on_step_end(args, SimpleNamespace(global_step=7), TrainerControl())
+        Path(results, f"rank{rank}.json").write_text(
+            json.dumps([budget.fraction, control.should_training_stop, budget.stopped_at])
+        )
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_time_budget_ranks_share_the_slowest_clock(tmp_path):
+    # Rank 0 alone would go on (10 s of 25); it must stop with rank 1 (30 s), and both
+    # must read the same fraction, or their learning rates (and DDP replicas) drift apart.
+    torch.multiprocessing.spawn(
+        _budget_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [1.2, True, 7]
+
+
 def test_training_arguments_follow_the_config(tmp_path, tokenizer_dir):
     config = tiny_config(
         tmp_path, tokenizer_dir, ["train.warmup_ratio=0.1", "train.gradient_accumulation_steps=3"]
