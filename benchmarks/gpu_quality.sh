@@ -22,7 +22,8 @@
 # Results in $OUT (else runs/gpu_quality): table.md and table_fusion.md (the rows
 # bench_quality.py appends to RESULTS.md: without, then with the fusion rows),
 # results_rows.json, results_fusion.json/.md (the evaluations), train_meta.json (the
-# checkpoint's meta: steps) and log.txt (everything).
+# checkpoint's meta: steps), checkpoint.tgz (the final checkpoint, adapter and all) and
+# log.txt (everything): 8 files, the most the device tool brings back.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -84,7 +85,8 @@ SMOKE=0
 OUT="${OUT:-$REPO/runs/gpu_quality}"
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
-rm -f "$OUT"/table*.md "$OUT"/results_*.json "$OUT"/results_*.md "$OUT"/train_meta.json
+rm -f "$OUT"/table*.md "$OUT"/results_*.json "$OUT"/results_*.md "$OUT"/train_meta.json \
+    "$OUT"/checkpoint.tgz
 : >"$LOG"
 RUN=/tmp/gpuq-run
 rm -rf "$RUN"
@@ -142,6 +144,8 @@ step "train configs/smollm2_lora.yaml" 300 "$PYTHON" scripts/train.py \
     --config configs/smollm2_lora.yaml "output_dir=$RUN" "${OVERRIDES[@]}"
 if [[ -f "$RUN/final/recsysllm_meta.json" ]]; then
     cp "$RUN/final/recsysllm_meta.json" "$OUT/train_meta.json"
+    # The trained adapter comes back too (~10 MB): evaluable elsewhere if the time runs out.
+    tar czf "$OUT/checkpoint.tgz" -C "$RUN" final
     # The CPU demo's templates and users (seen and unseen next item, 1 of 100 candidates).
     # First without the fusion rows (its weights are chosen by guided searches on valid:
     # the slowest part), so that the model, SASRec and popularity rows come back whatever
