@@ -69,7 +69,7 @@ def main() -> None:
     fetch("movielens-100k", args.data_dir)
     base = [f"data.path={args.data_dir}", f"output_dir={args.work_dir}"]
     config = load_config(CONFIG, base)
-    data = prepare_data(config.data, seed=config.data.seed)
+    data = prepare_data(config.data, seed=config.data.evaluation_seed)
     tokenizer = build_tokenizer(
         config.tokenizer,
         data,

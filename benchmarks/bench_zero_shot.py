@@ -102,16 +102,18 @@ def plain_text_rows(args) -> dict:
     from recsysllm.evaluation.plain_text import PlainTextRanker, PlainTextScorer
 
     config = load_config(args.config, [*args.overrides, f"model.base_model={args.base_model}"])
-    data = pipeline.prepare_data(config.data, seed=config.data.seed)
-    examples = data.tasks.examples(args.split, ["direct"], prompts="all", seed=config.data.seed)
+    data = pipeline.prepare_data(config.data, seed=config.data.evaluation_seed)
+    examples = data.tasks.examples(
+        args.split, ["direct"], prompts="all", seed=config.data.evaluation_seed
+    )
     known = [t.id for family in data.prompts.families for t in data.prompts.templates(family)]
     examples = select_templates(examples, args.templates, known)
-    examples, user_sample = sample_users(examples, args.limit, config.data.seed)
+    examples, user_sample = sample_users(examples, args.limit, config.data.evaluation_seed)
     protocol = EvalProtocol(
         ks=tuple(config.eval.top_k),
         exclude_history=config.eval.exclude_history,
         history=history_items(data.splits, args.split),
-        seed=config.data.seed,
+        seed=config.data.evaluation_seed,
         catalog_size=len(data.catalog.item_keys),
     )
     model, tokenizer = pipeline.load_base_model_for_inference(config.model, config.tokenizer)

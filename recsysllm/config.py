@@ -327,8 +327,22 @@ class DataArgs:
         default=None,
     )
     seed: int = help_field(
-        "seed of splits, sampling, candidates and the epoch mixtures", default=42
+        "seed of the training examples (epoch mixtures, sampled histories, training "
+        "candidate lists) and, unless split_seed is set, of the split and evaluation data",
+        default=42,
     )
+    split_seed: int | None = help_field(
+        "seed of the split and the evaluation data: short users' split, the stored "
+        "valid/test candidate lists, evaluation examples' candidate order, the evaluated user "
+        "sample and SASRec; null: data.seed. Fix it to compare training seeds on identical "
+        "evaluation lists",
+        default=None,
+    )
+
+    @property
+    def evaluation_seed(self) -> int:
+        """``split_seed``, else ``seed``: what the split and the evaluation data are drawn with."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def __post_init__(self) -> None:
         _check_finite(self, "data")
@@ -630,7 +644,7 @@ class EvalArgs:
     prompts: str = help_field("templates: " + "|".join(PROMPT_SETS), default="all")
     split: str = help_field("valid | test", default="test")
     limit: int | None = help_field(
-        "evaluate a seeded random sample of N users (seed data.seed), the same users for "
+        "evaluate a seeded random sample of N users (seed data.split_seed, else data.seed), the same users for "
         "every family, template and system (null: all users)",
         default=None,
     )

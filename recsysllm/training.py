@@ -629,7 +629,9 @@ def check_candidate_prompts_fit(config: Config, data: PreparedData, tokenizer: A
     families = [f for f in ("sequential", "direct") if mixture.weights.get(f, 0) > 0]
     if not families:
         return
-    examples = data.tasks.examples("valid", families, prompts="seen", seed=config.data.seed)
+    examples = data.tasks.examples(
+        "valid", families, prompts="seen", seed=config.data.evaluation_seed
+    )
     if mixture.templates is not None:
         examples = [e for e in examples if e.template_id in mixture.templates]
     check_prompts_fit(
@@ -712,7 +714,7 @@ def build_trainer(
     """
     args = training_arguments(config)  # first: initialises the distributed backend
     if data is None:
-        data = prepare_data(config.data, seed=config.data.seed)
+        data = prepare_data(config.data, seed=config.data.evaluation_seed)
     mixture = task_mixture(config.data)
     # The main process trains a sentencepiece tokenizer first; the others then load it.
     with args.main_process_first(local=False, desc="tokenizer"):
@@ -754,7 +756,7 @@ def build_trainer(
     if config.train.eval_steps:
         families = [f for f in config.eval.families if mixture.weights.get(f, 0) > 0]
         eval_examples = data.tasks.examples(
-            "valid", families, prompts="seen", seed=config.data.seed
+            "valid", families, prompts="seen", seed=config.data.evaluation_seed
         )
         eval_dataset = [tokenizer.tokenize_example(e) for e in eval_examples]
     trainer = RecTrainer(

@@ -939,6 +939,37 @@ def test_time_budget_ranks_share_the_slowest_clock(tmp_path):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [1.2, True, 7]
 
 
+def test_split_seed_fixes_the_evaluation_data_while_data_seed_moves_training(
+    tmp_path, tokenizer_dir
+):
+    def prepared(*overrides):
+        config = tiny_config(tmp_path, tokenizer_dir, list(overrides))
+        data = prepare_from_tables(tiny_tables(), config.data, seed=config.data.evaluation_seed)
+        evaluation = [
+            (e.user, e.template_id, e.candidates, e.target)
+            for e in data.tasks.examples(
+                "test", ["direct", "sequential"], seed=config.data.evaluation_seed
+            )
+        ]
+        training = [
+            (e.user, e.template_id, e.candidates, e.target)
+            for e in data.tasks.training_examples(
+                task_mixture(config.data), seed=config.data.seed, epoch=0
+            )
+        ]
+        return data.splits.candidates, evaluation, training
+
+    fixed_1 = prepared("data.seed=1", "data.split_seed=7")
+    fixed_2 = prepared("data.seed=2", "data.split_seed=7")
+    assert fixed_1[0] == fixed_2[0] and fixed_1[1] == fixed_2[1]  # same lists, same examples
+    assert fixed_1[2] != fixed_2[2]  # other training examples
+    # Without split_seed, data.seed draws the evaluation lists too (as before the field).
+    plain_1, plain_2 = prepared("data.seed=1"), prepared("data.seed=2")
+    assert plain_1[0] != plain_2[0]
+    assert plain_1 == prepared("data.seed=3", "data.split_seed=1")[:2] + (plain_1[2],)
+    assert tiny_config(tmp_path, tokenizer_dir, ["data.seed=5"]).data.evaluation_seed == 5
+
+
 def test_training_arguments_follow_the_config(tmp_path, tokenizer_dir):
     config = tiny_config(
         tmp_path, tokenizer_dir, ["train.warmup_ratio=0.1", "train.gradient_accumulation_steps=3"]

@@ -73,6 +73,7 @@ EXAMPLE_FIELDS = (
     "item_name_max_tokens",
     "prompts_dir",
     "seed",
+    "split_seed",
 )
 
 
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="a seeded random sample of N users (the same users for every family, template "
-        "and system; seed data.seed); default: eval.limit",
+        "and system; seed data.split_seed, else data.seed); default: eval.limit",
     )
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
     parser.add_argument("--num-beams", type=int, default=None, help="default: eval.num_beams")
@@ -146,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sasrec",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="a SASRec row in every ranking table, trained on the same splits (seed data.seed) "
+        help="a SASRec row in every ranking table, trained on the same splits (seed data.split_seed, else data.seed) "
         "and cached (default: eval.sasrec, true); --no-sasrec drops it and the fusion row",
     )
     parser.add_argument(
@@ -465,17 +466,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         set(eval_args.renormalize if args.renormalize is None else args.renormalize) - {"none"}
     )
 
-    data = pipeline.prepare_data(data_args, seed=data_args.seed, prompts=prompts)
+    data = pipeline.prepare_data(data_args, seed=data_args.evaluation_seed, prompts=prompts)
     data = pipeline.cap_item_names(data, data_args, tokenizer)
     if meta is None:
         catalog = data.catalog
     else:
         # The examples must name the items the adapter was trained on.
         check_compatible(meta, catalog_hash=data.catalog.hash, where=args.checkpoint)
-    examples = data.tasks.examples(split, families, prompts=prompt_set_name, seed=data_args.seed)
+    examples = data.tasks.examples(
+        split, families, prompts=prompt_set_name, seed=data_args.evaluation_seed
+    )
     known = [t.id for family in prompts.families for t in prompts.templates(family)]
     examples = select_templates(examples, args.templates, known)
-    examples, user_sample = sample_users(examples, limit, data_args.seed)
+    examples, user_sample = sample_users(examples, limit, data_args.evaluation_seed)
     if not examples:
         print(
             f"recsysllm evaluate: no {split} examples for families {families}"
@@ -488,11 +491,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ks=tuple(eval_args.top_k),
         exclude_history=exclude_history,
         history=history_items(data.splits, split),
-        seed=data_args.seed,
+        seed=data_args.evaluation_seed,
         catalog_size=len(catalog.item_keys),
     )
     budget = pipeline.answer_budget(data_args, catalog, tokenizer)
-    settings_rows = row_settings(args, eval_args, num_beams, batch_size, data_args.seed)
+    settings_rows = row_settings(args, eval_args, num_beams, batch_size, data_args.evaluation_seed)
     settings_rows = dataclasses.replace(
         settings_rows, sasrec_cache_dir=sasrec_cache_dir(args, eval_args)
     )
@@ -528,11 +531,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings_rows.needs_valid and split == "valid":
         # Weights chosen on the evaluated examples themselves (recorded as such); the
         # same objects, so the model's answers are reused.
-        valid_examples, _ = sample_users(examples, valid_limit, data_args.seed)
+        valid_examples, _ = sample_users(examples, valid_limit, data_args.evaluation_seed)
     elif settings_rows.needs_valid:
         valid_examples, valid_protocol = valid_selection(
             data, examples, families, prompt_set_name, args.templates, known, protocol,
-            valid_limit, data_args.seed,
+            valid_limit, data_args.evaluation_seed,
         )  # fmt: skip
     rows, row_facts = extra_rows(
         lm=lm,
@@ -581,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "num_examples": len(examples),
         "catalog_hash": catalog.hash,
         "tokenizer_fingerprint": tokenizer.fingerprint,
-        "seed": data_args.seed,
+        "seed": data_args.evaluation_seed,
         # 1-of-(N+1) direct lists; N < data.num_negatives on a small catalog.
         "direct_negatives": data.splits.num_negatives,
         "data_notes": dict(data.splits.tables.notes),
