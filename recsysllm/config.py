@@ -477,8 +477,8 @@ class TrainArgs:
         "counted): training stops at the first step boundary past it, or at the end of the "
         "epochs/max_steps if sooner, and lr_schedule decays over the budget (its progress "
         "is the larger of elapsed/max_seconds and step/steps); the steps run then depend on "
-        "the machine (the checkpoint records them: pass them as max_steps to repeat the run "
-        "step for step); null: no budget",
+        "the machine (the checkpoint records them: pass them as max_steps for a run of the "
+        "same length on any machine); null: no budget",
         default=None,
     )
     per_device_batch_size: int = help_field(
@@ -644,8 +644,8 @@ class EvalArgs:
     prompts: str = help_field("templates: " + "|".join(PROMPT_SETS), default="all")
     split: str = help_field("valid | test", default="test")
     limit: int | None = help_field(
-        "evaluate a seeded random sample of N users (seed data.split_seed, else data.seed), the same users for "
-        "every family, template and system (null: all users)",
+        "evaluate a seeded random sample of N users (seed data.split_seed, else data.seed), "
+        "the same users for every family, template and system (null: all users)",
         default=None,
     )
     batch_size: int = help_field("prompts per generation batch", default=16)

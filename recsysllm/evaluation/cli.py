@@ -147,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--sasrec",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="a SASRec row in every ranking table, trained on the same splits (seed data.split_seed, else data.seed) "
-        "and cached (default: eval.sasrec, true); --no-sasrec drops it and the fusion row",
+        help="a SASRec row in every ranking table, trained on the same splits (seed "
+        "data.split_seed, else data.seed) and cached (default: eval.sasrec, true); "
+        "--no-sasrec drops it and the fusion row",
     )
     parser.add_argument(
         "--fusion",
