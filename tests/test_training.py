@@ -1108,6 +1108,20 @@ def test_deepspeed_zero2_in_one_process(
     assert read_meta(checkpoint).step == 6
     # DeepSpeed's own (partitioned) optimizer state sits in global_step6/.
     assert any(p.name.startswith("global_step") for p in checkpoint.iterdir())
+    # The time budget under DeepSpeed: the same stop and the same wall-time schedule.
+    ticks = iter(range(1000))
+    overrides = [
+        "train.deepspeed=configs/ds/zero2.json", "max_steps=50", "train.max_seconds=45",
+        "train.lr_schedule=linear", "train.save_steps=100",
+    ]  # fmt: skip
+    trainer, _ = build_trainer(tiny_config(tmp_path / "dsb", tokenizer_dir, overrides), tiny_data)
+    trainer.time_budget.clock = lambda: 10.0 * next(ticks)
+    rates = LearningRates()
+    trainer.add_callback(rates)
+    trainer.train()
+    assert trainer.is_deepspeed_enabled and trainer.state.global_step == 5
+    expected = {k: 1e-2 * (1 - max(10 * (k - 1) / 45, k / 50)) for k in range(1, 6)}
+    assert rates.rates == pytest.approx(expected)
 
 
 @pytest.mark.slow
