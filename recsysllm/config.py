@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from recsysllm.files import atomic_write, load_yaml, read_yaml
-from recsysllm.schema import PRETRAIN_TASK, TASK_FAMILIES
+from recsysllm.schema import PRETRAIN_TASK, TARGET_SAMPLING, TASK_FAMILIES
 
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "flex")
@@ -260,6 +260,12 @@ class DataArgs:
         "evaluated); null: every seen template of each family with weight > 0",
         default=None,
     )
+    target_sampling: str = help_field(
+        "how a training example's target event is drawn: events (uniformly over the train "
+        "events: a user weighs as many events as they have) | users (a user uniformly, then "
+        "one of their events: users weigh equally, as in the evaluation)",
+        default="events",
+    )
     examples_per_epoch: int | None = help_field(
         "examples drawn from the mixture per epoch; null: one per (user, family) as the builder defines",
         default=None,
@@ -400,6 +406,12 @@ class DataArgs:
             "data",
             "train_templates",
             "must be null (every seen template) or a non-empty list of template ids",
+        )
+        _check(
+            self.target_sampling in TARGET_SAMPLING,
+            "data",
+            "target_sampling",
+            f"{self.target_sampling!r} not in {TARGET_SAMPLING}",
         )
         for name in ("short_ratio", "medium_ratio", "long_ratio"):
             _check(

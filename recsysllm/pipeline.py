@@ -117,6 +117,7 @@ def task_mixture(data_args: DataArgs) -> TaskMixture:
         weights=dict(data_args.mixture),
         examples_per_epoch=data_args.examples_per_epoch,
         templates=None if data_args.train_templates is None else tuple(data_args.train_templates),
+        target_sampling=data_args.target_sampling,
     )
 
 

@@ -466,6 +466,33 @@ def test_training_examples_are_a_function_of_seed_and_epoch(review_world):
     assert builder.training_examples(mixture, seed=4, epoch=1) != first
 
 
+def test_target_sampling_users_weighs_users_equally(prompts):
+    # One heavy user (90 events) and nine light ones (8 events): drawn by events the heavy
+    # user's targets dominate; drawn by users each user gets about a tenth.
+    rows = [("heavy", f"i{j}", j * DAY, 4.0, "", "") for j in range(90)]
+    rows += [(f"light{u}", f"i{7 * u + j}", j * DAY, 3.0, "", "") for u in range(9) for j in range(8)]  # fmt: skip
+    splits = build_splits(make_tables(rows, has_reviews=False), k=1, seed=0, num_negatives=0)
+    builder = TaskBuilder(splits, EntityCatalog.from_tables(splits.tables), prompts)
+    shares = {}
+    for sampling in ("events", "users"):
+        mixture = TaskMixture(
+            weights={"sequential": 1.0},
+            examples_per_epoch=3000,
+            templates=("sequential-1",),
+            target_sampling=sampling,
+        )
+        examples = builder.training_examples(mixture, seed=0, epoch=0)
+        users = [e.user for e in examples]
+        shares[sampling] = {u: users.count(u) / len(users) for u in set(users)}
+    # Train targets with an earlier event: heavy 88 - 1, light 6 - 1 each (two events of
+    # every user go to valid and test).
+    assert shares["events"]["heavy"] == pytest.approx(87 / (87 + 9 * 5), abs=0.03)
+    assert len(shares["users"]) == 10
+    assert all(share == pytest.approx(0.1, abs=0.02) for share in shares["users"].values())
+    with pytest.raises(ValueError, match="target_sampling 'user' not in"):
+        TaskMixture(target_sampling="user")
+
+
 def test_pretraining_documents(review_world):
     splits, _, builder = review_world
     for split in ("train", "valid", "test"):

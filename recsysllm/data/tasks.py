@@ -55,7 +55,7 @@ from recsysllm.data.catalog import EntityCatalog, attribute_key
 from recsysllm.data.sampling import SamplingConfig, sample_history
 from recsysllm.data.splits import EVAL_SPLITS, SPLITS, Event, RecSplits, sample_negatives
 from recsysllm.prompts import PromptSet, PromptTemplate
-from recsysllm.schema import PRETRAIN_TASK, TASK_FAMILIES, Example, Segment
+from recsysllm.schema import PRETRAIN_TASK, TARGET_SAMPLING, TASK_FAMILIES, Example, Segment
 
 logger = logging.getLogger(__name__)
 
@@ -341,6 +341,10 @@ class TaskMixture:
         templates: seen template ids the families draw from; None: every seen template.
             A family with weight > 0 needs at least one listed template (checked against
             the prompt set by :meth:`TaskBuilder.training_examples`).
+        target_sampling: how an example's target event is drawn: "events" uniformly
+            over the train events the template can use (a user weighs as many events as
+            they have), "users" a user uniformly, then one of their usable events (users
+            weigh equally, as one evaluation example per user weighs them).
     """
 
     weights: dict[str, float] = field(
@@ -348,8 +352,13 @@ class TaskMixture:
     )
     examples_per_epoch: int | None = None
     templates: tuple[str, ...] | None = None
+    target_sampling: str = "events"
 
     def __post_init__(self) -> None:
+        if self.target_sampling not in TARGET_SAMPLING:
+            raise ValueError(
+                f"TaskMixture: target_sampling {self.target_sampling!r} not in {TARGET_SAMPLING}"
+            )
         known = (*TASK_FAMILIES, PRETRAIN_TASK)
         for name, weight in self.weights.items():
             if name not in known:
@@ -472,6 +481,7 @@ class TaskBuilder:
         if not any(event.has_rating for event in events):
             self.missing_data["rating"] = f"{tables.name} has no ratings"
         self._targets_cache: dict[tuple[str, str, bool, bool], list[tuple[str, int]]] = {}
+        self._user_starts_cache: dict[tuple[str, str, bool, bool], list[int]] = {}
 
     # ----------------------------------------------------------------- helpers
 
@@ -824,8 +834,7 @@ class TaskBuilder:
                 continue
             for template_index in rng.integers(len(templates[name]), size=count):
                 template = templates[name][template_index]
-                targets = self._train_targets(template)
-                user, position = targets[int(rng.integers(len(targets)))]
+                user, position = self._draw_target(template, mixture.target_sampling, rng)
                 event = self._sequences[user][position]
                 examples.append(
                     self._render(template, user, event, self._history(user, position), rng, None)
@@ -852,15 +861,38 @@ class TaskBuilder:
                 )
         return frozenset(mixture.templates)
 
-    def _train_targets(self, template: PromptTemplate) -> list[tuple[str, int]]:
-        """(user, position) of every train event ``template`` can use as its target (cached)."""
+    def _draw_target(
+        self, template: PromptTemplate, sampling: str, rng: np.random.Generator
+    ) -> tuple[str, int]:
+        """One (user, position) target of ``template`` (``TaskMixture.target_sampling``)."""
+        targets = self._train_targets(template)
+        if sampling == "events":
+            return targets[int(rng.integers(len(targets)))]
+        # Targets are grouped by user (in user order): the start of each user's run.
+        key = self._target_key(template)
+        starts = self._user_starts_cache.get(key)
+        if starts is None:
+            starts = [0]
+            starts += [i for i in range(1, len(targets)) if targets[i][0] != targets[i - 1][0]]
+            starts.append(len(targets))
+            self._user_starts_cache[key] = starts
+        run = int(rng.integers(len(starts) - 1))
+        return targets[starts[run] + int(rng.integers(starts[run + 1] - starts[run]))]
+
+    @staticmethod
+    def _target_key(template: PromptTemplate) -> tuple[str, str, bool, bool]:
+        """What decides which train events a template can use as its target."""
         placeholders = template.placeholders
-        key = (
+        return (
             template.family,
             template.answer_type,
             "hint" in placeholders,
             "candidates" in placeholders,
         )
+
+    def _train_targets(self, template: PromptTemplate) -> list[tuple[str, int]]:
+        """(user, position) of every train event ``template`` can use as its target (cached)."""
+        key = self._target_key(template)
         cache = self._targets_cache
         if key not in cache:
             targets = []
