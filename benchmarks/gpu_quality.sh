@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Issue 12's GPU figures: the pretrained SmolLM2-135M + LoRA recipe (configs/smollm2_lora.yaml)
 # trained on MovieLens-100K and evaluated on the CPU demo's 500 seeded test users beside
-# SASRec, fusion and popularity, in under 8 minutes on one H100/H200, as one table.
+# SASRec, fusion and popularity, aiming at under 8 minutes on one H100/H200, as one table.
+# First run (H200, RESULTS.md): rebuild 27 s, training 432 steps in the 150 s budget; the
+# evaluation then ran on the CPU (fixed since: evaluate defaults to cuda), so its GPU time
+# is still unmeasured.
 #
 # Where pip and the GPU are on the same machine, this is only:
 #   recsysllm model fetch smollm2-135m data/models/smollm2-135m
