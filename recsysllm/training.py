@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import SchedulerType, Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
@@ -270,11 +270,12 @@ class TimeBudget(TrainerCallback):
         self.stopped_at = None
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
-        elapsed = torch.tensor([self.clock() - self.started], dtype=torch.float64)
+        elapsed = self.clock() - self.started
         if args.world_size > 1:
-            elapsed = elapsed.to(args.device)
-            torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
-        self.fraction = float(elapsed.item()) / self.max_seconds
+            shared = torch.tensor([elapsed], dtype=torch.float64, device=args.device)
+            torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
+            elapsed = shared.item()
+        self.fraction = elapsed / self.max_seconds
         if self.fraction >= 1.0 and not control.should_training_stop:
             self.stopped_at = state.global_step
             control.should_training_stop = True
@@ -334,9 +335,7 @@ class RecTrainer(Trainer):
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer if optimizer is not None else self.optimizer,
             budget_lr_lambda(
-                self.args.lr_scheduler_type.value
-                if hasattr(self.args.lr_scheduler_type, "value")
-                else str(self.args.lr_scheduler_type),
+                SchedulerType(self.args.lr_scheduler_type).value,
                 self.args.get_warmup_steps(num_training_steps),
                 num_training_steps,
                 self.time_budget,

