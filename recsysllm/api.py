@@ -322,7 +322,9 @@ def recommend_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
     parser.add_argument("--base-model", default=None, help="base model directory, if it moved")
-    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
+    )
     parser.add_argument(
         "--user-history", nargs="+", required=True, help="item titles, oldest first"
     )
@@ -334,7 +336,9 @@ def recommend_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--template", default=None, help="sequential template id")
     args = parser.parse_args(argv)
     recommender = Recommender.from_checkpoint(
-        args.checkpoint, base_model=args.base_model, device=args.device
+        args.checkpoint,
+        base_model=args.base_model,
+        device=pipeline.resolve_device(args.device),
     )
     try:
         ranked = recommender.recommend(

@@ -93,6 +93,18 @@ class PreparedData:
     tasks: TaskBuilder
 
 
+def resolve_device(requested: str | None) -> str:
+    """A command line's ``--device``: as given, else ``cuda`` when a GPU is visible, else ``cpu``.
+
+    The loaders (``load_checkpoint_for_inference``, ``Recommender.from_checkpoint``) keep
+    transformers' ``from_pretrained`` default, the CPU; the commands put the model on the
+    GPU when there is one.
+    """
+    if requested:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def sampling_config(data_args: DataArgs) -> SamplingConfig:
     """The behaviour-sampling fields of ``data_args`` as a :class:`SamplingConfig`."""
     return SamplingConfig(

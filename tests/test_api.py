@@ -143,6 +143,30 @@ def test_refuses_a_different_base_model(lora_checkpoint):
         )
 
 
+def test_recommend_cli_puts_the_model_on_the_gpu_when_one_is_visible(lora_checkpoint, monkeypatch):
+    # As `recsysllm evaluate` does: the loaders default to CPU (transformers' default),
+    # the commands to the GPU when one is visible.
+    from recsysllm import pipeline
+
+    class Loaded(Exception):
+        pass
+
+    devices = []
+
+    def load(checkpoint, base_model=None, device=None):
+        devices.append(device)
+        raise Loaded
+
+    monkeypatch.setattr(pipeline, "load_checkpoint_for_inference", load)
+    argv = ["--checkpoint", str(lora_checkpoint["checkpoint"]), "--user-history", "Heat (1995)"]
+    for visible, extra, expected in [(True, [], "cuda"), (False, [], "cpu"),
+                                     (True, ["--device", "cpu"], "cpu")]:  # fmt: skip
+        monkeypatch.setattr(torch.cuda, "is_available", lambda visible=visible: visible)
+        with pytest.raises(Loaded):
+            recommend_main(argv + extra)
+        assert devices.pop() == expected
+
+
 def test_recommend_cli_prints_top_k(lora_checkpoint, capsys):
     argv = [
         "--checkpoint",

@@ -425,19 +425,10 @@ def load_untrained(args) -> tuple[Any, Any, Config]:
     return model, tokenizer, config
 
 
-def resolve_device(requested: str | None) -> str:
-    """``--device``, else ``cuda`` when a GPU is visible, else ``cpu``."""
-    if requested:
-        return requested
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The model loaders default to CPU; the CLI promises the GPU when there is one.
-    args.device = resolve_device(args.device)
+    args.device = pipeline.resolve_device(args.device)
     if args.checkpoint is not None:
         model, tokenizer, catalog, prompts, meta, checkpoint_config = (
             pipeline.load_checkpoint_for_inference(
