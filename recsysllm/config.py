@@ -263,7 +263,10 @@ class DataArgs:
     target_sampling: str = help_field(
         "how a training example's target event is drawn: events (uniformly over the train "
         "events: a user weighs as many events as they have) | users (a user uniformly, then "
-        "one of their events: users weigh equally, as in the evaluation)",
+        "one of their events: users weigh equally, as in the evaluation) | users_recent (a user "
+        "uniformly, then the later of two of their events drawn uniformly: the i-th of n "
+        "with probability (2i + 1) / n^2, so recent behaviour, which leave-one-out "
+        "evaluation tests, weighs more)",
         default="events",
     )
     examples_per_epoch: int | None = help_field(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 TASK_FAMILIES = ("rating", "sequential", "explanation", "review", "direct")
 PRETRAIN_TASK = "pretrain"
 # How a training example's target event is drawn (data.target_sampling).
-TARGET_SAMPLING = ("events", "users")
+TARGET_SAMPLING = ("events", "users", "users_recent")
 
 # How the collator hides the answer of a task example.
 ANSWER_MASKS = ("mask", "gmask")

@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 
 import datasets
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -491,6 +492,36 @@ def test_target_sampling_users_weighs_users_equally(prompts):
     assert all(share == pytest.approx(0.1, abs=0.02) for share in shares["users"].values())
     with pytest.raises(ValueError, match="target_sampling 'user' not in"):
         TaskMixture(target_sampling="user")
+
+
+def test_target_sampling_users_recent_keeps_the_later_of_two_events(prompts):
+    # Users weigh equally as with "users"; within a user the i-th of n usable targets
+    # (chronological, 0-based) is drawn with probability (2i + 1) / n^2.
+    rows = [("heavy", f"i{j}", j * DAY, 4.0, "", "") for j in range(40)]
+    rows += [(f"light{u}", f"i{7 * u + j}", j * DAY, 3.0, "", "") for u in range(4) for j in range(7)]  # fmt: skip
+    splits = build_splits(make_tables(rows, has_reviews=False), k=1, seed=0, num_negatives=0)
+    builder = TaskBuilder(splits, EntityCatalog.from_tables(splits.tables), prompts)
+    mixture = TaskMixture(
+        weights={"sequential": 1.0},
+        examples_per_epoch=10000,
+        templates=("sequential-1",),
+        target_sampling="users_recent",
+    )
+    examples = builder.training_examples(mixture, seed=0, epoch=0)
+    users = [e.user for e in examples]
+    assert all(users.count(u) / len(users) == pytest.approx(0.2, abs=0.02) for u in set(users))
+    # Usable targets: positions 1 .. n (position 0 has no earlier event; the last two
+    # events are valid and test): n = 37 for the heavy user, 4 for each light one.
+    for name, n in (("heavy", 37), ("light", 4)):
+        chosen = [e for e in examples if e.user.startswith(name)]
+        index = [[ev.item for ev in splits.sequences[e.user]].index(e.target) - 1 for e in chosen]
+        assert min(index) >= 0 and max(index) < n
+        expected_mean = sum(i * (2 * i + 1) for i in range(n)) / n**2
+        # Uniform within the user would give (n - 1) / 2 (18 for the heavy user, not 24.3).
+        assert np.mean(index) == pytest.approx(expected_mean, abs=0.05 * n)
+        if name == "light":
+            shares = np.bincount(index, minlength=n) / len(index)
+            assert shares == pytest.approx([(2 * i + 1) / n**2 for i in range(n)], abs=0.02)
 
 
 def test_pretraining_documents(review_world):

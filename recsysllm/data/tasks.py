@@ -344,7 +344,11 @@ class TaskMixture:
         target_sampling: how an example's target event is drawn: "events" uniformly
             over the train events the template can use (a user weighs as many events as
             they have), "users" a user uniformly, then one of their usable events (users
-            weigh equally, as one evaluation example per user weighs them).
+            weigh equally, as one evaluation example per user weighs them),
+            "users_recent" a user uniformly, then the later of two of their usable
+            events drawn uniformly (the i-th of n, 0-based, with probability
+            (2i + 1) / n^2: recent behaviour, which a leave-one-out evaluation tests,
+            weighs more, and every event keeps a chance).
     """
 
     weights: dict[str, float] = field(
@@ -877,7 +881,12 @@ class TaskBuilder:
             starts.append(len(targets))
             self._user_starts_cache[key] = starts
         run = int(rng.integers(len(starts) - 1))
-        return targets[starts[run] + int(rng.integers(starts[run + 1] - starts[run]))]
+        count = starts[run + 1] - starts[run]
+        index = int(rng.integers(count))
+        if sampling == "users_recent":
+            # A user's targets are in chronological order: keep the later of two draws.
+            index = max(index, int(rng.integers(count)))
+        return targets[starts[run] + index]
 
     @staticmethod
     def _target_key(template: PromptTemplate) -> tuple[str, str, bool, bool]:
