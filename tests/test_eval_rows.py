@@ -420,3 +420,28 @@ def test_weights_are_chosen_on_the_evaluated_users_valid_targets():
             data, [sequential("u0", C)], ["rating"], "all", None, [], test, None, 0
         )[0]
     )
+
+
+def test_row_notes_list_only_the_weights_chosen_on_valid_examples():
+    # A sequential-only run has no valid candidate examples: its candidate weight is the
+    # model-alone default, not a choice, and the notes must not present it as chosen.
+    from recsysllm.evaluation.report import _row_notes
+
+    def facts(candidate_grid):
+        return {
+            "fusion": {
+                "score": "fused",
+                "all_items": "guided",
+                "weights": {"all_items": 0.7, "candidates": 0.0},
+                "valid_ndcg": {"all_items": {"0": 0.05, "0.7": 0.09}, "candidates": candidate_grid},
+                "metric": "NDCG@10",
+                "chosen_on": {"examples": 943, "users": 943},
+            }
+        }
+
+    (line,) = [
+        n for n in _row_notes(facts("no valid examples of this variant: 0")) if "fusion" in n
+    ]
+    assert line.endswith("by NDCG@10: all items 0.7.")
+    (line,) = [n for n in _row_notes(facts({"0": 0.3, "0.5": 0.2})) if "fusion" in n]
+    assert line.endswith("by NDCG@10: all items 0.7, candidates 0.")

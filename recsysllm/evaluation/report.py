@@ -161,10 +161,13 @@ def _row_notes(facts: Mapping[str, Any]) -> list[str]:
         if name in facts:
             chosen = facts[name][key]
             valid = facts[name]["chosen_on"]
+            grids = facts[name].get("valid_ndcg", {})
+            # A variant without valid examples had nothing chosen (its value is the
+            # model-alone default, and its grid entry says why): not listed as chosen.
             values = ", ".join(
                 f"{label} {chosen[variant]:g}"
                 for variant, label in (("all_items", "all items"), ("candidates", "candidates"))
-                if variant in chosen
+                if variant in chosen and not isinstance(grids.get(variant), str)
             )
             lines.append(
                 f"- {name}: {facts[name]['score']}; all items: {facts[name]['all_items']}; "
