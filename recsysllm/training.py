@@ -642,6 +642,35 @@ def check_candidate_prompts_fit(config: Config, data: PreparedData, tokenizer: A
     )
 
 
+def check_evaluation_prompts_fit(config: Config, data: PreparedData, tokenizer: Any) -> None:
+    """Refuse, before training starts, stored valid/test lists the evaluation cannot fit.
+
+    ``recsysllm evaluate`` refuses a candidate list that does not fit ``data.max_length``
+    (candidates are never truncated). Every user's stored list of both splits is
+    checked here, under the templates the config's evaluation runs (``eval.families``,
+    ``eval.prompts``), so a list too long for the model's length is found before the
+    compute is spent, not by the test-split evaluation afterwards. Reading the lengths
+    of the test lists chooses nothing.
+    """
+    families = [f for f in ("sequential", "direct") if f in config.eval.families]
+    if not families:
+        return
+    special = SpecialTokenIds.from_tokenizer(tokenizer)
+    budget = answer_budget(config.data, data.catalog, tokenizer)
+    for split in ("valid", "test"):
+        examples = data.tasks.examples(
+            split, families, prompts=config.eval.prompts, seed=config.data.evaluation_seed
+        )
+        check_prompts_fit(
+            (tokenizer.tokenize_example(e) for e in examples if e.candidates),
+            special,
+            budget,
+            config.data.max_length,
+            where=f"evaluation of the {split} split (data.max_length; eval.families, "
+            "eval.prompts)",
+        )
+
+
 def row_length(config: Config) -> int:
     """Tokens per row planned by the packing sampler (``data.packing_row_length``)."""
     return config.data.packing_row_length or config.data.max_length
@@ -750,6 +779,7 @@ def build_trainer(
             where=resume,
         )
     check_candidate_prompts_fit(config, data, tokenizer)
+    check_evaluation_prompts_fit(config, data, tokenizer)
     train_dataset, data_collator = training_data(config, data, tokenizer, mixture)
     eval_dataset = None
     if config.train.eval_steps:

@@ -47,6 +47,7 @@ from recsysllm.training import (  # noqa: E402
     NonFiniteLossError,
     build_trainer,
     check_candidate_prompts_fit,
+    check_evaluation_prompts_fit,
     training_arguments,
     training_data,
 )
@@ -828,6 +829,46 @@ def test_candidate_fit_check_covers_only_the_trained_templates(
     with pytest.raises(ValueError, match=r"template 'direct-4' needs") as info:
         check_candidate_prompts_fit(with_one, tiny_data, tiny_tokenizer)
     assert "direct-3" not in str(info.value)
+
+
+def test_evaluation_fit_check_reads_both_splits_lists_under_the_evaluated_templates(
+    tmp_path, tiny_data, tiny_tokenizer, tokenizer_dir, monkeypatch
+):
+    """The lists `recsysllm evaluate` would refuse are refused before training.
+
+    A test list once needed 710 tokens with a recipe of max_length 704 whose training
+    check (valid lists, trained templates) passed: the evaluation after training
+    refused it. Here both splits are read, with the config's eval.families/prompts.
+    """
+    short = tiny_config(tmp_path, tokenizer_dir, ["data.max_length=40"])
+    with pytest.raises(ValueError, match=r"evaluation of the valid split .*template 'direct-\d+' needs \d+ tokens"):  # fmt: skip
+        check_evaluation_prompts_fit(short, tiny_data, tiny_tokenizer)
+    # Families without candidate lists have nothing to refuse.
+    rating_only = tiny_config(tmp_path, tokenizer_dir, ["data.max_length=40", "eval.families=[rating]"])  # fmt: skip
+    check_evaluation_prompts_fit(rating_only, tiny_data, tiny_tokenizer)
+    # Both splits, under the evaluated families and prompt set, with the evaluation seed.
+    calls = []
+    real = tiny_data.tasks.examples
+
+    def spy(split, families=None, prompts="seen", seed=0):
+        calls.append((split, tuple(families), prompts, seed))
+        return real(split, families, prompts=prompts, seed=seed)
+
+    monkeypatch.setattr(tiny_data.tasks, "examples", spy)
+    config = tiny_config(tmp_path, tokenizer_dir, ["eval.families=[direct, rating]", "eval.prompts=unseen"])  # fmt: skip
+    check_evaluation_prompts_fit(config, tiny_data, tiny_tokenizer)
+    seed = config.data.evaluation_seed
+    assert calls == [("valid", ("direct",), "unseen", seed), ("test", ("direct",), "unseen", seed)]
+    # Each split's lists go to the fit check under the split's own name.
+    import recsysllm.training as training_module
+
+    wheres = []
+    monkeypatch.setattr(training_module, "check_prompts_fit", lambda *a, where="": wheres.append(where))  # fmt: skip
+    check_evaluation_prompts_fit(config, tiny_data, tiny_tokenizer)
+    assert [w.split(" (")[0] for w in wheres] == [
+        "evaluation of the valid split",
+        "evaluation of the test split",
+    ]
 
 
 class LearningRates(TrainerCallback):
