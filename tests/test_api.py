@@ -6,7 +6,12 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY_CORPUS, TINY_TITLES, make_tiny_glm_config
+from conftest import (
+    TINY_CORPUS,
+    TINY_TITLES,
+    assert_command_picks_the_gpu_when_visible,
+    make_tiny_glm_config,
+)
 
 from recsysllm.api import Recommender, recommend_main
 from recsysllm.checkpoint_meta import (
@@ -146,25 +151,10 @@ def test_refuses_a_different_base_model(lora_checkpoint):
 def test_recommend_cli_puts_the_model_on_the_gpu_when_one_is_visible(lora_checkpoint, monkeypatch):
     # As `recsysllm evaluate` does: the loaders default to CPU (transformers' default),
     # the commands to the GPU when one is visible.
-    from recsysllm import pipeline
-
-    class Loaded(Exception):
-        pass
-
-    devices = []
-
-    def load(checkpoint, base_model=None, device=None):
-        devices.append(device)
-        raise Loaded
-
-    monkeypatch.setattr(pipeline, "load_checkpoint_for_inference", load)
     argv = ["--checkpoint", str(lora_checkpoint["checkpoint"]), "--user-history", "Heat (1995)"]
-    for visible, extra, expected in [(True, [], "cuda"), (False, [], "cpu"),
-                                     (True, ["--device", "cpu"], "cpu")]:  # fmt: skip
-        monkeypatch.setattr(torch.cuda, "is_available", lambda visible=visible: visible)
-        with pytest.raises(Loaded):
-            recommend_main(argv + extra)
-        assert devices.pop() == expected
+    assert_command_picks_the_gpu_when_visible(
+        monkeypatch, lambda extra: recommend_main(argv + extra)
+    )
 
 
 def test_recommend_cli_prints_top_k(lora_checkpoint, capsys):

@@ -555,28 +555,12 @@ def cli_checkpoint(tmp_path_factory, tiny_tokenizer):
 def test_cli_puts_the_model_on_the_gpu_when_one_is_visible(cli_checkpoint, tmp_path, monkeypatch):
     # The help says "default: cuda if available"; the loaders' own default is CPU, so a
     # GPU node once evaluated on its CPU cores (found on an H200: 1.9 examples/s).
-    import torch
+    from conftest import assert_command_picks_the_gpu_when_visible
 
-    from recsysllm import pipeline
     from recsysllm.evaluation import cli
 
-    class Loaded(Exception):
-        pass
-
-    devices = []
-
-    def load(checkpoint, base_model=None, device=None):
-        devices.append(device)
-        raise Loaded
-
-    monkeypatch.setattr(pipeline, "load_checkpoint_for_inference", load)
     argv = ["--checkpoint", str(cli_checkpoint["checkpoint"]), "--out", str(tmp_path / "r.json")]
-    for visible, extra, expected in [(True, [], "cuda"), (False, [], "cpu"),
-                                     (True, ["--device", "cpu"], "cpu")]:  # fmt: skip
-        monkeypatch.setattr(torch.cuda, "is_available", lambda visible=visible: visible)
-        with pytest.raises(Loaded):
-            cli.main(argv + extra)
-        assert devices.pop() == expected
+    assert_command_picks_the_gpu_when_visible(monkeypatch, lambda extra: cli.main(argv + extra))
 
 
 def test_cli_uses_the_checkpoint_config_and_a_seeded_user_sample(cli_checkpoint, tmp_path, capsys):
