@@ -543,6 +543,9 @@ def test_training_and_inference_pipeline_on_a_decoder_directory(tmp_path, bpe_di
         "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
         "max_steps=3",
         "train.save_steps=3",
+        # This BPE writes a 1-of-3 test list in up to 130 tokens; training refuses, before
+        # it starts, a stored list the evaluation could not fit.
+        "data.max_length=192",
     ]
     run_config = training_config(tmp_path / "run", tmp_path / "unused", overrides)
     data = prepare_from_tables(tiny_tables(), run_config.data, seed=0)
