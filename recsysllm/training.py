@@ -666,8 +666,7 @@ def check_evaluation_prompts_fit(config: Config, data: PreparedData, tokenizer: 
             special,
             budget,
             config.data.max_length,
-            where=f"evaluation of the {split} split (data.max_length; eval.families, "
-            "eval.prompts)",
+            where=f"evaluation of the {split} split (data.max_length; eval.families, eval.prompts)",
         )
 
 
