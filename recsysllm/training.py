@@ -626,20 +626,10 @@ def check_candidate_prompts_fit(config: Config, data: PreparedData, tokenizer: A
     """
     mixture = task_mixture(config.data)
     families = [f for f in ("sequential", "direct") if mixture.weights.get(f, 0) > 0]
-    if not families:
-        return
-    examples = data.tasks.examples(
-        "valid", families, prompts="seen", seed=config.data.evaluation_seed
-    )
-    if mixture.templates is not None:
-        examples = [e for e in examples if e.template_id in mixture.templates]
-    check_prompts_fit(
-        (tokenizer.tokenize_example(e) for e in examples if e.candidates),
-        SpecialTokenIds.from_tokenizer(tokenizer),
-        answer_budget(config.data, data.catalog, tokenizer),
-        config.data.max_length,
-        where="training data (data.max_length)",
-    )
+    _check_stored_lists_fit(
+        config, data, tokenizer, "valid", families, "seen",
+        where="training data (data.max_length)", templates=mixture.templates,
+    )  # fmt: skip
 
 
 def check_evaluation_prompts_fit(config: Config, data: PreparedData, tokenizer: Any) -> None:
@@ -653,21 +643,41 @@ def check_evaluation_prompts_fit(config: Config, data: PreparedData, tokenizer: 
     of the test lists chooses nothing.
     """
     families = [f for f in ("sequential", "direct") if f in config.eval.families]
+    for split in ("valid", "test"):
+        _check_stored_lists_fit(
+            config, data, tokenizer, split, families, config.eval.prompts,
+            where=f"evaluation of the {split} split (data.max_length; eval.families, eval.prompts)",
+        )  # fmt: skip
+
+
+def _check_stored_lists_fit(
+    config: Config,
+    data: PreparedData,
+    tokenizer: Any,
+    split: str,
+    families: list[str],
+    prompts: str,
+    where: str,
+    templates: Sequence[str] | None = None,
+) -> None:
+    """``check_prompts_fit`` on ``split``'s examples with candidates (of ``templates`` only,
+    when given), built with the evaluation seed as the stored lists are."""
     if not families:
         return
-    special = SpecialTokenIds.from_tokenizer(tokenizer)
-    budget = answer_budget(config.data, data.catalog, tokenizer)
-    for split in ("valid", "test"):
-        examples = data.tasks.examples(
-            split, families, prompts=config.eval.prompts, seed=config.data.evaluation_seed
-        )
-        check_prompts_fit(
-            (tokenizer.tokenize_example(e) for e in examples if e.candidates),
-            special,
-            budget,
-            config.data.max_length,
-            where=f"evaluation of the {split} split (data.max_length; eval.families, eval.prompts)",
-        )
+    examples = data.tasks.examples(
+        split, families, prompts=prompts, seed=config.data.evaluation_seed
+    )
+    check_prompts_fit(
+        (
+            tokenizer.tokenize_example(e)
+            for e in examples
+            if e.candidates and (templates is None or e.template_id in templates)
+        ),
+        SpecialTokenIds.from_tokenizer(tokenizer),
+        answer_budget(config.data, data.catalog, tokenizer),
+        config.data.max_length,
+        where=where,
+    )
 
 
 def row_length(config: Config) -> int:
