@@ -866,13 +866,15 @@ def score_candidates(
     A candidate is one unit: one entity (an item) or one run of plain text (a "yes"
     answer); both get the same intra-positions (1 on [sop], then 2, 3, ...).
 
-    Part A goes through the model once per prompt. With ``decoder="static"`` the
-    ``[sop] + candidate`` continuations of a prompt then sit side by side in one row
-    after its cached Part A (each sees the prompt and, causally, itself only), so the
-    prompt's cache is shared, not copied per candidate, and no candidate is padded;
-    ``"reference"`` repeats the cache over the candidates, one padded row each. Either
-    way ``rows_per_pass`` candidates run per forward pass. Positions follow
-    generation: inter = mask position, intra from the tracker.
+    Part A goes through the model once per prompt. With ``decoder="static"`` a
+    prompt's candidates then sit in one row after its cached Part A as their prefix
+    tree: ``[sop]`` once at the root and one token per distinct prefix, each seeing the
+    prompt and its own ancestors (tree attention), so the prompt's cache is shared, not
+    copied per candidate, no candidate is padded, and a shared prefix (the root's
+    ``[sop]`` at least) is computed once; ``"reference"`` repeats the cache over the
+    candidates, one padded row each. Either way ``rows_per_pass`` candidates run per
+    forward pass. Positions follow generation: inter = mask position, intra from the
+    tracker (by depth in the tree).
 
     Args:
         model: a GLMForConditionalGeneration.
@@ -881,8 +883,8 @@ def score_candidates(
         length_normalize: divide each sum by the number of scored tokens (candidate + [eop]).
         tokenizer: the ``GLMTokenizer`` (its sop and eop ids).
         rows_per_pass: candidates per forward pass (bounds the logits of a pass).
-        decoder: "static" (candidates packed per prompt) or "reference" (one row per
-            candidate); the same scores to float32 rounding.
+        decoder: "static" (each prompt's candidates as one prefix tree) or "reference"
+            (one row per candidate); the same scores to float32 rounding.
         renormalize: each token's probability renormalised over the tokens the
             prompt's candidate list allows after that prefix (the next tokens of the
             candidates sharing it, and [eop] where a candidate ends): the scores are a
@@ -914,13 +916,12 @@ def score_candidates(
     state = _Decoder(model, prompts, tokenizer.sop_token_id)
     state.prompt_pass(with_sop=False)
     if decoder == "static":
-        for start in range(0, len(pairs), rows_per_pass):
-            chunk = pairs[start : start + rows_per_pass]
-            sums = _score_packed(model, state, [ids for _, _, ids in chunk],
-                                 [p for p, _, _ in chunk], tokenizer, length_normalize,
-                                 None if allowed is None else allowed[start : start + rows_per_pass])  # fmt: skip
-            for (prompt_index, candidate_index, _), value in zip(chunk, sums, strict=True):
-                scores[prompt_index][candidate_index] = value
+        for chunk in _whole_lists(pairs, rows_per_pass):
+            sums = _score_packed(model, state, [pairs[i][2] for i in chunk],
+                                 [pairs[i][0] for i in chunk], tokenizer, length_normalize,
+                                 None if allowed is None else [allowed[i] for i in chunk])  # fmt: skip
+            for i, value in zip(chunk, sums, strict=True):
+                scores[pairs[i][0]][pairs[i][1]] = value
         return scores
     decoder = state
     device = decoder.device
@@ -990,6 +991,37 @@ def score_candidates(
     return scores
 
 
+def _whole_lists(pairs: Sequence[tuple[int, int, Any]], per_pass: int) -> list[range]:
+    """Indices of ``pairs`` (grouped by prompt, in order) per forward pass.
+
+    A pass holds whole candidate lists while they fit in ``per_pass`` candidates; a
+    longer list gets passes of its own, in parts of ``per_pass``. No pass mixes part of
+    a list with another list, so its rows (one per list) are about equally wide and
+    little is padded.
+    """
+    chunks: list[range] = []
+    current: range | None = None
+    start = 0
+    while start < len(pairs):
+        end = start + 1
+        while end < len(pairs) and pairs[end][0] == pairs[start][0]:
+            end += 1  # [start, end): one prompt's list
+        if current is not None and len(current) + end - start <= per_pass:
+            current = range(current.start, end)
+        else:
+            if current is not None:
+                chunks.append(current)
+            current = None
+            if end - start > per_pass:
+                chunks.extend(range(s, min(s + per_pass, end)) for s in range(start, end, per_pass))
+            else:
+                current = range(start, end)
+        start = end
+    if current is not None:
+        chunks.append(current)
+    return chunks
+
+
 def _allowed_logsumexp(logits: torch.Tensor, allowed: Sequence[tuple[int, ...]]) -> torch.Tensor:
     """Per row of ``logits`` [N, V], logsumexp over that row's ``allowed`` token ids
     (an empty tuple gives 0: a padding position whose score is ignored)."""
@@ -1009,44 +1041,67 @@ def _score_packed(
 ) -> list[float]:
     """Log-likelihoods of candidates (grouped by prompt, in order) in one forward pass.
 
-    One row per prompt: its cached Part A, then ``[sop] c_1 [sop] c_2 ...``; a
-    candidate token sees the prompt's non-padded keys and its own candidate's keys up
-    to itself, so each candidate is scored as if alone after the prompt.
+    One row per prompt: its cached Part A, then the prefix tree of its candidates
+    (``[sop]`` at the root, one node per distinct prefix, so candidates that share a
+    prefix share its tokens and the root's ``[sop]`` is fed once). A node sees the
+    prompt's non-padded keys and its ancestors (itself included), and its intra-position
+    is that of its depth, so each candidate is scored as if alone after the prompt; a
+    node's next-token distribution serves every candidate through it.
     """
     device = state.device
-    lengths = np.array([len(ids) + 1 for ids in candidates])  # [sop] + candidate
+    lengths = np.array([len(ids) + 1 for ids in candidates])  # scored positions: ids + [eop]
     prompt_index = np.asarray(prompt_of)
     row_starts = np.flatnonzero(np.r_[True, prompt_index[1:] != prompt_index[:-1]])
-    row = np.cumsum(np.r_[0, prompt_index[1:] != prompt_index[:-1]])  # per candidate
-    ends = np.cumsum(lengths)
-    row_offset = (ends - lengths) - (ends - lengths)[row_starts][row]  # candidate start in row
-    width = int(np.bincount(row, weights=lengths).max())
+    row_of = np.cumsum(np.r_[0, prompt_index[1:] != prompt_index[:-1]])  # per candidate
+    # Per row: node -> (parent, token, depth); node 0 is the root [sop]. Per scored
+    # position (candidate by candidate, position by position): the node it is read at.
+    parents: list[list[int]] = []
+    tokens: list[list[int]] = []
+    depths: list[list[int]] = []
+    position_node = np.empty(int(lengths.sum()), dtype=np.int64)  # column in its row
+    nodes: dict[tuple[int, ...], int] = {}
+    at = 0
+    for index, ids in enumerate(candidates):
+        if index == 0 or row_of[index] != row_of[index - 1]:
+            nodes = {(): 0}
+            parents.append([-1])
+            tokens.append([tokenizer.sop_token_id])
+            depths.append([0])
+        node = 0
+        position_node[at] = 0
+        for depth in range(1, len(ids) + 1):
+            prefix = ids[:depth]
+            child = nodes.get(prefix)
+            if child is None:
+                child = nodes[prefix] = len(parents[-1])
+                parents[-1].append(node)
+                tokens[-1].append(ids[depth - 1])
+                depths[-1].append(depth)
+            node = child
+            position_node[at + depth] = node
+        at += len(ids) + 1
     num_rows = len(row_starts)
-    # Per candidate token: its row, column and candidate; intra-positions by the tracker.
+    width = max(len(row) for row in parents)
     tracker = IntraPositionTracker()
     kinds = [TokenKind.ENTITY_START] + [TokenKind.ENTITY_CONTINUE] * (int(lengths.max()) - 1)
-    intra_rule = np.array([tracker.start()] + [tracker.step(kind) for kind in kinds[:-1]])
-    candidate_of = np.repeat(np.arange(len(candidates)), lengths)
-    within = np.arange(len(candidate_of)) - np.repeat(ends - lengths, lengths)
-    rows_of_token = row[candidate_of]
-    columns = row_offset[candidate_of] + within
-    inputs = np.concatenate([(tokenizer.sop_token_id, *ids) for ids in candidates])
-    targets = np.concatenate([(*ids, tokenizer.eop_token_id) for ids in candidates])
-
-    def grid(values: np.ndarray, fill: int) -> torch.Tensor:  # [rows, width]
-        out = np.full((num_rows, width), fill, dtype=np.int64)
-        out[rows_of_token, columns] = values
-        return torch.from_numpy(out).to(device)
-
-    input_ids = grid(inputs, 0)
-    intra = grid(intra_rule[within], 0)
-    segment = grid(candidate_of, -1)  # [rows, T]: candidate of each column, -1 padding
+    intra_rule = [tracker.start()] + [tracker.step(kind) for kind in kinds[:-1]]
+    input_ids = np.zeros((num_rows, width), dtype=np.int64)
+    intra = np.zeros((num_rows, width), dtype=np.int64)
+    # [rows, T, T]: node i sees node j when j is i or one of its ancestors.
+    sees = np.zeros((num_rows, width, width), dtype=bool)
+    for row in range(num_rows):
+        size = len(parents[row])
+        input_ids[row, :size] = tokens[row]
+        intra[row, :size] = [intra_rule[d] for d in depths[row]]
+        for node in range(size):  # parents come before their children
+            parent = parents[row][node]
+            if parent >= 0:
+                sees[row, node] = sees[row, parent]
+            sees[row, node, node] = True
     prompt_rows = torch.from_numpy(prompt_index[row_starts]).to(device)
     inter = state.mask_inter.index_select(0, prompt_rows)[:, None].expand(-1, width)
-    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0)
     prompt_keys = state.key_valid.index_select(0, prompt_rows)[:, None, :].expand(-1, width, -1)
-    mask = torch.cat([prompt_keys, same & causal], 2)[:, None]  # [rows, 1, T, P + T]
+    mask = torch.cat([prompt_keys, torch.from_numpy(sees).to(device)], 2)[:, None]
     cache = DynamicCache(
         [
             (layer.keys.index_select(0, prompt_rows), layer.values.index_select(0, prompt_rows))
@@ -1054,20 +1109,22 @@ def _score_packed(
         ]
     )
     output = model(
-        input_ids=input_ids,
-        position_ids=torch.stack([inter, intra], 1),
+        input_ids=torch.from_numpy(input_ids).to(device),
+        position_ids=torch.stack([inter, torch.from_numpy(intra).to(device)], 1),
         attention_mask=mask,
         cache=cache,
         use_cache=True,
     )
     logits = output.logits.float()  # [rows, T, V]
-    flat = torch.from_numpy(rows_of_token * width + columns).to(device)
-    token_logits = logits.view(-1, logits.shape[-1])[flat]  # [candidate tokens, V]
-    target_logits = token_logits.gather(1, torch.from_numpy(targets).to(device)[:, None])[:, 0]
-    if allowed is None:
-        normalizer = token_logits.logsumexp(-1)
+    candidate_of = np.repeat(np.arange(len(candidates)), lengths)
+    flat = torch.from_numpy(row_of[candidate_of] * width + position_node).to(device)
+    targets = np.concatenate([(*ids, tokenizer.eop_token_id) for ids in candidates])
+    token_logits = logits.view(-1, logits.shape[-1])  # [rows * T, V]
+    target_logits = token_logits[flat, torch.from_numpy(targets).to(device)]
+    if allowed is None:  # one logsumexp per node, shared by the candidates through it
+        normalizer = token_logits.logsumexp(-1)[flat]
     else:  # token order: candidate by candidate, position by position (as ``targets``)
-        normalizer = _allowed_logsumexp(token_logits, [a for per in allowed for a in per])
+        normalizer = _allowed_logsumexp(token_logits[flat], [a for per in allowed for a in per])
     sums = torch.zeros(len(candidates), dtype=torch.float32, device=device).index_add_(
         0, torch.from_numpy(candidate_of).to(device), target_logits - normalizer
     )

@@ -613,6 +613,36 @@ def test_packed_candidate_scores_equal_reference(model, rows_per_pass):
     assert got == pytest.approx(expected, abs=1e-5)
 
 
+def test_candidate_lists_run_as_prefix_trees_one_list_per_pass(model):
+    """A prompt's candidates run as their prefix tree: [sop] once, one token per distinct
+    prefix (10 candidate tokens with [sop]s, 5 tree nodes), each at its depth's
+    intra-position, seeing only its ancestors; a pass never mixes part of one list
+    with another list. The scores are the reference decoder's."""
+    rng = np.random.default_rng(12)
+    prompts = [make_prompt(rng, 7), make_prompt(rng, 5)]
+    candidates = [[(11, 12, 13), (11, 12), (11, 50)], [(60,), (61,)]]
+    recorder = Recorder(model)
+    got = score_candidates(recorder, prompts, candidates, tokenizer=SPECIAL, rows_per_pass=2)
+    expected = score_candidates(model, prompts, candidates, tokenizer=SPECIAL, decoder="reference")
+    np.testing.assert_allclose(np.concatenate(got), np.concatenate(expected), atol=1e-5)
+    passes = recorder.calls[1:]  # after the prompt pass
+    # rows_per_pass=2: the 3-candidate list in parts of 2 and 1, then the second list whole.
+    assert [call["input_ids"].tolist() for call in passes] == [
+        [[SOP, 11, 12, 13]],  # (11, 12, 13) and its prefix (11, 12): one path
+        [[SOP, 11, 50]],
+        [[SOP, 60, 61]],
+    ]
+    assert passes[0]["position_ids"][0, 1].tolist() == [1, 2, 3, 4]  # intra by depth
+    assert passes[2]["position_ids"][0, 1].tolist() == [1, 2, 2]  # siblings share depth 1
+    sees = passes[2]["attention_mask"][0, 0, :, -3:].tolist()  # the tree part of the mask
+    assert sees == [[True, False, False], [True, True, False], [True, False, True]]
+    whole = Recorder(model)
+    score_candidates(whole, prompts, candidates, tokenizer=SPECIAL)  # rows_per_pass=64
+    assert [call["input_ids"].tolist() for call in whole.calls[1:]] == [
+        [[SOP, 11, 12, 13, 50], [SOP, 60, 61, 0, 0]]  # one pass, a row per list
+    ]
+
+
 def reference_renormalized_log_prob(
     model, prompt: PromptInputs, ids: tuple[int, ...], answers: list[tuple[int, ...]]
 ) -> float:
