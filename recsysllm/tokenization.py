@@ -25,6 +25,7 @@ from recsysllm.schema import Example, Segment, TokenizedExample
 
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
 _SENTENCE_END = (".", "!", "?")
+_PIECE_CACHE_SIZE = 100_000
 
 
 class SegmentTokenizer:
@@ -101,6 +102,20 @@ class SegmentTokenizer:
             example=example,
         )
 
+    def _encode_piece(self, piece: str) -> tuple[int, ...]:
+        """``encode(piece)`` for a text piece, remembered: prompts repeat their template
+        text and profile phrases in every example, so most pieces are seen before. The
+        memory is cleared when it holds ``_PIECE_CACHE_SIZE`` pieces (free text such as
+        reviews is mostly unique)."""
+        cache = self.__dict__.setdefault("_piece_cache", {})
+        ids = cache.get(piece)
+        if ids is None:
+            ids = tuple(self.encode(piece))
+            if len(cache) >= _PIECE_CACHE_SIZE:
+                cache.clear()
+            cache[piece] = ids
+        return ids
+
     def _tokenize(
         self, segments: Sequence[Segment], where: str
     ) -> tuple[list[int], list[int], list[int], tuple[int, int] | None]:
@@ -135,7 +150,7 @@ class SegmentTokenizer:
                 if next_is_entity and text.endswith(" "):
                     text = text[:-1]  # the entity brings its own leading space
                 for piece in _sentence_pieces(text):
-                    piece_ids = self.encode(piece)
+                    piece_ids = self._encode_piece(piece)
                     ids.extend(piece_ids)
                     unit_ids.extend([-1] * len(piece_ids))
                     sentence_ids.extend([sentence] * len(piece_ids))

@@ -295,6 +295,25 @@ def test_encode_entity_is_cached(tiny_tokenizer):
     assert list(first) == tiny_tokenizer.encode(" Fargo (1996)")
 
 
+
+def test_text_pieces_are_encoded_once_and_the_memory_is_bounded(monkeypatch, tmp_path):
+    """A text piece seen before is not encoded again (prompts repeat their template
+    text), the ids are encode()'s, and the memory is cleared when it is full."""
+    tokenizer = load_tokenizer(GPT2_DIR)  # a fresh instance: an empty memory
+    calls = []
+    encode = tokenizer.encode
+    monkeypatch.setattr(tokenizer, "encode", lambda text: calls.append(text) or encode(text))
+    segments = [Segment("The user watched. It was"), entity("Heat (1995)"), Segment(" fine.")]
+    first, _ = tokenizer.tokenize_segments(segments)
+    assert calls == ["The user watched.", " It was", " Heat (1995)", " fine."]
+    again, _ = tokenizer.tokenize_segments(segments)
+    assert again == first == encode("The user watched. It was Heat (1995) fine.")
+    assert len(calls) == 4  # nothing encoded twice
+    monkeypatch.setattr("recsysllm.tokenization._PIECE_CACHE_SIZE", 2)
+    tokenizer.tokenize_segments([Segment("Something new.")])  # the memory held 3: cleared
+    assert tokenizer._piece_cache == {"Something new.": tuple(encode("Something new."))}
+
+
 # ---------------------------------------------------------------- trained sentencepiece
 
 
