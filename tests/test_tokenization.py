@@ -295,7 +295,6 @@ def test_encode_entity_is_cached(tiny_tokenizer):
     assert list(first) == tiny_tokenizer.encode(" Fargo (1996)")
 
 
-
 def test_text_pieces_are_encoded_once_and_the_memory_is_bounded(monkeypatch, tmp_path):
     """A text piece seen before is not encoded again (prompts repeat their template
     text), the ids are encode()'s, and the memory is cleared when it is full."""
