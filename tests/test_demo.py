@@ -62,6 +62,7 @@ def test_demo_evaluates_the_demo_templates_on_test(calls, tmp_path):
     assert _value(argv, "--split") == ["test"]
     assert _value(argv, "--checkpoint") == [str(tmp_path / "final")]
     assert "--limit" not in argv  # eval.limit of the checkpoint's config decides
+    assert "--no-fusion" in argv  # the fusion rows would take the demo past 10 minutes
     assert calls["config"].train.max_steps == 3
     assert calls["config"].train.output_dir == str(tmp_path / "run")
 
@@ -73,10 +74,13 @@ def test_demo_templates_all_and_limit(calls, tmp_path):
     assert _value(argv, "--limit") == ["7"]
     demo.main(["--output-dir", str(tmp_path), "--templates", "direct-3"])
     assert _value(calls["argv"], "--templates") == ["direct-3"]
+    demo.main(["--output-dir", str(tmp_path), "--fusion"])
+    assert "--no-fusion" not in calls["argv"]  # the config's eval.fusion (on) decides
 
 
-def test_demo_config_evaluates_enough_users():
-    """At least 500 test users (or all: null), so standard errors can separate the rows."""
-    limit = load_config(demo.DEFAULT_CONFIG).eval.limit
-    assert limit is None or limit >= 500
+def test_demo_config_evaluates_every_test_user():
+    """All test users (the issue's protocol), and fusion on for ``recsysllm evaluate``."""
+    config = load_config(demo.DEFAULT_CONFIG)
+    assert config.eval.limit is None
+    assert config.eval.fusion and config.eval.sasrec
     assert Path(demo.DEFAULT_CONFIG).read_text().startswith("# ")
