@@ -107,6 +107,68 @@ def test_glm_large_recipe_needs_no_gmask():
     assert config.data.mixture["explanation"] == 0 and config.data.mixture["review"] == 0
 
 
+def movielens_like_tables(num_users: int = 60, num_items: int = 150, events: int = 25):
+    """MovieLens-shaped tables (seeded): titles of 3-6 common words and a year, about as long
+    in GPT-2 tokens as MovieLens-100K's (about 7), every user with ``events`` events."""
+    import datasets
+    import numpy as np
+
+    from recsysllm.data.tables import RecTables
+
+    rng = np.random.default_rng(0)
+    words = ["the", "man", "who", "love", "night", "story", "house", "city", "last",
+             "return", "star", "day", "dead", "war", "little", "big", "time", "world",
+             "girl", "king", "blue", "white", "black", "secret", "game"]  # fmt: skip
+    titles = [
+        " ".join(rng.choice(words, size=int(rng.integers(3, 7)))).title()
+        + f" ({int(rng.integers(1930, 1999))})"
+        for _ in range(num_items)
+    ]
+    rows = [
+        (f"u{user}", f"i{item}", day * 86_400)
+        for user in range(num_users)
+        for day, item in enumerate(rng.choice(num_items, size=events, replace=False))
+    ]
+    return RecTables(
+        name="movielens-like",
+        interactions=datasets.Dataset.from_dict(
+            {
+                "user": [u for u, _, _ in rows],
+                "item": [i for _, i, _ in rows],
+                "timestamp": [t for _, _, t in rows],
+                "rating": [4.0] * len(rows),
+                "review": [""] * len(rows),
+                "summary": [""] * len(rows),
+            }
+        ),
+        items=datasets.Dataset.from_dict(
+            {"item": [f"i{i}" for i in range(num_items)], "title": titles}
+        ),
+        users=datasets.Dataset.from_dict(
+            {"user": []}, features=datasets.Features({"user": datasets.Value("string")})
+        ),
+    )
+
+
+def test_glm_large_recipe_lists_fit_its_512_positions():
+    """glm-large has 512 positions and candidate lists are never cut: its recipe's 1-of-N
+    lists must fit, under every template it trains and evaluates, with room to spare for
+    its WordPiece tokenizer (not shipped; GPT-2 BPE stands in: it splits English titles
+    alike), so training is not refused at its first minute. 1 + 99 lists need about 990."""
+    from recsysllm import pipeline
+    from recsysllm.tokenization import load_tokenizer
+    from recsysllm.training import check_candidate_prompts_fit, check_evaluation_prompts_fit
+
+    config = load_config(REPO / "configs" / "glm_large_lora.yaml")
+    assert config.data.max_length == 512
+    # A quarter of the positions to spare: the check at 384.
+    margin = load_config(REPO / "configs" / "glm_large_lora.yaml", ["data.max_length=384"])
+    data = pipeline.prepare_from_tables(movielens_like_tables(), margin.data, margin.data.seed)
+    tokenizer = load_tokenizer(REPO / "tests" / "assets" / "gpt2")
+    check_candidate_prompts_fit(margin, data, tokenizer)
+    check_evaluation_prompts_fit(margin, data, tokenizer)
+
+
 @pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda p: p.name)
 def test_deepspeed_configs_defer_to_trainer(path: Path):
     ds = json.loads(path.read_text())
