@@ -149,6 +149,27 @@ def demo_examples(tok: HFTokenizer) -> list:
     return examples
 
 
+
+def test_candidate_prefix_trees_score_as_the_reference_decoder(tok, ours):
+    """The static decoder's per-prompt prefix trees (tree attention over one row) give
+    the real model's scores of the one-row-per-candidate reference decoder: grouped-query
+    attention and rotary positions on the candidates' 2-D positions, titles sharing
+    their first tokens ("The ..."), one candidate a prefix of another."""
+    from recsysllm.generation import score_candidates
+
+    collator = BlankInfillingCollator(tok, max_length=256)
+    prompts = [collator.build_prompt(example) for example in demo_examples(tok)[:2]]
+    titles = ["The Usual Suspects (1995)", "The Usual Suspects", "The Rock (1996)",
+              "Heat (1995)", "Contact (1997)"]  # fmt: skip
+    candidates = [[tok.encode_entity(t) for t in titles]] * len(prompts)
+    first, shorter, other = (tok.encode_entity(t) for t in titles[:3])
+    assert first[: len(shorter)] == shorter and first[:1] == other[:1]  # shared prefixes
+    static = score_candidates(ours, prompts, candidates, tokenizer=tok, rows_per_pass=3)
+    reference = score_candidates(ours, prompts, candidates, tokenizer=tok, decoder="reference")
+    for got, expected in zip(static, reference, strict=True):
+        assert got == pytest.approx(expected, abs=2e-4)
+
+
 def test_a_few_lora_steps_lower_the_loss(model_dir, tok):
     model = load_decoder_checkpoint(model_dir)
     lora = LoraConfig(
