@@ -149,7 +149,6 @@ def demo_examples(tok: HFTokenizer) -> list:
     return examples
 
 
-
 def test_candidate_prefix_trees_score_as_the_reference_decoder(tok, ours):
     """The static decoder's per-prompt prefix trees (tree attention over one row) give
     the real model's scores of the one-row-per-candidate reference decoder: grouped-query
