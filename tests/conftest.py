@@ -87,6 +87,37 @@ def tiny_glm_config():
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
 
+def rows_to_tables(
+    rows: list[tuple[str, str, int]],
+    titles: dict[str, str],
+    ratings: list[float] | None = None,
+    name: str = "toy",
+):
+    """RecTables of (user, item, timestamp) rows, item -> title, no review text and no
+    users table rows; ``ratings`` per row (default 4.0)."""
+    import datasets
+
+    from recsysllm.data.tables import RecTables
+
+    return RecTables(
+        name=name,
+        interactions=datasets.Dataset.from_dict(
+            {
+                "user": [u for u, _, _ in rows],
+                "item": [i for _, i, _ in rows],
+                "timestamp": [t for _, _, t in rows],
+                "rating": [4.0] * len(rows) if ratings is None else list(ratings),
+                "review": [""] * len(rows),
+                "summary": [""] * len(rows),
+            }
+        ),
+        items=datasets.Dataset.from_dict({"item": list(titles), "title": list(titles.values())}),
+        users=datasets.Dataset.from_dict(
+            {"user": []}, features=datasets.Features({"user": datasets.Value("string")})
+        ),
+    )
+
+
 def fetch_or_skip(name: str, directory: str) -> Path:
     """``recsysllm data fetch NAME data/DIRECTORY``, or skip when the registry is unreachable."""
     from recsysllm.data.fetch import FetchError, fetch

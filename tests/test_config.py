@@ -110,10 +110,9 @@ def test_glm_large_recipe_needs_no_gmask():
 def movielens_like_tables(num_users: int = 60, num_items: int = 150, events: int = 25):
     """MovieLens-shaped tables (seeded): titles of 3-6 common words and a year, about as long
     in GPT-2 tokens as MovieLens-100K's (about 7), every user with ``events`` events."""
-    import datasets
     import numpy as np
 
-    from recsysllm.data.tables import RecTables
+    from tests.conftest import rows_to_tables
 
     rng = np.random.default_rng(0)
     words = ["the", "man", "who", "love", "night", "story", "house", "city", "last",
@@ -129,24 +128,8 @@ def movielens_like_tables(num_users: int = 60, num_items: int = 150, events: int
         for user in range(num_users)
         for day, item in enumerate(rng.choice(num_items, size=events, replace=False))
     ]
-    return RecTables(
-        name="movielens-like",
-        interactions=datasets.Dataset.from_dict(
-            {
-                "user": [u for u, _, _ in rows],
-                "item": [i for _, i, _ in rows],
-                "timestamp": [t for _, _, t in rows],
-                "rating": [4.0] * len(rows),
-                "review": [""] * len(rows),
-                "summary": [""] * len(rows),
-            }
-        ),
-        items=datasets.Dataset.from_dict(
-            {"item": [f"i{i}" for i in range(num_items)], "title": titles}
-        ),
-        users=datasets.Dataset.from_dict(
-            {"user": []}, features=datasets.Features({"user": datasets.Value("string")})
-        ),
+    return rows_to_tables(
+        rows, {f"i{i}": title for i, title in enumerate(titles)}, name="movielens-like"
     )
 
 

@@ -6,12 +6,10 @@ import json
 import math
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 
 from recsysllm.data.splits import build_splits
-from recsysllm.data.tables import RecTables
 from recsysllm.evaluation import EvalProtocol, evaluate_ranker, history_items, metrics
 from recsysllm.evaluation.sasrec import (
     SASRec,
@@ -26,6 +24,7 @@ from recsysllm.evaluation.sasrec import (
     training_windows,
 )
 from recsysllm.schema import Example
+from tests.conftest import rows_to_tables
 
 NUM_ITEMS = 20
 # Small and fast; the successor rule below is learnable in a few epochs.
@@ -50,25 +49,7 @@ def successor_splits(num_users: int = 60, length: int = 8):
         for step in range(length):
             rows.append((f"u{user}", f"x{(start + step) % NUM_ITEMS:02d}", 100 * step))
     item_ids = [f"x{i:02d}" for i in range(NUM_ITEMS)]
-    tables = RecTables(
-        name="successor",
-        interactions=datasets.Dataset.from_dict(
-            {
-                "user": [u for u, _, _ in rows],
-                "item": [i for _, i, _ in rows],
-                "timestamp": [t for _, _, t in rows],
-                "rating": [4.0] * len(rows),
-                "review": [""] * len(rows),
-                "summary": [""] * len(rows),
-            }
-        ),
-        items=datasets.Dataset.from_dict(
-            {"item": item_ids, "title": [f"Title {i}" for i in item_ids]}
-        ),
-        users=datasets.Dataset.from_dict(
-            {"user": []}, features=datasets.Features({"user": datasets.Value("string")})
-        ),
-    )
+    tables = rows_to_tables(rows, {i: f"Title {i}" for i in item_ids}, name="successor")
     return build_splits(tables, k=1, seed=0, num_negatives=3)
 
 

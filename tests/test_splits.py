@@ -6,35 +6,18 @@ import hashlib
 import json
 from collections import Counter
 
-import datasets
 import pytest
 
 from recsysllm.data.splits import EVAL_SPLITS, SPLITS, build_splits, k_core_rows, short_user_split
 from recsysllm.data.tables import RecTables
+from tests.conftest import rows_to_tables
 
 
 def make_tables(rows: list[tuple[str, str, int]], n_items: int | None = None) -> RecTables:
     """rows: (user, item, timestamp); items are titled "Title <item>"; no users table rows."""
     item_ids = sorted({item for _, item, _ in rows} | {f"x{i}" for i in range(n_items or 0)})
-    return RecTables(
-        name="toy",
-        interactions=datasets.Dataset.from_dict(
-            {
-                "user": [u for u, _, _ in rows],
-                "item": [i for _, i, _ in rows],
-                "timestamp": [t for _, _, t in rows],
-                "rating": [float(1 + n % 5) for n in range(len(rows))],
-                "review": [""] * len(rows),
-                "summary": [""] * len(rows),
-            }
-        ),
-        items=datasets.Dataset.from_dict(
-            {"item": item_ids, "title": [f"Title {i}" for i in item_ids]}
-        ),
-        users=datasets.Dataset.from_dict(
-            {"user": []}, features=datasets.Features({"user": datasets.Value("string")})
-        ),
-    )
+    ratings = [float(1 + n % 5) for n in range(len(rows))]
+    return rows_to_tables(rows, {i: f"Title {i}" for i in item_ids}, ratings)
 
 
 def test_k_core_iterates_until_stable():
