@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the LM + SASRec fusion rows: recsysllm demo --fusion, or "
             f"recsysllm evaluate --checkpoint {final} --split test --prompts all "
             f"--out {output_dir / 'eval_fusion' / 'results.json'}"
-            + ("" if templates is None else " --templates " + " ".join(templates)),
+            + ("" if templates is None else " --templates " + " ".join(templates))
+            + ("" if args.limit is None else f" --limit {args.limit}"),
             flush=True,
         )
     return status
