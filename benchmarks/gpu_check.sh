@@ -84,21 +84,8 @@ fi
 } 2>&1 | tee -a "$LOG"
 
 STARTED=$SECONDS
-# step NAME LIMIT COMMAND...: runs COMMAND under min(LIMIT, time left); logs; never aborts.
-step() {
-    local name=$1 limit=$2
-    shift 2
-    local left=$((BUDGET - (SECONDS - STARTED)))
-    if ((left < 30)); then
-        echo "== $name: skipped, ${left}s of the budget left" | tee -a "$LOG"
-        return
-    fi
-    ((limit > left)) && limit=$left
-    echo "== $name (limit ${limit}s, $((SECONDS - STARTED))s elapsed)" | tee -a "$LOG"
-    timeout --signal=INT --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
-    local status=$?
-    echo "== $name: exit $status after $((SECONDS - STARTED))s" | tee -a "$LOG"
-}
+STEP_MIN_LEFT=30
+source "$REPO/benchmarks/gpu_step.sh" # step NAME LIMIT COMMAND...
 BENCH=("$PYTHON" benchmarks/bench_training.py "${COMMON[@]}" --out "$RESULTS")
 
 step "1 $SMALL today" 90 "${BENCH[@]}" --shapes $SMALL --packing batch --checkpoint-every 0

@@ -110,21 +110,7 @@ else
 fi
 
 STARTED=$SECONDS
-step() { # step NAME LIMIT COMMAND...: under min(LIMIT, budget left), logged, never aborts
-    local name=$1 limit=$2
-    shift 2
-    local left=$((BUDGET - (SECONDS - STARTED)))
-    ((limit > left)) && limit=$left
-    if ((limit < 10)); then
-        echo "== $name: skipped, ${left}s of the budget left" | tee -a "$LOG"
-        return 1
-    fi
-    echo "== $name (limit ${limit}s, $((SECONDS - STARTED))s elapsed)" | tee -a "$LOG"
-    timeout --signal=INT --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
-    local status=$?
-    echo "== $name: exit $status after $((SECONDS - STARTED))s" | tee -a "$LOG"
-    return $status
-}
+source "$REPO/benchmarks/gpu_step.sh" # step NAME LIMIT COMMAND...
 
 {
     echo "gpu_quality $(date -u +%FT%TZ) smoke=$SMOKE"
