@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -105,12 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = evaluate_cli.main(eval_argv)
     print(f"demo finished in {time.monotonic() - started:.0f} s", flush=True)
     if not args.fusion:
+        # The same evaluation with the fusion rows: the demo's own arguments, another --out.
+        fusion_argv = [a for a in eval_argv if a != "--no-fusion"]
+        fusion_argv[fusion_argv.index("--out") + 1] = str(
+            output_dir / "eval_fusion" / "results.json"
+        )
         print(
-            "the LM + SASRec fusion rows: recsysllm demo --fusion, or "
-            f"recsysllm evaluate --checkpoint {final} --split test --prompts all "
-            f"--out {output_dir / 'eval_fusion' / 'results.json'}"
-            + ("" if templates is None else " --templates " + " ".join(templates))
-            + ("" if args.limit is None else f" --limit {args.limit}"),
+            "the LM + SASRec fusion rows: recsysllm demo --fusion, or recsysllm evaluate "
+            + shlex.join(fusion_argv),
             flush=True,
         )
     return status

@@ -67,11 +67,16 @@ def test_demo_evaluates_the_demo_templates_on_test(calls, tmp_path):
     assert calls["config"].train.output_dir == str(tmp_path / "run")
 
 
-def test_demo_templates_all_and_limit(calls, tmp_path):
+def test_demo_templates_all_and_limit(calls, tmp_path, capsys):
     demo.main(["--output-dir", str(tmp_path), "--templates", "all", "--limit", "7"])
     argv = calls["argv"]
     assert "--templates" not in argv
     assert _value(argv, "--limit") == ["7"]
+    # The printed command adding the fusion rows is the same evaluation, written elsewhere.
+    hint = capsys.readouterr().out.splitlines()[-1].split("recsysllm evaluate ")[1].split()
+    assert "--no-fusion" not in hint and _value(hint, "--limit") == ["7"]
+    assert _value(hint, "--out") == [str(tmp_path / "eval_fusion" / "results.json")]
+    assert _value(hint, "--checkpoint") == _value(argv, "--checkpoint")
     demo.main(["--output-dir", str(tmp_path), "--templates", "direct-3"])
     assert _value(calls["argv"], "--templates") == ["direct-3"]
     demo.main(["--output-dir", str(tmp_path), "--fusion"])
