@@ -4,7 +4,8 @@
     python benchmarks/bench_long_titles.py --caps none 12 --examples 3000 --limit 100
     python benchmarks/bench_long_titles.py --data ml100k --caps none 16 32    # MovieLens-100K
 
-For each cap (``none`` = full titles) it trains the tiny from-scratch GLM of
+For each cap (``none`` = full titles; ``--disambiguation`` says how capped names that
+coincide are told apart) it trains the tiny from-scratch GLM of
 ``configs/tiny_ml100k.yaml`` (its model and optimiser; sequential templates only, short
 histories, ``--examples`` examples) with ``data.item_name_max_tokens`` set to the cap,
 then runs ``recsysllm evaluate`` on the VALID split (sequential-1, a seeded sample of
@@ -50,6 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=("long", "ml100k"), default="long")
     parser.add_argument("--caps", nargs="+", default=["none", "8", "16"])
+    parser.add_argument(
+        "--disambiguation",
+        choices=("number", "words"),
+        default="words",
+        help="data.item_name_disambiguation of the capped runs (default: the library's)",
+    )
     parser.add_argument("--examples", type=int, default=6000, help="training examples")
     parser.add_argument("--limit", type=int, default=200, help="valid users evaluated")
     parser.add_argument("--num-beams", type=int, default=20)
@@ -74,6 +81,7 @@ def recipe(args, cap: str, out: Path) -> dict:
         train_templates=["sequential-1", "sequential-2", "sequential-3"],
         examples_per_epoch=args.examples,
         item_name_max_tokens=None if cap == "none" else int(cap),
+        item_name_disambiguation=args.disambiguation,
     )
     raw["model"]["from_scratch"]["max_sequence_length"] = 512
     raw["train"].update(output_dir=str(out / "run"), save_steps=100_000, logging_steps=50)
@@ -112,7 +120,7 @@ def run_cap(args, cap: str, tables) -> list[dict]:
     from recsysllm.evaluation.cli import main as evaluate_main
     from recsysllm.training import train
 
-    out = Path(args.out_dir) / f"{args.data}-cap-{cap}"
+    out = Path(args.out_dir) / f"{args.data}-cap-{cap}-{args.disambiguation}"
     config = config_from_dict(recipe(args, cap, out), where=f"bench recipe (cap {cap})")
     started = time.monotonic()
     final = train(config)
@@ -149,7 +157,7 @@ def run_cap(args, cap: str, tables) -> list[dict]:
         ]
         rows.append(
             {
-                "cap": cap,
+                "cap": cap if cap == "none" else f"{cap} ({args.disambiguation})",
                 "system": system,
                 "users": row["users"],
                 "HR@10": (row["metrics"]["HR@10"], row["stderr"]["HR@10"]),

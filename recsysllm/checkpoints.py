@@ -53,10 +53,10 @@ from recsysllm.checkpoint_meta import (
     verify_weights,
     write_meta,
 )
-from recsysllm.config import Config, load_config
+from recsysllm.config import Config, config_from_dict
 from recsysllm.data.catalog import EntityCatalog
 from recsysllm.data.splits import RecSplits
-from recsysllm.files import atomic_write
+from recsysllm.files import atomic_write, read_yaml
 from recsysllm.modeling.families import get_backbone, resolve_family
 from recsysllm.prompts import PromptSet, load_prompts
 from recsysllm.tokenization import load_tokenizer, read_json
@@ -142,6 +142,22 @@ Loading refuses a base model, tokenizer or catalog other than the ones recorded 
 {peft_usage}"""
 
 
+def read_checkpoint_config(checkpoint_dir: str | os.PathLike) -> Config:
+    """The checkpoint's resolved training config (``config.yaml``).
+
+    A checkpoint written before ``data.item_name_disambiguation`` existed named capped
+    items by number, whatever today's default is: its config reads as ``"number"``.
+    """
+    path = Path(checkpoint_dir) / CONFIG_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    raw = read_yaml(path) or {}
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("item_name_max_tokens") is not None:
+        data.setdefault("item_name_disambiguation", "number")
+    return config_from_dict(raw, where=str(path))
+
+
 def write_extras(
     directory: str | os.PathLike,
     *,
@@ -224,7 +240,7 @@ def load_checkpoint_for_inference(
     where = str(checkpoint_dir)
     meta = read_meta(checkpoint_dir)
     verify_weights(checkpoint_dir, meta)  # flipped bytes are refused, not evaluated
-    config = load_config(checkpoint_dir / CONFIG_FILENAME)
+    config = read_checkpoint_config(checkpoint_dir)
     tokenizer = load_tokenizer(checkpoint_dir / TOKENIZER_DIRNAME, saved=True)
     check_compatible(meta, tokenizer_fingerprint=tokenizer.fingerprint, where=where)
     catalog = EntityCatalog.load(checkpoint_dir / CATALOG_FILENAME)

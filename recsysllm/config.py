@@ -32,7 +32,12 @@ from typing import Any
 import yaml
 
 from recsysllm.files import atomic_write, load_yaml, read_yaml
-from recsysllm.schema import PRETRAIN_TASK, TARGET_SAMPLING, TASK_FAMILIES
+from recsysllm.schema import (
+    ITEM_NAME_DISAMBIGUATIONS,
+    PRETRAIN_TASK,
+    TARGET_SAMPLING,
+    TASK_FAMILIES,
+)
 
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "flex")
@@ -309,10 +314,18 @@ class DataArgs:
     item_name_max_tokens: int | None = help_field(
         "cap every item's name (prompts, training targets, the entity trie, outputs) at this "
         "many tokens of the model's tokenizer: longer titles keep their longest whole-word "
-        "prefix that fits, names that then coincide get a suffix ' #1', ' #2', ...; "
+        "prefix that fits, names that then coincide are told apart as "
+        "data.item_name_disambiguation says; "
         "null: full titles (benchmarks/RESULTS.md, issue 12: long titles gain at equal "
         "compute only past the early collapse, which a cap deepens)",
         default=None,
+    )
+    item_name_disambiguation: str = help_field(
+        "how a cap tells apart items whose cut names coincide: 'number' (' #1', ' #2', ...) "
+        "or 'words' (the group's shared words, at most half the cap, then each title's own "
+        "words after them; numbers only where those coincide too; benchmarks/RESULTS.md, "
+        "issue 12: level or better on valid, and readable)",
+        default="words",
     )
     mask_prob: float = help_field(
         "collator: probability of entity-level [MASK] spans for pretrain documents", default=0.5
@@ -384,6 +397,12 @@ class DataArgs:
             "data",
             "item_name_max_tokens",
             f"must be null or >= 4 (a word and a ' #N' suffix), got {self.item_name_max_tokens}",
+        )
+        _check(
+            self.item_name_disambiguation in ITEM_NAME_DISAMBIGUATIONS,
+            "data",
+            "item_name_disambiguation",
+            f"must be one of {', '.join(ITEM_NAME_DISAMBIGUATIONS)}, got {self.item_name_disambiguation!r}",
         )
         _check(
             self.packing_window >= 0,

@@ -201,6 +201,7 @@ def cap_item_names(data: PreparedData, data_args: DataArgs, tokenizer: Any) -> P
         data.splits.tables.items,
         lambda name: len(tokenizer.encode_entity(name)),
         max_tokens,
+        disambiguation=data_args.item_name_disambiguation,
         source=data.splits.tables.name,
     )
     splits = data.splits.with_item_keys(item_keys)

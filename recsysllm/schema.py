@@ -17,6 +17,8 @@ TASK_FAMILIES = ("rating", "sequential", "explanation", "review", "direct")
 PRETRAIN_TASK = "pretrain"
 # How a training example's target event is drawn (data.target_sampling).
 TARGET_SAMPLING = ("events", "users", "users_recent")
+# How a name cap tells apart items whose cut names coincide (data.item_name_disambiguation).
+ITEM_NAME_DISAMBIGUATIONS = ("number", "words")
 
 # How the collator hides the answer of a task example.
 ANSWER_MASKS = ("mask", "gmask")

@@ -41,7 +41,7 @@ def test_hand_computed_names():
         ("e", "Heat (1995)"),
         ("f", "Tiny Lamp, Desk Office Warm Light"),  # cut after a comma: the comma goes
     ]
-    keys = capped_item_key_map(table(rows), words, 4)
+    keys = capped_item_key_map(table(rows), words, 4, disambiguation="number")
     assert keys == {
         # Same 4-word cut "Acme Steel Travel Mug": numbered by full title ("...Blue" first),
         # each cut to 4 - 1 words so the suffix fits.
@@ -59,6 +59,49 @@ def test_hand_computed_names():
     assert chars == {"x": "Super"}
 
 
+def test_hand_computed_names_told_apart_by_their_words():
+    rows = [
+        ("b2", "Acme Steel Travel Mug with Lid, Red"),
+        ("b1", "Acme Steel Travel Mug with Lid, Blue"),
+        ("b3", "Acme Steel Travel Mug with Lid, Green Matte"),
+        ("c", "Kettle"),  # short: unchanged
+        ("d", "Heat (1995)"),  # two items share this short title: nothing tells them apart
+        ("e", "Heat (1995)"),
+        ("g", "Lamp Desk Office Light Warm White Shade"),  # the same 4-word cut, and the
+        ("h", "Lamp Desk Office Light Warm White Bulb"),  # same 5th and 6th words
+        ("i", "Lamp Desk Office Light Cool"),
+    ]
+    keys = capped_item_key_map(table(rows), words, 4, disambiguation="words")
+    assert keys == {
+        # The shared words "Acme ... Lid," cut to half the cap (2 words), then each
+        # title's own words after them, as many as fit (2).
+        "b1": "Acme Steel Blue",
+        "b2": "Acme Steel Red",
+        "b3": "Acme Steel Green Matte",
+        "c": "Kettle",
+        # Equal titles: numbered as with disambiguation="number".
+        "d": "Heat (1995) #1",
+        "e": "Heat (1995) #2",
+        # Shared "Lamp Desk Office Light" -> head "Lamp Desk"; g's and h's tails both cut
+        # to "Warm White", so those two fall back to numbers (by full title: "...Bulb"
+        # first); "i" keeps its word.
+        "g": "Lamp Desk Office #2",
+        "h": "Lamp Desk Office #1",
+        "i": "Lamp Desk Cool",
+    }
+    # A group's keeper (a fitting title no one else has) keeps its name; the others differ.
+    kept = capped_item_key_map(
+        table([("k", "Big Kettle"), ("l", "Big Kettle Red Enamel")]), words, 2,
+        disambiguation="words",
+    )  # fmt: skip
+    assert kept == {"k": "Big Kettle", "l": "Big Red"}
+
+
+def test_an_unknown_disambiguation_is_refused():
+    with pytest.raises(ValueError, match=r"items: item name disambiguation must be one of"):
+        capped_item_key_map(table([("a", "A")]), words, 4, disambiguation="letters")
+
+
 def test_without_collisions_or_long_titles_the_keys_are_the_titles():
     rows = [("1", "Toy Story (1995)"), ("2", "Fargo (1996)"), ("3", "Heat (1995)")]
     assert capped_item_key_map(table(rows), words, 4) == item_key_map(table(rows))
@@ -72,25 +115,54 @@ TITLE_WORDS = st.sampled_from(["Acme", "Mug", "Blue", "Red", "Lid,", "with", "16
     titles=st.lists(st.lists(TITLE_WORDS, min_size=1, max_size=12), min_size=1, max_size=30),
     max_tokens=st.integers(min_value=4, max_value=10),
     order_seed=st.integers(0, 1000),
+    disambiguation=st.sampled_from(["number", "words"]),
 )
-def test_capped_names_are_one_to_one_short_deterministic_and_prefixes(
-    titles, max_tokens, order_seed
+def test_capped_names_are_one_to_one_short_deterministic_and_from_the_title(
+    titles, max_tokens, order_seed, disambiguation
 ):
     rows = [(f"i{n}", " ".join(title)) for n, title in enumerate(titles)]
-    keys = capped_item_key_map(table(rows), words, max_tokens)
+    keys = capped_item_key_map(table(rows), words, max_tokens, disambiguation=disambiguation)
     assert set(keys) == {item for item, _ in rows}
     assert len(set(keys.values())) == len(keys)  # one-to-one
     assert all(words(key) <= max_tokens for key in keys.values())
     shuffled = rows[:]
     random.Random(order_seed).shuffle(shuffled)
-    assert capped_item_key_map(table(shuffled), words, max_tokens) == keys  # order-free
+    again = capped_item_key_map(table(shuffled), words, max_tokens, disambiguation=disambiguation)
+    assert again == keys  # order-free
     counts = {title: sum(t == title for _, t in rows) for _, title in rows}
     for item, title in rows:
         key = keys[item]
         if words(title) <= max_tokens and counts[title] == 1:
             assert key == title  # untouched when short and unshared
-        else:  # a whole-word prefix, numbered when it (or the title) is shared
+        elif " #" in key:  # numbered: a whole-word prefix of the title
             assert title.startswith(key.rsplit(" #", 1)[0])
+        else:  # a whole-word prefix, then (words) a run of the title's later words
+            assert disambiguation == "words" or title.startswith(key)
+            assert _prefix_then_run(key.split(), title.split())
+    if disambiguation == "words":  # numbers only for items that "number" numbers too
+        numbered = capped_item_key_map(table(rows), words, max_tokens, disambiguation="number")
+        assert {i for i, k in keys.items() if " #" in k} <= {
+            i for i, k in numbered.items() if " #" in k
+        }
+
+
+def _prefix_then_run(key: list[str], title: list[str]) -> bool:
+    """``key`` is the first i words of ``title`` then a contiguous run of its later words
+    (a cut word may have lost its trailing punctuation)."""
+
+    def same(a, b):
+        return a == b or a == b.rstrip(",;:-|/(&+")
+
+    for i in range(1, len(key) + 1):
+        if not all(same(k, t) for k, t in zip(key[:i], title, strict=False)) or i > len(title):
+            break
+        rest = key[i:]
+        if not rest:
+            return True
+        for start in range(i, len(title) - len(rest) + 1):
+            if all(same(k, t) for k, t in zip(rest, title[start:], strict=False)):
+                return True
+    return False
 
 
 def test_sentencepiece_caps_on_the_generated_catalog(long_tokenizer):
@@ -109,7 +181,21 @@ def test_sentencepiece_caps_on_the_generated_catalog(long_tokenizer):
         ids = [long_tokenizer.encode_entity(key) for key in keys.values()]
         assert len(set(ids)) == len(ids)  # distinguishable by their tokens, as the trie needs
     # The 68-variant brand line: one shared prefix, so at 8 tokens every variant is numbered.
-    assert sum(" #" in key for key in capped_item_key_map(table(rows), count, 8).values()) >= 68
+    by_number = capped_item_key_map(table(rows), count, 8, disambiguation="number")
+    assert sum(" #" in key for key in by_number.values()) >= 68
+    # Told apart by their words, fewer are numbered, the more so the more room the cap
+    # leaves for the words after the shared ones (this tokenizer has 400 pieces: the
+    # titles are ~125 tokens, so at 8 tokens a head is part of one word).
+    numbered = {}
+    for max_tokens in (8, 16, 32):
+        keys = capped_item_key_map(table(rows), count, max_tokens, disambiguation="words")
+        assert len(set(keys.values())) == len(rows)
+        assert max(count(key) for key in keys.values()) <= max_tokens
+        by_number = capped_item_key_map(table(rows), count, max_tokens, disambiguation="number")
+        numbered[max_tokens] = sum(" #" in key for key in keys.values())
+        assert numbered[max_tokens] < sum(" #" in key for key in by_number.values())
+    assert numbered[8] > numbered[16] > numbered[32]
+    assert numbered[32] < 68 / 4
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -148,15 +234,17 @@ def long_tokenizer(tmp_path_factory):
     return train_sentencepiece_tokenizer(texts, tmp_path_factory.mktemp("spm"), vocab_size=400)
 
 
-def test_cap_renames_splits_catalog_examples_and_the_trie(long_dir, long_tokenizer):
+@pytest.mark.parametrize("disambiguation", ["number", "words"])
+def test_cap_renames_splits_catalog_examples_and_the_trie(long_dir, long_tokenizer, disambiguation):
     from recsysllm.pipeline import cap_item_names, prepare_data
     from recsysllm.trie import EntityTrie
 
     full = prepare_data(_long_title_data_args(long_dir, item_name_max_tokens=12), seed=0)
     assert cap_item_names(full, _long_title_data_args(long_dir), long_tokenizer) is full  # null
-    capped = cap_item_names(
-        full, _long_title_data_args(long_dir, item_name_max_tokens=12), long_tokenizer
+    capped_args = _long_title_data_args(
+        long_dir, item_name_max_tokens=12, item_name_disambiguation=disambiguation
     )
+    capped = cap_item_names(full, capped_args, long_tokenizer)
     titles = dict(
         zip(full.splits.tables.items["item"], full.splits.tables.items["title"], strict=True)
     )
@@ -182,6 +270,14 @@ def test_cap_renames_splits_catalog_examples_and_the_trie(long_dir, long_tokeniz
     entities = {s.entity for e in examples for s in e.segments if s.is_entity}
     assert entities and entities <= set(names.values())
     assert any(name != titles[raw] for raw, name in names.items())
+    # The setting reaches the names: the numbered ones are those capped_item_key_map gives.
+    expected = capped_item_key_map(
+        full.splits.tables.items,
+        lambda name: len(long_tokenizer.encode_entity(name)),
+        12,
+        disambiguation=disambiguation,
+    )
+    assert names == expected
 
 
 def _mixture():
@@ -281,6 +377,26 @@ def test_evaluation_refuses_another_cap(capped_run, tmp_path):
         evaluate_main([*base, "data.item_name_max_tokens=12"])
     with pytest.raises(ConfigMismatchError, match=r"data\.item_name_max_tokens is None"):
         evaluate_main([*base, "data.item_name_max_tokens=null"])
+    with pytest.raises(
+        ConfigMismatchError,
+        match=r"data\.item_name_disambiguation is 'number' .* trained with 'words'",
+    ):
+        evaluate_main([*base, "data.item_name_disambiguation=number"])
+
+
+def test_a_checkpoint_from_before_the_setting_reads_as_numbered(capped_run, tmp_path):
+    """Checkpoints written before data.item_name_disambiguation existed numbered their
+    capped names; their config.yaml has no such key and must not take today's default."""
+    from recsysllm.checkpoints import read_checkpoint_config
+
+    assert read_checkpoint_config(capped_run["final"]).data.item_name_disambiguation == "words"
+    raw = yaml.safe_load((capped_run["final"] / "config.yaml").read_text())
+    del raw["data"]["item_name_disambiguation"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    assert read_checkpoint_config(tmp_path).data.item_name_disambiguation == "number"
+    raw["data"]["item_name_max_tokens"] = None  # uncapped: nothing was named, the default
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    assert read_checkpoint_config(tmp_path).data.item_name_disambiguation == "words"
 
 
 def test_config_refuses_a_cap_without_room_for_a_word_and_a_suffix():
@@ -290,3 +406,6 @@ def test_config_refuses_a_cap_without_room_for_a_word_and_a_suffix():
     assert DataArgs(item_name_max_tokens=4).item_name_max_tokens == 4
     with pytest.raises(ValueError, match=r"data\.item_name_max_tokens.*>= 4"):
         DataArgs(item_name_max_tokens=3)
+    assert DataArgs().item_name_disambiguation == "words"
+    with pytest.raises(ValueError, match=r"data\.item_name_disambiguation.*number, words"):
+        DataArgs(item_name_disambiguation="letters")

@@ -9,8 +9,10 @@ keys back.
 
 With a name cap (``data.item_name_max_tokens``, :func:`capped_item_key_map`), every
 item's key is instead its title cut to at most N tokens of the model's tokenizer, and
-items whose cut titles coincide (or whose titles were equal to begin with) get a short
-suffix ``" #1"``, ``" #2"``, ... so the key -> item map stays one-to-one.
+items whose cut titles coincide (or whose titles were equal to begin with) are told
+apart (``data.item_name_disambiguation``) by a short suffix ``" #1"``, ``" #2"``, ...
+or by the words of their own titles after the words they share, so the key -> item map
+stays one-to-one.
 
 A user attribute value (e.g. age "25-34") is an entity with key
 ``"attr:<column>=<value>"`` and surface text ``<value>``.
@@ -33,7 +35,7 @@ import datasets
 
 from recsysllm.data.tables import RecTables
 from recsysllm.files import atomic_write
-from recsysllm.schema import Segment
+from recsysllm.schema import ITEM_NAME_DISAMBIGUATIONS, Segment
 
 ATTRIBUTE_PREFIX = "attr:"
 _FORMAT_VERSION = 1
@@ -98,6 +100,7 @@ def capped_item_key_map(
     count_tokens: Callable[[str], int],
     max_tokens: int,
     *,
+    disambiguation: str = "words",
     source: str = "items",
 ) -> dict[str, str]:
     """Raw item id -> item key of at most ``max_tokens`` tokens, one-to-one.
@@ -107,9 +110,16 @@ def capped_item_key_map(
     - A longer title is cut to its longest prefix of whole words (whitespace-separated,
       joined by one space, trailing ``,;:-|/(&+`` and spaces dropped) that fits; a first
       word alone too long is cut by characters.
-    - Items whose cut titles coincide (with each other or with an unchanged title), or
-      whose titles were equal to begin with, are numbered ``" #1"``, ``" #2"``, ... in
-      order of (full title, raw id), each title cut so that title and suffix together fit.
+    - Items whose cuts coincide with another name are told apart as ``disambiguation``
+      says:
+
+      - ``"number"``: numbered ``" #1"``, ``" #2"``, ... in order of (full title, raw id),
+        each title cut so that title and suffix together fit.
+      - ``"words"``: by their own words. The cut titles of a group share a longest
+        common whole-word prefix; each name keeps at most half the cap of it (the
+        *head*, e.g. the brand) followed by the first words of its title after it
+        (the *tail*, e.g. "Red, Size 10"), as many as fit. Names that still coincide
+        (titles equal, or equal in the tail's first words) are numbered as above.
 
     The keys depend only on the titles, the raw ids and ``count_tokens`` (not on the
     order of the rows), so training, the checkpoint and evaluation that use the same
@@ -120,12 +130,15 @@ def capped_item_key_map(
         count_tokens: tokens of an entity name, e.g. ``len(tokenizer.encode_entity(name))``
             (the leading-space convention of the trie and the collator).
         max_tokens: the cap (``data.item_name_max_tokens``).
+        disambiguation: ``"words"`` (default) or ``"number"``
+            (``data.item_name_disambiguation``).
         source: name used in error messages (data set or file name).
 
     Raises:
         ValueError: an empty title or a repeated raw id (as :func:`item_key_map`), a
-            title whose first character alone exceeds the cap, or capped keys that still
-            collide (a real title that reads like another's numbered key).
+            title whose first character alone exceeds the cap, an unknown
+            ``disambiguation``, or capped keys that still collide (a real title that
+            reads like another's numbered key).
 
     Example:
         >>> words = lambda name: len(name.split())  # a tokenizer with one token per word
@@ -133,10 +146,17 @@ def capped_item_key_map(
         ...     {"item": ["a", "b", "c"],
         ...      "title": ["Acme Travel Mug, Red", "Acme Travel Mug, Blue", "Kettle"]})
         >>> capped_item_key_map(table, words, 3)
+        {'a': 'Acme Red', 'b': 'Acme Blue', 'c': 'Kettle'}
+        >>> capped_item_key_map(table, words, 3, disambiguation="number")
         {'a': 'Acme Travel #2', 'b': 'Acme Travel #1', 'c': 'Kettle'}
     """
     if max_tokens < 1:
         raise ValueError(f"{source}: item name cap must be >= 1 token, got {max_tokens}")
+    if disambiguation not in ITEM_NAME_DISAMBIGUATIONS:
+        raise ValueError(
+            f"{source}: item name disambiguation must be one of {ITEM_NAME_DISAMBIGUATIONS}, "
+            f"got {disambiguation!r}"
+        )
     titles = item_titles(items, source=source)
     title_counts = Counter(titles.values())
     cut = {
@@ -144,29 +164,20 @@ def capped_item_key_map(
         for raw_id, title in titles.items()
     }
     counts = Counter(cut.values())
-    # A fitting title no other item has keeps its name (a cut that lands on it is numbered).
+    # A fitting title no other item has keeps its name (a cut that lands on it is renamed).
     colliding = {
         raw_id
         for raw_id, name in cut.items()
         if counts[name] > 1 and not (name == titles[raw_id] and title_counts[name] == 1)
     }
     keys = {raw_id: name for raw_id, name in cut.items() if raw_id not in colliding}
+    if colliding and disambiguation == "words":
+        named = _named_by_words(colliding, titles, cut, count_tokens, max_tokens, source)
+        taken = Counter(keys.values()) + Counter(named.values())
+        keys.update({raw_id: name for raw_id, name in named.items() if taken[name] == 1})
+        colliding = {raw_id for raw_id, name in named.items() if taken[name] > 1}
     if colliding:
-        # Room for the longest suffix any colliding item can get.
-        room = max(count_tokens(_SUFFIX.format(n).lstrip()) for n in range(1, len(colliding) + 1))
-        groups: dict[str, list[str]] = {}
-        for raw_id in colliding:
-            base = _cut_title(titles[raw_id], count_tokens, max_tokens - room, source)
-            groups.setdefault(base, []).append(raw_id)
-        for base, members in groups.items():
-            for number, raw_id in enumerate(sorted(members, key=lambda r: (titles[r], r)), 1):
-                suffix = _SUFFIX.format(number)
-                budget = max_tokens - room
-                key = base + suffix
-                while count_tokens(key) > max_tokens:  # a tokenizer that merges across spaces
-                    budget -= 1
-                    key = _cut_title(titles[raw_id], count_tokens, budget, source) + suffix
-                keys[raw_id] = key
+        keys.update(_numbered(colliding, titles, count_tokens, max_tokens, source))
     duplicated = [key for key, count in Counter(keys.values()).items() if count > 1]
     if duplicated:
         raise ValueError(
@@ -174,6 +185,82 @@ def capped_item_key_map(
             "choose another data.item_name_max_tokens"
         )
     return {raw_id: keys[raw_id] for raw_id in titles}
+
+
+def _numbered(
+    members: set[str],
+    titles: Mapping[str, str],
+    count_tokens: Callable[[str], int],
+    max_tokens: int,
+    source: str,
+) -> dict[str, str]:
+    """``members`` named ``<title cut> #<n>``, numbered per cut by (full title, raw id)."""
+    # Room for the longest suffix any member can get.
+    room = max(count_tokens(_SUFFIX.format(n).lstrip()) for n in range(1, len(members) + 1))
+    groups: dict[str, list[str]] = {}
+    for raw_id in members:
+        base = _cut_title(titles[raw_id], count_tokens, max_tokens - room, source)
+        groups.setdefault(base, []).append(raw_id)
+    keys = {}
+    for base, group in groups.items():
+        for number, raw_id in enumerate(sorted(group, key=lambda r: (titles[r], r)), 1):
+            suffix = _SUFFIX.format(number)
+            budget = max_tokens - room
+            key = base + suffix
+            while count_tokens(key) > max_tokens:  # a tokenizer that merges across spaces
+                budget -= 1
+                key = _cut_title(titles[raw_id], count_tokens, budget, source) + suffix
+            keys[raw_id] = key
+    return keys
+
+
+def _named_by_words(
+    members: set[str],
+    titles: Mapping[str, str],
+    cut: Mapping[str, str],
+    count_tokens: Callable[[str], int],
+    max_tokens: int,
+    source: str,
+) -> dict[str, str]:
+    """``members`` named head (the group's shared words, at most half the cap) + tail (the
+    first words of their own title after them); see :func:`capped_item_key_map`."""
+    by_cut: dict[str, list[str]] = {}
+    for raw_id, name in cut.items():
+        by_cut.setdefault(name, []).append(raw_id)
+    names = {}
+    for raw_id in members:
+        group = [titles[other].split() for other in by_cut[cut[raw_id]]]
+        shared = _common_prefix_length(group)
+        words = titles[raw_id].split()
+        head = ""
+        if shared:
+            head = _cut_title(" ".join(words[:shared]), count_tokens, max_tokens // 2, source)
+            head = head.rstrip(_TRAILING) or head
+        tail_words = " ".join(words[shared:])
+        name = head
+        budget = max_tokens - (count_tokens(head) if head else 0)
+        while tail_words and budget >= 1:
+            try:
+                tail = _cut_title(tail_words, count_tokens, budget, source)
+            except ValueError:  # not one character of the tail fits: left to the numbers
+                break
+            candidate = f"{head} {tail}" if head else tail
+            if count_tokens(candidate) <= max_tokens:
+                name = candidate
+                break
+            budget -= 1  # a tokenizer that merges across the join
+        names[raw_id] = name
+    return names
+
+
+def _common_prefix_length(word_lists: list[list[str]]) -> int:
+    """Number of leading words all ``word_lists`` share."""
+    length = 0
+    for column in zip(*word_lists, strict=False):
+        if any(word != column[0] for word in column):
+            break
+        length += 1
+    return length
 
 
 _SUFFIX = " #{}"

@@ -71,6 +71,7 @@ EXAMPLE_FIELDS = (
     "num_negatives",
     "answer_text_tokens",
     "item_name_max_tokens",
+    "item_name_disambiguation",
     "prompts_dir",
     "seed",
     "split_seed",
