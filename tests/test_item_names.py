@@ -32,26 +32,44 @@ def table(rows: list[tuple[str, str]]) -> datasets.Dataset:
     )
 
 
-def test_hand_computed_names():
-    rows = [
-        ("b2", "Acme Steel Travel Mug with Lid, Red"),
-        ("b1", "Acme Steel Travel Mug with Lid, Blue"),
-        ("c", "Kettle"),  # short: unchanged
-        ("d", "Heat (1995)"),  # two items share this short title
-        ("e", "Heat (1995)"),
-        ("f", "Tiny Lamp, Desk Office Warm Light"),  # cut after a comma: the comma goes
-    ]
-    keys = capped_item_key_map(table(rows), words, 4, disambiguation="number")
-    assert keys == {
-        # Same 4-word cut "Acme Steel Travel Mug": numbered by full title ("...Blue" first),
-        # each cut to 4 - 1 words so the suffix fits.
-        "b1": "Acme Steel Travel #1",
-        "b2": "Acme Steel Travel #2",
-        "c": "Kettle",
-        "d": "Heat (1995) #1",
-        "e": "Heat (1995) #2",
+HAND_ROWS = [
+    ("b2", "Acme Steel Travel Mug with Lid, Red"),
+    ("b1", "Acme Steel Travel Mug with Lid, Blue"),
+    ("b3", "Acme Steel Travel Mug with Lid, Green Matte"),
+    ("c", "Kettle"),  # short: unchanged
+    ("d", "Heat (1995)"),  # two items share this short title: nothing tells them apart
+    ("e", "Heat (1995)"),
+    ("f", "Tiny Lamp, Desk Office Warm Light"),  # cut after a comma: the comma goes
+    ("g", "Lamp Desk Office Light Warm White Shade"),  # the same 4-word cut, and the
+    ("h", "Lamp Desk Office Light Warm White Bulb"),  # same 5th and 6th words
+    ("i", "Lamp Desk Office Light Cool"),
+]
+# Both: "c" and "f" coincide with no other name; the equal titles "d", "e" are numbered.
+# number: every group with the same 4-word cut is numbered by full title, each name cut to
+# 4 - 1 words so that the suffix fits.
+# words: the words a group shares, cut to half the cap (2 words), then each title's own
+# words after them, as many as fit; g's and h's both cut to "Warm White", so those two
+# fall back to numbers (by full title: "...Bulb" first).
+HAND_NAMES = {
+    "number": {
+        "b1": "Acme Steel Travel #1", "b3": "Acme Steel Travel #2", "b2": "Acme Steel Travel #3",
+        "c": "Kettle", "d": "Heat (1995) #1", "e": "Heat (1995) #2",
         "f": "Tiny Lamp, Desk Office",
-    }
+        "i": "Lamp Desk Office #1", "h": "Lamp Desk Office #2", "g": "Lamp Desk Office #3",
+    },
+    "words": {
+        "b1": "Acme Steel Blue", "b2": "Acme Steel Red", "b3": "Acme Steel Green Matte",
+        "c": "Kettle", "d": "Heat (1995) #1", "e": "Heat (1995) #2",
+        "f": "Tiny Lamp, Desk Office",
+        "h": "Lamp Desk Office #1", "g": "Lamp Desk Office #2", "i": "Lamp Desk Cool",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("disambiguation", ["number", "words"])
+def test_hand_computed_names(disambiguation):
+    keys = capped_item_key_map(table(HAND_ROWS), words, 4, disambiguation=disambiguation)
+    assert keys == HAND_NAMES[disambiguation]
     # At 2 words, "Tiny Lamp," loses its trailing comma.
     assert capped_item_key_map(table([("f", "Tiny Lamp, Desk")]), words, 2) == {"f": "Tiny Lamp"}
     # A first word longer than the cap is cut by characters.
@@ -59,37 +77,7 @@ def test_hand_computed_names():
     assert chars == {"x": "Super"}
 
 
-def test_hand_computed_names_told_apart_by_their_words():
-    rows = [
-        ("b2", "Acme Steel Travel Mug with Lid, Red"),
-        ("b1", "Acme Steel Travel Mug with Lid, Blue"),
-        ("b3", "Acme Steel Travel Mug with Lid, Green Matte"),
-        ("c", "Kettle"),  # short: unchanged
-        ("d", "Heat (1995)"),  # two items share this short title: nothing tells them apart
-        ("e", "Heat (1995)"),
-        ("g", "Lamp Desk Office Light Warm White Shade"),  # the same 4-word cut, and the
-        ("h", "Lamp Desk Office Light Warm White Bulb"),  # same 5th and 6th words
-        ("i", "Lamp Desk Office Light Cool"),
-    ]
-    keys = capped_item_key_map(table(rows), words, 4, disambiguation="words")
-    assert keys == {
-        # The shared words "Acme ... Lid," cut to half the cap (2 words), then each
-        # title's own words after them, as many as fit (2).
-        "b1": "Acme Steel Blue",
-        "b2": "Acme Steel Red",
-        "b3": "Acme Steel Green Matte",
-        "c": "Kettle",
-        # Equal titles: numbered as with disambiguation="number".
-        "d": "Heat (1995) #1",
-        "e": "Heat (1995) #2",
-        # Shared "Lamp Desk Office Light" -> head "Lamp Desk"; g's and h's tails both cut
-        # to "Warm White", so those two fall back to numbers (by full title: "...Bulb"
-        # first); "i" keeps its word.
-        "g": "Lamp Desk Office #2",
-        "h": "Lamp Desk Office #1",
-        "i": "Lamp Desk Cool",
-    }
-    # A group's keeper (a fitting title no one else has) keeps its name; the others differ.
+def test_a_fitting_title_keeps_its_name_and_the_longer_one_is_told_apart_by_words():
     kept = capped_item_key_map(
         table([("k", "Big Kettle"), ("l", "Big Kettle Red Enamel")]), words, 2,
         disambiguation="words",
