@@ -227,10 +227,13 @@ def _named_by_words(
     by_cut: dict[str, list[str]] = {}
     for raw_id, name in cut.items():
         by_cut.setdefault(name, []).append(raw_id)
+    shared_words: dict[str, int] = {}  # per cut: leading words its titles share
     names = {}
     for raw_id in members:
-        group = [titles[other].split() for other in by_cut[cut[raw_id]]]
-        shared = _common_prefix_length(group)
+        if cut[raw_id] not in shared_words:
+            group = [titles[other].split() for other in by_cut[cut[raw_id]]]
+            shared_words[cut[raw_id]] = _common_prefix_length(group)
+        shared = shared_words[cut[raw_id]]
         words = titles[raw_id].split()
         head = ""
         if shared:
