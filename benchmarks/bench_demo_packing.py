@@ -25,7 +25,7 @@ from pathlib import Path
 
 from recsysllm.config import load_config
 from recsysllm.data.fetch import fetch
-from recsysllm.pipeline import build_tokenizer, prepare_data, task_mixture
+from recsysllm.pipeline import build_tokenizer, cap_item_names, prepare_data, task_mixture
 from recsysllm.training import training_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +78,7 @@ def main() -> None:
         mixture=task_mixture(config.data),
         seed=config.data.seed,
     )
+    data = cap_item_names(data, config.data, tokenizer)  # as training names the items
     common = [*base, f"data.examples_per_epoch={args.examples}", "train.epochs=1"]
     print(f"{args.examples} examples of epoch 0 of {CONFIG.name}'s mixture")
     print("| max length | packing | batch | batches | non-pad tokens | examples / CPU s |")

@@ -22,7 +22,7 @@ import numpy as np
 
 from recsysllm.config import DataArgs
 from recsysllm.modeling.glm.tokenization import GLMTokenizer
-from recsysllm.pipeline import answer_budget, prepare_data
+from recsysllm.pipeline import answer_budget, cap_item_names, prepare_data
 from recsysllm.prompt_layout import PromptTooLongError, SpecialTokenIds, build_prompt
 from recsysllm.schema import Segment
 
@@ -48,7 +48,7 @@ def main() -> None:
 
     tokenizer = GLMTokenizer.from_pretrained(args.tokenizer)
     data_args = DataArgs(path=args.data, num_negatives=args.num_negatives)
-    data = prepare_data(data_args, seed=42)
+    data = cap_item_names(prepare_data(data_args, seed=42), data_args, tokenizer)
     examples = data.tasks.examples("test", prompts="all", seed=42)
     users = sorted({e.user for e in examples})
     rng = np.random.default_rng(0)

@@ -102,7 +102,9 @@ def plain_text_rows(args) -> dict:
     from recsysllm.evaluation.plain_text import PlainTextRanker, PlainTextScorer
 
     config = load_config(args.config, [*args.overrides, f"model.base_model={args.base_model}"])
+    model, tokenizer = pipeline.load_base_model_for_inference(config.model, config.tokenizer)
     data = pipeline.prepare_data(config.data, seed=config.data.evaluation_seed)
+    data = pipeline.cap_item_names(data, config.data, tokenizer)  # the harness row's names
     examples = data.tasks.examples(
         args.split, ["direct"], prompts="all", seed=config.data.evaluation_seed
     )
@@ -116,7 +118,6 @@ def plain_text_rows(args) -> dict:
         seed=config.data.evaluation_seed,
         catalog_size=len(data.catalog.item_keys),
     )
-    model, tokenizer = pipeline.load_base_model_for_inference(config.model, config.tokenizer)
     scorer = PlainTextScorer(model, tokenizer)
     rows = {
         name: evaluate_ranker(name, PlainTextRanker(scorer, norm), examples, protocol).to_dict()

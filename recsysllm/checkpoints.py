@@ -145,16 +145,20 @@ Loading refuses a base model, tokenizer or catalog other than the ones recorded 
 def read_checkpoint_config(checkpoint_dir: str | os.PathLike) -> Config:
     """The checkpoint's resolved training config (``config.yaml``).
 
-    A checkpoint written before ``data.item_name_disambiguation`` existed named capped
-    items by number, whatever today's default is: its config reads as ``"number"``.
+    Older checkpoints keep the names they were trained with, whatever today's defaults
+    are: one written before ``data.item_name_max_tokens`` existed used full titles (reads
+    as null), one written before ``data.item_name_disambiguation`` existed numbered its
+    capped names (reads as ``"number"``).
     """
     path = Path(checkpoint_dir) / CONFIG_FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
     raw = read_yaml(path) or {}
     data = raw.get("data")
-    if isinstance(data, dict) and data.get("item_name_max_tokens") is not None:
-        data.setdefault("item_name_disambiguation", "number")
+    if isinstance(data, dict):
+        data.setdefault("item_name_max_tokens", None)
+        if data["item_name_max_tokens"] is not None:
+            data.setdefault("item_name_disambiguation", "number")
     return config_from_dict(raw, where=str(path))
 
 

@@ -61,8 +61,14 @@ from transformers import SchedulerType, Trainer, TrainerCallback, TrainingArgume
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
-from recsysllm.checkpoint_meta import CheckpointMeta, check_compatible, read_meta, verify_weights
-from recsysllm.checkpoints import write_extras
+from recsysllm.checkpoint_meta import (
+    CheckpointMeta,
+    CheckpointMismatchError,
+    check_compatible,
+    read_meta,
+    verify_weights,
+)
+from recsysllm.checkpoints import read_checkpoint_config, write_extras
 from recsysllm.collator import IGNORE_INDEX, BlankInfillingCollator, MaskingConfig
 from recsysllm.config import Config, DataArgs, load_config
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
@@ -741,6 +747,19 @@ def training_data(
     return packed, TrainingCollator(collator, row_length=row_length(config))
 
 
+def item_naming_differences(data_args: DataArgs, trained: DataArgs) -> list[str]:
+    """The item-name settings of ``data_args`` that differ from a checkpoint's, as
+    ``data.FIELD: TRAINED`` (what would restore them); empty when they agree."""
+    fields = ["item_name_max_tokens"]
+    if trained.item_name_max_tokens is not None:  # without a cap nothing was told apart
+        fields.append("item_name_disambiguation")
+    return [
+        f"data.{name}: {'null' if getattr(trained, name) is None else getattr(trained, name)}"
+        for name in fields
+        if getattr(data_args, name) != getattr(trained, name)
+    ]
+
+
 def build_trainer(
     config: Config, data: PreparedData | None = None
 ) -> tuple[RecTrainer, str | None]:
@@ -780,13 +799,22 @@ def build_trainer(
         # Refuse to continue an adapter on other base weights, tokenizer or items.
         resume_meta = read_meta(resume)
         verify_weights(resume, resume_meta)
-        check_compatible(
-            resume_meta,
-            base_model_fingerprint=built.base_model_fingerprint,
-            tokenizer_fingerprint=tokenizer.fingerprint,
-            catalog_hash=data.catalog.hash,
-            where=resume,
-        )
+        try:
+            check_compatible(
+                resume_meta,
+                base_model_fingerprint=built.base_model_fingerprint,
+                tokenizer_fingerprint=tokenizer.fingerprint,
+                catalog_hash=data.catalog.hash,
+                where=resume,
+            )
+        except CheckpointMismatchError as error:
+            # Say which setting renamed the items (the default cap changed in issue 12).
+            restore = item_naming_differences(config.data, read_checkpoint_config(resume).data)
+            if not restore or "entity catalog" not in str(error):
+                raise
+            raise CheckpointMismatchError(
+                f"{error}; its items were named otherwise: set {', '.join(restore)} to resume it"
+            ) from None
     check_candidate_prompts_fit(config, data, tokenizer)
     check_evaluation_prompts_fit(config, data, tokenizer)
     train_dataset, data_collator = training_data(config, data, tokenizer, mixture)

@@ -228,7 +228,8 @@ def test_cap_renames_splits_catalog_examples_and_the_trie(long_dir, long_tokeniz
     from recsysllm.trie import EntityTrie
 
     full = prepare_data(_long_title_data_args(long_dir, item_name_max_tokens=12), seed=0)
-    assert cap_item_names(full, _long_title_data_args(long_dir), long_tokenizer) is full  # null
+    uncapped = _long_title_data_args(long_dir, item_name_max_tokens=None)
+    assert cap_item_names(full, uncapped, long_tokenizer) is full
     capped_args = _long_title_data_args(
         long_dir, item_name_max_tokens=12, item_name_disambiguation=disambiguation
     )
@@ -372,9 +373,10 @@ def test_evaluation_refuses_another_cap(capped_run, tmp_path):
         evaluate_main([*base, "data.item_name_disambiguation=number"])
 
 
-def test_a_checkpoint_from_before_the_setting_reads_as_numbered(capped_run, tmp_path):
+def test_a_checkpoint_from_before_the_settings_keeps_its_names(capped_run, tmp_path):
     """Checkpoints written before data.item_name_disambiguation existed numbered their
-    capped names; their config.yaml has no such key and must not take today's default."""
+    capped names, and those written before data.item_name_max_tokens existed used full
+    titles; their config.yaml lacks the key and must not take today's default."""
     from recsysllm.checkpoints import read_checkpoint_config
 
     assert read_checkpoint_config(capped_run["final"]).data.item_name_disambiguation == "words"
@@ -385,12 +387,17 @@ def test_a_checkpoint_from_before_the_setting_reads_as_numbered(capped_run, tmp_
     raw["data"]["item_name_max_tokens"] = None  # uncapped: nothing was named, the default
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
     assert read_checkpoint_config(tmp_path).data.item_name_disambiguation == "words"
+    # Written before the cap existed: full titles, not today's default cap.
+    del raw["data"]["item_name_max_tokens"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    read = read_checkpoint_config(tmp_path).data
+    assert read.item_name_max_tokens is None and read.item_name_disambiguation == "words"
 
 
 def test_config_refuses_a_cap_without_room_for_a_word_and_a_suffix():
     from recsysllm.config import DataArgs
 
-    assert DataArgs().item_name_max_tokens is None  # off by default
+    assert DataArgs().item_name_max_tokens == 16  # the default, picked on valid
     assert DataArgs(item_name_max_tokens=4).item_name_max_tokens == 4
     with pytest.raises(ValueError, match=r"data\.item_name_max_tokens.*>= 4"):
         DataArgs(item_name_max_tokens=3)

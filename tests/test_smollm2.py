@@ -292,6 +292,8 @@ def test_recipe_trains_on_real_movielens_and_scripts_evaluate_runs(model_dir, tm
     trained, tokenizer, catalog, _, meta, _ = load_checkpoint_for_inference(final)
     assert meta.base_model_fingerprint
     base = load_decoder_checkpoint(model_dir).eval()
+    data = pipeline.cap_item_names(data, config.data, tokenizer)  # the names it trained on
+    assert data.catalog.hash == catalog.hash
     held_out = [
         e
         for e in data.tasks.examples("valid", ["sequential", "rating"], prompts="seen", seed=0)

@@ -111,6 +111,9 @@ def tiny_config(output_dir: Path, tokenizer_dir: Path, overrides: list[str] = ()
             "examples_per_epoch": 16,
             "history_budget": 5,
             "num_negatives": 2,  # 1 of 3 candidates: whole lists fit 128 tokens
+            # Full titles: these tests compare against tiny_data's own (uncapped) catalog;
+            # capped names are tests/test_item_names.py's.
+            "item_name_max_tokens": None,
         },
         "train": {
             "output_dir": str(output_dir),
@@ -764,6 +767,39 @@ def test_resume_on_a_different_base_model_is_refused(lora_run, tiny_data, tokeni
         load_checkpoint_for_inference(
             root / "run" / "checkpoint-3", base_model=str(root / "other_base")
         )
+
+
+def test_resume_with_other_item_names_says_which_setting_renamed_them(
+    lora_run, tiny_data, tokenizer_dir
+):
+    """The run trained on full titles (as runs did before the default cap); a cap of 6
+    cuts them, so the catalog differs and the refusal names the setting that restores it."""
+    root = lora_run["root"]
+    overrides = [*lora_run["overrides"], "data.item_name_max_tokens=6", "train.resume=latest"]
+    config = tiny_config(root / "run", tokenizer_dir, overrides)
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"entity catalog differs.*set data\.item_name_max_tokens: null to resume it",
+    ):
+        build_trainer(config, tiny_data)
+
+
+def test_item_naming_differences_name_what_restores_the_checkpoints_names():
+    from recsysllm.config import DataArgs
+    from recsysllm.training import item_naming_differences
+
+    default = DataArgs()
+    full_titles = DataArgs(item_name_max_tokens=None)
+    numbered = DataArgs(item_name_max_tokens=8, item_name_disambiguation="number")
+    assert item_naming_differences(default, DataArgs()) == []
+    assert item_naming_differences(default, full_titles) == ["data.item_name_max_tokens: null"]
+    # Without a cap nothing was told apart: the disambiguation does not matter.
+    uncapped_numbered = DataArgs(item_name_max_tokens=None, item_name_disambiguation="number")
+    assert item_naming_differences(uncapped_numbered, full_titles) == []
+    assert item_naming_differences(default, numbered) == [
+        "data.item_name_max_tokens: 8",
+        "data.item_name_disambiguation: number",
+    ]
 
 
 def test_loading_a_lora_checkpoint_merges_the_adapter(lora_run, tiny_data):
