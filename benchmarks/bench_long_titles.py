@@ -3,6 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_long_titles.py                  # none, 8, 16
     python benchmarks/bench_long_titles.py --caps none 12 --examples 3000 --limit 100
     python benchmarks/bench_long_titles.py --data ml100k --caps none 16 32    # MovieLens-100K
+    python benchmarks/bench_long_titles.py --summary OUT/long-cap-none-number \
+        OUT/long-cap-16-words --plot ablation.png              # earlier runs: table + PNG
 
 For each cap (``none`` = full titles; ``--disambiguation`` says how capped names that
 coincide are told apart) it trains the tiny from-scratch GLM of
@@ -19,6 +21,14 @@ coverage@10, the share of slots of the most-recommended item, of the largest bra
 
 A cap shortens every example, so at equal ``--examples`` a capped run takes fewer
 optimizer steps; scale ``--examples`` per cap to compare at equal steps (RESULTS.md).
+
+``--summary RUN_DIR ...`` trains and evaluates nothing: it rebuilds the rows of earlier
+runs (each RUN_DIR one ``<out-dir>/{data}-cap-{cap}-{disambiguation}`` directory; cap and
+disambiguation read from the checkpoint's config) from their files, prints the table
+(train s / eval s as "-") and writes the ``--plot`` PNG: the model's valid HR@10 ± 1
+standard error per run, with the first run's popularity and SASRec HR@10 as reference
+lines (the same users in every run), and the share of top-10 slots of the largest brand.
+With ``--data long`` each run's catalog is read from ``data/`` next to the RUN_DIR.
 
 The long-title catalog is :mod:`recsysllm.data.synthetic` (seed 0: 1,200 generated items,
 1,500 users; after the 5-core 748 items and 1,462 users), written to
@@ -63,7 +73,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sasrec-max-seconds", type=float, default=90.0)
     parser.add_argument("--out-dir", default="/tmp/bench_long_titles")
     parser.add_argument("--ml100k-path", default=str(REPO / "data" / "ml-100k"))
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--summary",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="no training: rebuild the rows of these earlier runs and plot them (--plot)",
+    )
+    parser.add_argument("--plot", metavar="OUT.png", help="the --summary PNG")
+    args = parser.parse_args(argv)
+    if (args.summary is None) != (args.plot is None):
+        parser.error("--summary and --plot go together")
+    return args
 
 
 def recipe(args, cap: str, out: Path) -> dict:
@@ -114,8 +134,12 @@ def diversity(lists: list[list[str]], titles: dict, brands: dict, catalog_size: 
     }
 
 
+def cap_label(cap: str, disambiguation: str | None) -> str:
+    """The table's cap column: "none", or the cap and how coinciding names are told apart."""
+    return cap if cap == "none" else f"{cap} ({disambiguation})"
+
+
 def run_cap(args, cap: str, tables) -> list[dict]:
-    from recsysllm.checkpoint_meta import read_meta
     from recsysllm.config import config_from_dict
     from recsysllm.evaluation.cli import main as evaluate_main
     from recsysllm.training import train
@@ -136,6 +160,25 @@ def run_cap(args, cap: str, tables) -> list[dict]:
     if evaluate_main(argv) != 0:
         raise SystemExit(f"evaluation of cap {cap} failed")
     eval_s = time.monotonic() - started
+    return run_rows(out, tables, cap_label(cap, args.disambiguation), train_s, eval_s)
+
+
+def run_rows(
+    run_dir: Path, tables, label_cap: str, train_s: float | None, eval_s: float | None
+) -> list[dict]:
+    """One table row per system of a trained and evaluated run, read from its files.
+
+    Args:
+        run_dir: the run's ``{data}-cap-{cap}-{disambiguation}`` directory (``run/final/``
+            and ``eval/results.json`` + ``eval/outcomes.jsonl``).
+        tables: the data's tables (original titles and brands of the catalog's items).
+        label_cap: the row's cap column (:func:`cap_label`).
+        train_s, eval_s: seconds training and evaluation took (None: not measured).
+    """
+    from recsysllm.checkpoint_meta import read_meta
+
+    final = Path(run_dir) / "run" / "final"
+    results = Path(run_dir) / "eval" / "results.json"
     document = json.loads(results.read_text())
     outcomes = [json.loads(line) for line in (results.parent / "outcomes.jsonl").open()]
     titles, brands = original_names(final, tables)
@@ -157,7 +200,7 @@ def run_cap(args, cap: str, tables) -> list[dict]:
         ]
         rows.append(
             {
-                "cap": cap if cap == "none" else f"{cap} ({args.disambiguation})",
+                "cap": label_cap,
                 "system": system,
                 "users": row["users"],
                 "HR@10": (row["metrics"]["HR@10"], row["stderr"]["HR@10"]),
@@ -201,13 +244,127 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['NDCG@10'][0]:.4f} ± {r['NDCG@10'][1]:.4f} "
             f"| {r['coverage']:.3f} | {r['top item']:.3f} | {r['top brand']:.3f} "
             f"| {r['prefix group']:.3f} | {r['names']} | {r['steps']} "
-            f"| {r['train_s']:.0f} | {r['eval_s']:.0f} |"
+            f"| {_seconds(r['train_s'])} | {_seconds(r['eval_s'])} |"
         )
     return "\n".join(lines)
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def run_setting(final: Path, data_name: str) -> tuple[str, str | None]:
+    """(cap, disambiguation) a checkpoint was trained with: "none" or the cap as text.
+
+    Raises:
+        SystemExit: the checkpoint was trained on other data than ``data_name`` says.
+    """
+    from recsysllm.checkpoints import read_checkpoint_config
+
+    data = read_checkpoint_config(final).data
+    source = "amazon" if data_name == "long" else "movielens-100k"
+    if data.source != source:
+        raise SystemExit(f"{final}: trained on {data.source!r} data, not --data {data_name}")
+    cap = data.item_name_max_tokens
+    return ("none" if cap is None else str(cap)), data.item_name_disambiguation
+
+
+def summary(args) -> list[tuple[str, list[dict]]]:
+    """(plot label, rows) of each ``--summary`` run, rebuilt from its files, in order; the
+    label is the cap and the disambiguation, e.g. "16 words", or "none"."""
+    from recsysllm.data.sources import load_dataset_by_name
+
+    tables_of: dict[Path, object] = {}  # one load per data directory
+    runs = []
+    for name in args.summary:
+        run_dir = Path(name)
+        final = run_dir / "run" / "final"
+        if not (final / "recsysllm_meta.json").is_file():
+            raise SystemExit(f"{run_dir}: no run/final/ checkpoint (not a bench run directory)")
+        cap, disambiguation = run_setting(final, args.data)
+        if args.data == "long":
+            data_dir = run_dir.resolve().parent / "data"
+            if not (data_dir / f"{CATEGORY}_5.json").is_file():
+                raise SystemExit(f"{run_dir}: no generated catalog in {data_dir}")
+        else:
+            data_dir = Path(args.ml100k_path).resolve()
+        if data_dir not in tables_of:
+            tables_of[data_dir] = (
+                load_dataset_by_name("amazon", str(data_dir), category=CATEGORY)
+                if args.data == "long"
+                else load_dataset_by_name("movielens-100k", str(data_dir))
+            )
+        rows = run_rows(run_dir, tables_of[data_dir], cap_label(cap, disambiguation), None, None)
+        runs.append((cap if cap == "none" else f"{cap} {disambiguation}", rows))
+    return runs
+
+
+def plot_summary(runs: list[tuple[str, list[dict]]], path: str | Path) -> None:
+    """PNG of ``--summary``: the model's HR@10 ± 1 standard error per run, with the first
+    run's popularity and SASRec HR@10 as reference lines, and the top-brand share per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recsysllm.files import atomic_write
+
+    def system_row(rows: list[dict], system: str) -> dict | None:
+        return next((r for r in rows if r["system"] == system), None)
+
+    models = [system_row(rows, "model") for _, rows in runs]
+    labels = [
+        f"{label}\n{model['steps']} steps" for (label, _), model in zip(runs, models, strict=True)
+    ]
+    positions = list(range(len(runs)))
+    figure, (hr_axis, brand_axis) = plt.subplots(1, 2, figsize=(max(8, 2.4 * len(runs) + 3), 4.5))
+    hr = [m["HR@10"][0] for m in models]
+    hr_axis.bar(
+        positions,
+        hr,
+        yerr=[m["HR@10"][1] for m in models],
+        capsize=4,
+        color="tab:blue",
+        label="model",
+    )
+    for x, value in zip(positions, hr, strict=True):
+        hr_axis.annotate(f"{value:.3f}", (x, value), xytext=(6, 2), textcoords="offset points")
+    first_label, first = runs[0]
+    top = max(m["HR@10"][0] + m["HR@10"][1] for m in models)
+    for system, style in (("popularity", ":"), ("SASRec", "--")):
+        reference = system_row(first, system)
+        if reference is not None:  # the same users in every run: the first run's
+            value = reference["HR@10"][0]
+            top = max(top, value)
+            label = f"{system} ({value:.3f}, {first_label} run)"
+            hr_axis.axhline(value, linestyle=style, color="gray", label=label)
+    hr_axis.set_title(f"valid HR@10 ± 1 s.e. ({models[0]['users']} users)", fontsize=10)
+    hr_axis.set_ylim(0, 1.25 * top)  # headroom for the legend above the bars and lines
+    hr_axis.legend(fontsize="small", loc="upper left", ncol=3)
+    brand = [m["top brand"] for m in models]
+    brand_axis.bar(positions, brand, color="tab:orange")
+    for x, value in zip(positions, brand, strict=True):
+        brand_axis.annotate(
+            f"{value:.3f}", (x, value), xytext=(0, 2), textcoords="offset points", ha="center"
+        )
+    brand_axis.set_title("share of top-10 slots of the largest brand (model)", fontsize=10)
+    brand_axis.set_ylim(bottom=0)
+    for axis in (hr_axis, brand_axis):
+        axis.set_xticks(positions, labels, fontsize=8)
+        axis.set_xlabel("item-name cap")
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.summary:
+        runs = summary(args)
+        print(markdown([row for _, rows in runs for row in rows]), flush=True)
+        plot_summary(runs, args.plot)
+        print(f"\nplot: {args.plot}")
+        return 0
     from recsysllm.data.sources import load_dataset_by_name
 
     if args.data == "long":
