@@ -7,6 +7,7 @@
     rec.score_candidates(["Toy Story (1995)"], ["Heat (1995)", "Babe (1995)"])
     rec.predict_rating({"age": "25-34"}, "Heat (1995)")
     rec.explain({"age": "25-34"}, "Heat (1995)", hint="action")
+    rec.item_name("95"), rec.item_id("Heat (1995)")   # the source's raw item ids <-> names
 
     recsysllm recommend --checkpoint runs/tiny/final --user-history "Toy Story (1995)" "Fargo (1996)" -k 10
 
@@ -14,6 +15,10 @@ Every call renders the checkpoint's own prompt templates with
 ``data.tasks.render_example`` (the rendering path of training), so the model sees
 the text it was trained on. By default the first *seen* template of the right
 family and answer type is used; ``template_id`` picks another one.
+
+Items are named as the checkpoint's catalog names them: the title, cut to
+``data.item_name_max_tokens`` tokens (default 16) for long titles, and told apart when
+titles coincide. ``item_name`` / ``item_id`` translate the source's raw item ids.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ class Recommender:
         self.feature_templates = dict(feature_templates) if feature_templates is not None else None
         self.num_beams = num_beams or config.eval.num_beams
         self.max_length = config.data.max_length
+        self._name_of_id = {item_id: name for name, item_id in catalog.item_ids.items()}
         # Prompts, tries and per-family decoding: the evaluator's own inference module,
         # with training's max_length and answer budget.
         self.inference = Inference(
@@ -215,6 +221,22 @@ class Recommender:
         prompt = self._prompt(template, user_history, user_features, item=item, hint=hint)
         return self.inference.texts([prompt], max_new_tokens)[0].strip()
 
+    # ------------------------------------------------------------------ item ids
+
+    def item_name(self, item_id: str) -> str:
+        """The catalog name (what queries take and return) of the source's raw item id."""
+        if item_id not in self._name_of_id:
+            raise KeyError(
+                f"item id {item_id!r} is not in the catalog of {self.where} "
+                f"({len(self._name_of_id)} items)"
+            )
+        return self._name_of_id[item_id]
+
+    def item_id(self, name: str) -> str:
+        """The source's raw item id of a catalog name."""
+        self._require_items([name])
+        return self.catalog.item_ids[name]
+
     # ------------------------------------------------------------------ helpers
 
     def _require_items(self, titles: Sequence[str]) -> None:
@@ -223,6 +245,11 @@ class Recommender:
             if title not in self.catalog.items:
                 nearest = difflib.get_close_matches(title, self.catalog.item_keys, n=5, cutoff=0.0)
                 hint = f"; nearest catalog titles: {nearest}" if nearest else ""
+                if title in self._name_of_id:
+                    hint = (
+                        f"; it is the item id of {self._name_of_id[title]!r} "
+                        "(item_name() gives the name, --user-history-ids takes ids)"
+                    )
                 raise KeyError(
                     f"item {title!r} is not in the catalog of {self.where} "
                     f"({len(self.catalog.items)} items){hint}"
@@ -316,7 +343,8 @@ def _parse_features(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def recommend_main(argv: Sequence[str] | None = None) -> int:
-    """``recsysllm recommend``: print the top-k titles for a user history."""
+    """``recsysllm recommend``: print the top-k items for a user history, one per line:
+    rank, name, log-probability and the source's item id, tab-separated."""
     parser = argparse.ArgumentParser(
         prog="recsysllm recommend", description="Top-k items for a user history."
     )
@@ -325,8 +353,12 @@ def recommend_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--device", default=None, help="torch device (default: cuda if available, else cpu)"
     )
-    parser.add_argument(
-        "--user-history", nargs="+", required=True, help="item titles, oldest first"
+    history = parser.add_mutually_exclusive_group(required=True)
+    history.add_argument(
+        "--user-history", nargs="+", help="item names (catalog titles), oldest first"
+    )
+    history.add_argument(
+        "--user-history-ids", nargs="+", help="the source's raw item ids, oldest first"
     )
     parser.add_argument(
         "--user-feature", action="append", default=[], help="COLUMN=VALUE (repeatable)"
@@ -341,8 +373,9 @@ def recommend_main(argv: Sequence[str] | None = None) -> int:
         device=pipeline.resolve_device(args.device),
     )
     try:
+        history = args.user_history or [recommender.item_name(i) for i in args.user_history_ids]
         ranked = recommender.recommend(
-            args.user_history,
+            history,
             _parse_features(args.user_feature),
             k=args.k,
             exclude_history=args.exclude_history,
@@ -352,5 +385,5 @@ def recommend_main(argv: Sequence[str] | None = None) -> int:
         print(f"recsysllm recommend: {error.args[0] if error.args else error}", file=sys.stderr)
         return 2
     for rank, (title, score) in enumerate(ranked, start=1):
-        print(f"{rank:>3}. {title}\t{score:.4f}")
+        print(f"{rank:>3}. {title}\t{score:.4f}\t{recommender.item_id(title)}")
     return 0

@@ -122,6 +122,17 @@ def test_unknown_title_names_the_nearest_titles(recommender):
         recommender.recommend(["Heat (1995)"], {"height": "tall"})
 
 
+def test_raw_item_ids_translate_to_catalog_names_and_back(recommender):
+    for name, item_id in CATALOG.item_ids.items():
+        assert recommender.item_name(item_id) == name
+        assert recommender.item_id(name) == item_id
+    with pytest.raises(KeyError, match=r"item id 'x9' is not in the catalog"):
+        recommender.item_name("x9")
+    # An id where a name belongs: the error says whose id it is.
+    with pytest.raises(KeyError, match=r"'3' is not in the catalog.*item id of 'Get Shorty"):
+        recommender.recommend(["3"])
+
+
 def test_refuses_a_different_catalog(lora_checkpoint, tmp_path):
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(lora_checkpoint["checkpoint"], checkpoint)
@@ -177,3 +188,14 @@ def test_recommend_cli_prints_top_k(lora_checkpoint, capsys):
         == 2
     )
     assert "nearest catalog titles" in capsys.readouterr().err
+    # Raw item ids in, and every line ends with its item's raw id.
+    heat = CATALOG.item_ids["Heat (1995)"]
+    ids_argv = ["--checkpoint", str(lora_checkpoint["checkpoint"]), "-k", "3"]
+    assert recommend_main([*ids_argv, "--user-history-ids", heat]) == 0
+    by_ids = capsys.readouterr().out.rstrip().splitlines()
+    assert by_ids == lines  # the same query as by name
+    for line in by_ids:
+        name, _, item_id = line.split(". ", 1)[1].split("\t")
+        assert CATALOG.item_ids[name] == item_id
+    assert recommend_main([*ids_argv, "--user-history-ids", "x9"]) == 2
+    assert "item id 'x9' is not in the catalog" in capsys.readouterr().err

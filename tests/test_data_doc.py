@@ -120,6 +120,7 @@ def test_the_data_page_files_load_and_its_commands_parse(tmp_path, monkeypatch):
         ["recsysllm", "train"],
         ["recsysllm", "evaluate"],
         ["recsysllm", "recommend"],
+        ["recsysllm", "recommend"],
     ]
     for line in commands[1:]:
         assert shlex.split(line)[1] in COMMANDS
@@ -153,6 +154,14 @@ def test_the_data_page_runs_end_to_end(tmp_path):
         titles = {row[1] for row in csv.reader(f)}
     printed = [line.strip() for line in outputs[3].splitlines() if line.strip()]
     assert printed and any(title in line for line in printed for title in titles)
+    # A query by raw item id; every line of both ends with its item's id.
+    with open(tmp_path / "my-shop/items.csv") as f:
+        ids = {row[1]: row[0] for row in csv.reader(f)}
+    by_ids = [line.strip() for line in outputs[4].splitlines() if line.strip()]
+    assert len(by_ids) == len(printed) == 5
+    for line in printed + by_ids:
+        name, _, item_id = line.split(". ", 1)[1].split("\t")
+        assert ids[name] == item_id
 
     python_blocks = [body for language, _, body in blocks if language == "python"]
     assert len(python_blocks) == 1
