@@ -250,7 +250,8 @@ def long_title_records(
     popularity = np.empty(num_items)
     popularity[rng.permutation(num_items)] = 1.0 / np.arange(1, num_items + 1)
     by_department = [
-        np.array([i for i in range(num_items) if item_department[i] == d])
+        # dtype: a department without items must stay an (empty) integer index
+        np.array([i for i in range(num_items) if item_department[i] == d], dtype=int)
         for d in range(len(departments))
     ]
     also_bought = {}
@@ -260,7 +261,7 @@ def long_title_records(
         also_bought[item] = [int(x) for x in rng.choice(pool, size=2, p=weights)]
 
     def by_popularity(pool: np.ndarray, exclude: set[int]) -> int:
-        allowed = np.array([i for i in pool if i not in exclude])
+        allowed = np.array([i for i in pool if i not in exclude], dtype=int)
         weights = popularity[allowed] / popularity[allowed].sum()
         return int(rng.choice(allowed, p=weights))
 
@@ -268,7 +269,7 @@ def long_title_records(
     for user in range(num_users):
         homes = rng.choice(len(departments), size=int(rng.integers(1, 3)), replace=False)
         home_pool = np.concatenate([by_department[d] for d in homes])
-        length = min(30, 5 + int(rng.geometric(1 / 8)) - 1)
+        length = min(30, num_items, 5 + int(rng.geometric(1 / 8)) - 1)
         history: list[int] = []
         while len(history) < length:
             item = None
