@@ -747,6 +747,23 @@ def training_data(
     return packed, TrainingCollator(collator, row_length=row_length(config))
 
 
+def check_position_table(model_config: Any, max_length: int) -> None:
+    """Refuses a ``data.max_length`` longer than a GLM's learned position tables.
+
+    GLM embeds positions by table lookup (``max_sequence_length`` + 1 rows), so a longer
+    example would fail deep in the forward pass as an index error; rotary families
+    (no such attribute) have no hard limit.
+    """
+    limit = getattr(model_config, "max_sequence_length", None)
+    if limit is not None and max_length > limit:
+        raise ValueError(
+            f"data.max_length is {max_length} but the model's position tables hold "
+            f"{limit} positions (max_sequence_length): raise "
+            "model.from_scratch.max_sequence_length for a model trained from scratch, "
+            "or lower data.max_length (a pretrained GLM's tables cannot grow)"
+        )
+
+
 def item_naming_differences(data_args: DataArgs, trained: DataArgs) -> list[str]:
     """The item-name settings of ``data_args`` that differ from a checkpoint's, as
     ``data.FIELD: TRAINED`` (what would restore them); empty when they agree."""
@@ -785,6 +802,7 @@ def build_trainer(
         )
     data = cap_item_names(data, config.data, tokenizer)
     built = build_model(config.model, config.lora, tokenizer, seed=config.train.seed)
+    check_position_table(built.model.config, config.data.max_length)
     if config.train.compile_blocks:
         # Each block on its own (compiled lazily, on its first call): activation
         # checkpointing, LoRA and the loss stay outside the compiled graphs.

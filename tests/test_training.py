@@ -784,6 +784,26 @@ def test_resume_with_other_item_names_says_which_setting_renamed_them(
         build_trainer(config, tiny_data)
 
 
+def test_a_max_length_past_the_glm_position_table_is_refused_before_training(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    """A recipe adapted to longer prompts (data.max_length raised, the from-scratch
+    table not) used to fail in the first forward pass as "index out of range"."""
+    from types import SimpleNamespace
+
+    from recsysllm.training import check_position_table
+
+    config = tiny_config(tmp_path, tokenizer_dir, ["data.max_length=160"])  # table: 128
+    with pytest.raises(
+        ValueError,
+        match=r"data\.max_length is 160 but the model's position tables hold 128 .*"
+        r"model\.from_scratch\.max_sequence_length",
+    ):
+        build_trainer(config, tiny_data)
+    check_position_table(SimpleNamespace(max_sequence_length=128), 128)  # exactly fits
+    check_position_table(SimpleNamespace(max_position_embeddings=64), 4096)  # rotary: no limit
+
+
 def test_item_naming_differences_name_what_restores_the_checkpoints_names():
     from recsysllm.config import DataArgs
     from recsysllm.training import item_naming_differences
