@@ -873,6 +873,18 @@ def valid_keys() -> list[str]:
     return keys
 
 
+def mapping_keys() -> list[str]:
+    """The dotted keys whose value is a mapping (``model.from_scratch``, ``data.mixture``):
+    an override may set one entry of them (``model.from_scratch.hidden_size=256``)."""
+    keys = []
+    for section, section_type in _field_types(Config).items():
+        for name, hint in _field_types(section_type).items():
+            options = typing.get_args(hint) if typing.get_origin(hint) is types.UnionType else ()
+            if any(typing.get_origin(h) is dict for h in (hint, *options)):
+                keys.append(f"{section}.{name}")
+    return keys
+
+
 def _unknown_key_error(key: str, candidates: list[str], where: str) -> KeyError:
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.0)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -980,8 +992,10 @@ def apply_overrides(
 ) -> dict[str, Any]:
     """Apply ``key=value`` overrides to a nested config dict (returns a new dict).
 
-    Keys are dotted (``train.learning_rate=1e-4``) or one of the shorthands ``output_dir``
-    and ``max_steps``. Values are parsed with ``yaml.safe_load``.
+    Keys are dotted (``train.learning_rate=1e-4``), name one entry of a mapping field
+    (``model.from_scratch.max_sequence_length=2048``, ``data.mixture.direct=0.5``: the
+    file's other entries stay), or are one of the shorthands ``output_dir`` and
+    ``max_steps``. Values are parsed with ``yaml.safe_load``.
     """
     result = {section: dict(values or {}) for section, values in raw.items()}
     for override in overrides:
@@ -989,13 +1003,18 @@ def apply_overrides(
             raise ValueError(f"{where}: override {override!r} is not of the form key=value")
         key, text = override.split("=", 1)
         key = SHORTHANDS.get(key.strip(), key.strip())
-        if key.count(".") != 1:
+        field_key, _, entry = key.rpartition(".") if key.count(".") == 2 else (key, "", "")
+        if field_key.count(".") != 1:
             raise _unknown_key_error(key, valid_keys() + list(SHORTHANDS), where)
-        if key not in valid_keys():
+        if field_key not in valid_keys() or (entry and field_key not in mapping_keys()):
             raise _unknown_key_error(key, valid_keys(), where)
-        section, name = key.split(".")
+        section, name = field_key.split(".")
         value = load_yaml(text, f"{where}: override {key}") if text.strip() else None
-        result.setdefault(section, {})[name] = value
+        if entry:  # one entry of a mapping field, e.g. model.from_scratch.hidden_size=256
+            current = result.setdefault(section, {}).get(name)
+            result[section][name] = {**(current or {}), entry: value}
+        else:
+            result.setdefault(section, {})[name] = value
     return result
 
 

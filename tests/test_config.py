@@ -188,6 +188,28 @@ def test_overrides_dotted_and_shorthands(tmp_path: Path):
     assert config.train.save_total_limit is None
 
 
+def test_an_override_sets_one_entry_of_a_mapping_field(tmp_path: Path):
+    path = _write(tmp_path, MINIMAL + "data: {mixture: {rating: 2, direct: 1}}\n")
+    config = load_config(
+        path, ["model.from_scratch.max_sequence_length=2048", "data.mixture.direct=0.5"]
+    )
+    # The entry is set, the file's other entries stay.
+    assert config.model.from_scratch == {"hidden_size": 32, "max_sequence_length": 2048}
+    assert config.data.mixture == {"rating": 2.0, "direct": 0.5}
+    assert (
+        config.data.mixture
+        == load_config(path, ["data.mixture={rating: 2, direct: .5}"]).data.mixture
+    )
+    with pytest.raises(KeyError, match=r"'model\.from_scratch\.hidden_sise'.*hidden_size"):
+        load_config(path, ["model.from_scratch.hidden_sise=64"])
+    with pytest.raises(KeyError, match=r"unknown config key 'train\.learning_rate\.x'"):
+        load_config(path, ["train.learning_rate.x=1"])  # not a mapping
+    with pytest.raises(ValueError, match=r"data\.mixture.*'nope'"):
+        load_config(path, ["data.mixture.nope=1"])
+    with pytest.raises(KeyError, match=r"'model\.from_scratch\.a\.b'"):
+        load_config(path, ["model.from_scratch.a.b=1"])  # one level only
+
+
 def test_unknown_key_in_file_names_key_file_and_nearest(tmp_path: Path):
     path = _write(tmp_path, MINIMAL + "train: {learnig_rate: 0.1}\n")
     with pytest.raises(KeyError) as info:
