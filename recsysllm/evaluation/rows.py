@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from recsysllm.config import FUSION_GRID
 from recsysllm.data.splits import RecSplits
 from recsysllm.evaluation.evaluator import (
@@ -324,12 +326,14 @@ def _choose_per_variant(
             grids[variant] = "no valid examples of this variant: 0 (the model alone)"
             continue
         cases = []
-        for start in range(0, len(members), batch_size):
-            batch = members[start : start + batch_size]
-            if variant == "all_items":
-                cases += all_items(batch, [protocol.excluded(e) for e in batch])
-            else:
-                cases += candidates(batch)
+        with tqdm(total=len(members), desc=f"valid {variant}", unit="example") as bar:
+            for start in range(0, len(members), batch_size):
+                batch = members[start : start + batch_size]
+                if variant == "all_items":
+                    cases += all_items(batch, [protocol.excluded(e) for e in batch])
+                else:
+                    cases += candidates(batch)
+                bar.update(len(batch))
         best, scores = choose(cases)
         chosen[variant] = best
         grids[variant] = {f"{value:g}": score for value, score in scores.items()}
