@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from recsysllm.collator import PromptInputs
+from recsysllm.files import atomic_write
 from recsysllm.generation import DECODERS, generate_ids, recommend_items, score_candidates
 from recsysllm.modeling import GLMConfig, GLMForConditionalGeneration
 from recsysllm.modeling.glm.tokenization import GPT2_SPECIAL_IDS
@@ -265,8 +266,7 @@ def main() -> None:
         )
         print(table, end="")
         if args.table_out:
-            with open(args.table_out, "w") as file:
-                file.write(table)
+            atomic_write(args.table_out, table)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from recsysllm.evaluation.diversity import largest_prefix_group_share  # noqa: E402
+from recsysllm.files import atomic_write  # noqa: E402
 
 CATEGORY = "LongTitles"
 SYSTEMS = ("model", "model+pmi", "SASRec", "popularity")
@@ -381,7 +382,7 @@ def main(argv=None) -> int:
         rows += run_cap(args, cap, tables)
         print(markdown(rows), flush=True)
     print(f"\nmachine: {platform.machine()} CPU, {platform.python_version()}")
-    (Path(args.out_dir) / f"{args.data}-table.md").write_text(markdown(rows) + "\n")
+    atomic_write(Path(args.out_dir) / f"{args.data}-table.md", markdown(rows) + "\n")
     return 0
 
 

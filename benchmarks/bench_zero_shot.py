@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from recsysllm.files import atomic_write
+
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@10")
 
@@ -143,7 +145,7 @@ def timed(part: str, out_dir: Path, threads: int, run) -> object:
         "cpu_s": round(time.process_time() - cpu),
         "threads": threads,
     }
-    path.write_text(json.dumps(timings, indent=2) + "\n")
+    atomic_write(path, json.dumps(timings, indent=2) + "\n")
     return result
 
 
@@ -200,10 +202,10 @@ def main(argv=None) -> int:
             return status
     if args.only in (None, "plain"):
         plain = timed("plain text", out_dir, args.threads, lambda: plain_text_rows(args))
-        (out_dir / "plain_text.json").write_text(json.dumps(plain, indent=2) + "\n")
+        atomic_write(out_dir / "plain_text.json", json.dumps(plain, indent=2) + "\n")
     if args.only in (None, "summary"):
         lines = summary(out_dir)
-        (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+        atomic_write(out_dir / "summary.md", "\n".join(lines) + "\n")
         print("\n".join(lines))
     return 0
 
