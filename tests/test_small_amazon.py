@@ -32,6 +32,7 @@ def amazon_run(tmp_path_factory):
     recipe["data"].update(source="amazon", path=str(root / "data"), category="Kitchen")
     recipe["data"]["num_negatives"] = 99  # more than the catalog can give
     recipe["data"]["max_length"] = 1024  # room for every candidate of a full list
+    recipe["model"]["from_scratch"]["max_sequence_length"] = 1024  # positions to match
     recipe["data"]["examples_per_epoch"] = 48  # x 1 epoch / 16 per step = 3 steps
     recipe["train"].update(output_dir=str(root / "run"), logging_steps=1, warmup_steps=1)
     recipe["eval"]["limit"] = 3
