@@ -994,7 +994,7 @@ def apply_overrides(
 
     Keys are dotted (``train.learning_rate=1e-4``), name one entry of a mapping field
     (``model.from_scratch.max_sequence_length=2048``, ``data.mixture.direct=0.5``: the
-    file's other entries stay), or are one of the shorthands ``output_dir`` and
+    other entries, the file's or else the default's, stay), or are one of the shorthands ``output_dir`` and
     ``max_steps``. Values are parsed with ``yaml.safe_load``.
     """
     result = {section: dict(values or {}) for section, values in raw.items()}
@@ -1012,7 +1012,9 @@ def apply_overrides(
         value = load_yaml(text, f"{where}: override {key}") if text.strip() else None
         if entry:  # one entry of a mapping field, e.g. model.from_scratch.hidden_size=256
             current = result.setdefault(section, {}).get(name)
-            result[section][name] = {**(current or {}), entry: value}
+            if current is None:  # not in the file: the entries of the field's default
+                current = getattr(_field_types(Config)[section](), name) or {}
+            result[section][name] = {**current, entry: value}
         else:
             result.setdefault(section, {})[name] = value
     return result

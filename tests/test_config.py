@@ -12,6 +12,7 @@ import yaml
 
 from recsysllm.config import (
     Config,
+    DataArgs,
     TrainArgs,
     config_from_dict,
     load_config,
@@ -200,6 +201,11 @@ def test_an_override_sets_one_entry_of_a_mapping_field(tmp_path: Path):
         config.data.mixture
         == load_config(path, ["data.mixture={rating: 2, direct: .5}"]).data.mixture
     )
+    # Not in the file: the entry joins the default's entries.
+    (tmp_path / "bare").mkdir()
+    bare = _write(tmp_path / "bare", MINIMAL)
+    default = load_config(bare, ["data.mixture.direct=0.5"]).data.mixture
+    assert default == {**DataArgs().mixture, "direct": 0.5}
     with pytest.raises(KeyError, match=r"'model\.from_scratch\.hidden_sise'.*hidden_size"):
         load_config(path, ["model.from_scratch.hidden_sise=64"])
     with pytest.raises(KeyError, match=r"unknown config key 'train\.learning_rate\.x'"):
