@@ -59,6 +59,7 @@ __all__ = [
     "build_model",
     "build_tokenizer",
     "cap_item_names",
+    "check_position_table",
     "load_base_model_for_inference",
     "load_checkpoint_for_inference",
     "prepare_data",
@@ -180,6 +181,23 @@ def _task_builder(
         history_budget=data_args.history_budget,
         train_num_negatives=data_args.train_num_negatives,
     )
+
+
+def check_position_table(model_config: Any, max_length: int) -> None:
+    """Refuses a ``data.max_length`` longer than a GLM's learned position tables.
+
+    GLM embeds positions by table lookup (``max_sequence_length`` + 1 rows), so a longer
+    example would fail deep in the forward pass as an index error; rotary families
+    (no such attribute) have no hard limit.
+    """
+    limit = getattr(model_config, "max_sequence_length", None)
+    if limit is not None and max_length > limit:
+        raise ValueError(
+            f"data.max_length is {max_length} but the model's position tables hold "
+            f"{limit} positions (max_sequence_length): raise "
+            "model.from_scratch.max_sequence_length for a model trained from scratch, "
+            "or lower data.max_length (a pretrained GLM's tables cannot grow)"
+        )
 
 
 def cap_item_names(data: PreparedData, data_args: DataArgs, tokenizer: Any) -> PreparedData:

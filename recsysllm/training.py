@@ -81,6 +81,7 @@ from recsysllm.pipeline import (
     build_model,
     build_tokenizer,
     cap_item_names,
+    check_position_table,
     prepare_data,
     task_mixture,
 )
@@ -745,23 +746,6 @@ def training_data(
         max_example_length=config.data.max_length,
     )
     return packed, TrainingCollator(collator, row_length=row_length(config))
-
-
-def check_position_table(model_config: Any, max_length: int) -> None:
-    """Refuses a ``data.max_length`` longer than a GLM's learned position tables.
-
-    GLM embeds positions by table lookup (``max_sequence_length`` + 1 rows), so a longer
-    example would fail deep in the forward pass as an index error; rotary families
-    (no such attribute) have no hard limit.
-    """
-    limit = getattr(model_config, "max_sequence_length", None)
-    if limit is not None and max_length > limit:
-        raise ValueError(
-            f"data.max_length is {max_length} but the model's position tables hold "
-            f"{limit} positions (max_sequence_length): raise "
-            "model.from_scratch.max_sequence_length for a model trained from scratch, "
-            "or lower data.max_length (a pretrained GLM's tables cannot grow)"
-        )
 
 
 def item_naming_differences(data_args: DataArgs, trained: DataArgs) -> list[str]:

@@ -676,6 +676,9 @@ def test_cli_refuses_a_config_that_changes_the_examples(cli_checkpoint, tmp_path
     assert {row["template_id"] for row in document["model"]["per_template"]} == {"rating-1"}
     with pytest.raises(ValueError, match="unknown template id 'nope'"):
         main([*base, "--templates", "nope"])
+    # Allowed, but past the model's 512 learned positions: refused before any example.
+    with pytest.raises(ValueError, match=r"data\.max_length is 600 .* hold 512 positions"):
+        main([*base, "--allow-config-override", "data.max_length=600"])
 
 
 def test_cli_refuses_a_changed_catalog(cli_checkpoint, tmp_path):

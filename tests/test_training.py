@@ -791,7 +791,7 @@ def test_a_max_length_past_the_glm_position_table_is_refused_before_training(
     table not) used to fail in the first forward pass as "index out of range"."""
     from types import SimpleNamespace
 
-    from recsysllm.training import check_position_table
+    from recsysllm.pipeline import check_position_table
 
     config = tiny_config(tmp_path, tokenizer_dir, ["data.max_length=160"])  # table: 128
     with pytest.raises(

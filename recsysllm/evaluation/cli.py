@@ -445,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta, overridden, base_model = None, [], args.base_model
         prompts = load_prompts(config.data.prompts_dir)
     eval_args, data_args = config.eval, config.data
+    pipeline.check_position_table(model.config, data_args.max_length)
     split = args.split or eval_args.split
     prompt_set_name = args.prompts or eval_args.prompts
     families = args.families or list(eval_args.families)
