@@ -885,6 +885,14 @@ def mapping_keys() -> list[str]:
     return keys
 
 
+def _field_default(cls: type, name: str) -> Any:
+    """The default value of dataclass ``cls``'s field ``name`` (without building ``cls``)."""
+    (item,) = (f for f in dataclasses.fields(cls) if f.name == name)
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return None if item.default is dataclasses.MISSING else item.default
+
+
 def _unknown_key_error(key: str, candidates: list[str], where: str) -> KeyError:
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.0)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -1013,7 +1021,7 @@ def apply_overrides(
         if entry:  # one entry of a mapping field, e.g. model.from_scratch.hidden_size=256
             current = result.setdefault(section, {}).get(name)
             if current is None:  # not in the file: the entries of the field's default
-                current = getattr(_field_types(Config)[section](), name) or {}
+                current = _field_default(_field_types(Config)[section], name) or {}
             result[section][name] = {**current, entry: value}
         else:
             result.setdefault(section, {})[name] = value

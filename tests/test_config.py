@@ -206,6 +206,12 @@ def test_an_override_sets_one_entry_of_a_mapping_field(tmp_path: Path):
     bare = _write(tmp_path / "bare", MINIMAL)
     default = load_config(bare, ["data.mixture.direct=0.5"]).data.mixture
     assert default == {**DataArgs().mixture, "direct": 0.5}
+    # A mapping the file leaves out starts from the field's default ({} here), and the
+    # resulting config is validated as a whole, naming the file.
+    (tmp_path / "pretrained").mkdir()
+    pretrained = _write(tmp_path / "pretrained", "model: {base_model: /ckpt}\n")
+    with pytest.raises(ValueError, match=r"pretrained/recipe\.yaml: .*exactly one of"):
+        load_config(pretrained, ["model.from_scratch.hidden_size=64"])
     with pytest.raises(KeyError, match=r"'model\.from_scratch\.hidden_sise'.*hidden_size"):
         load_config(path, ["model.from_scratch.hidden_sise=64"])
     with pytest.raises(KeyError, match=r"unknown config key 'train\.learning_rate\.x'"):
