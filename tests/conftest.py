@@ -118,6 +118,20 @@ def rows_to_tables(
     )
 
 
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py`` (benchmarks are scripts, not a package),
+    registered in ``sys.modules`` so its dataclasses work."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def fetch_or_skip(name: str, directory: str) -> Path:
     """``recsysllm data fetch NAME data/DIRECTORY``, or skip when the registry is unreachable."""
     from recsysllm.data.fetch import FetchError, fetch
