@@ -44,7 +44,10 @@ def load_curves(path: str | Path, label: str | None = None) -> list[FusionCurve]
             ``--no-sasrec``) or no variant with a curve, naming the file.
     """
     path = Path(path)
-    results = json.loads(path.read_text())
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not a results.json ({error})") from error
     fusion = results.get("rows", {}).get("fusion")
     if not isinstance(fusion, dict) or "valid_ndcg" not in fusion:
         raise ValueError(

@@ -81,6 +81,10 @@ def test_main_refuses_bad_input_with_one_line(plot, tmp_path, capsys):
     assert plot.main([str(missing), "--out", str(tmp_path / "x.png")]) == 2
     assert str(missing) in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert plot.main([str(broken), "--out", str(tmp_path / "x.png")]) == 2
+    assert f"{broken}: not a results.json" in capsys.readouterr().err
     a = _results(tmp_path, "a", FUSION)
     with pytest.raises(SystemExit):
         plot.main([str(a), "--labels", "A", "B", "--out", str(tmp_path / "x.png")])
