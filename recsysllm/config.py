@@ -1002,8 +1002,8 @@ def apply_overrides(
 
     Keys are dotted (``train.learning_rate=1e-4``), name one entry of a mapping field
     (``model.from_scratch.max_sequence_length=2048``, ``data.mixture.direct=0.5``: the
-    other entries, the file's or else the default's, stay), or are one of the shorthands ``output_dir`` and
-    ``max_steps``. Values are parsed with ``yaml.safe_load``.
+    other entries, the file's or else the default's, stay), or are one of the shorthands
+    ``output_dir`` and ``max_steps``. Values are parsed with ``yaml.safe_load``.
     """
     result = {section: dict(values or {}) for section, values in raw.items()}
     for override in overrides:
