@@ -41,7 +41,8 @@ def load_curves(path: str | Path, label: str | None = None) -> list[FusionCurve]
 
     Raises:
         ValueError: the file has no fusion row (evaluated with ``--no-fusion`` or
-            ``--no-sasrec``) or no variant with a curve, naming the file.
+            ``--no-sasrec``), no variant with a curve, or a curve without its chosen
+            weight, naming the file.
     """
     path = Path(path)
     try:
@@ -59,9 +60,12 @@ def load_curves(path: str | Path, label: str | None = None) -> list[FusionCurve]
     for variant, grid in sorted(fusion["valid_ndcg"].items()):
         if not isinstance(grid, dict):  # "no valid examples of this variant: ..."
             continue
+        chosen = fusion.get("weights", {}).get(variant)
+        if chosen is None:
+            raise ValueError(f"{path}: rows.fusion.weights has no chosen weight for {variant!r}")
         points = tuple(sorted((float(weight), float(score)) for weight, score in grid.items()))
         curves.append(
-            FusionCurve(label, variant, points, float(fusion["weights"][variant]),
+            FusionCurve(label, variant, points, float(chosen),
                         fusion.get("metric", "NDCG@10"), users)
         )  # fmt: skip
     if not curves:

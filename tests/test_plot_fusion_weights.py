@@ -57,6 +57,10 @@ def test_a_file_without_a_fusion_row_is_named(plot, tmp_path):
     path = _results(tmp_path, "nocurve", empty)
     with pytest.raises(ValueError, match="no valid curve"):
         plot.load_curves(path)
+    unchosen = dict(FUSION, weights={"candidates": 0.0})  # a hand-edited file
+    path = _results(tmp_path, "unchosen", unchosen)
+    with pytest.raises(ValueError, match=rf"{path}: rows.fusion.weights has no chosen weight"):
+        plot.load_curves(path)
 
 
 def test_main_writes_a_png_per_run_and_prints_the_choice(plot, tmp_path, capsys):
