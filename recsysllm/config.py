@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -483,6 +484,8 @@ class DataArgs:
 # (eval.renormalize, recsysllm.inference.Inference), and the item answers whose
 # training loss is restricted the same way (train.renormalize, recsysllm.item_loss).
 RENORMALIZE_VARIANTS = ("all_items", "candidates")
+# Task families whose item answers are ranked (all items or 1-of-N candidates).
+RANKING_FAMILIES = ("sequential", "direct")
 # Default weights of the guided LM + SASRec fusion search (eval.fusion_grid); w 0 reuses
 # the model's own answers.
 FUSION_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -555,6 +558,32 @@ class TrainArgs:
         "keep at most this many checkpoints (null: all)", default=None
     )
     eval_steps: int | None = help_field("validation loss every N steps (null: never)", default=None)
+    eval_ranking_users: int | None = help_field(
+        "at every evaluation, also rank the valid examples of a seeded sample of N users "
+        "(the trained sequential/direct families' seen templates, scored as recsysllm "
+        "evaluate scores them: constrained search, eval.num_beams, eval.top_k, "
+        "eval.exclude_history, eval.renormalize) and log eval_hr@k and eval_ndcg@k (null: "
+        "the validation loss only)",
+        default=200,
+    )
+    metric_for_best_model: str = help_field(
+        "what load_best_model_at_end and early_stopping_patience follow: ndcg@K or hr@K "
+        "(K in eval.top_k; higher is better; needs eval_ranking_users) or loss (lower is "
+        "better; on MovieLens-100K the valid loss is lowest long before the ranking is best: "
+        "benchmarks/RESULTS.md)",
+        default="ndcg@10",
+    )
+    load_best_model_at_end: bool = help_field(
+        "after training, load the saved checkpoint that is best by metric_for_best_model on "
+        "the valid split and write it as final (needs eval_steps, and save_steps a multiple "
+        "of it); the best checkpoint is never rotated away",
+        default=False,
+    )
+    early_stopping_patience: int | None = help_field(
+        "stop once metric_for_best_model has not improved for this many evaluations in a "
+        "row (needs load_best_model_at_end; null: train every step)",
+        default=None,
+    )
     logging_steps: int = help_field("log loss and learning rate every N steps", default=10)
     seed: int = help_field("seed of model init, dropout and the collator's masks", default=42)
     deepspeed: str | None = help_field(
@@ -622,6 +651,56 @@ class TrainArgs:
             "train",
             "eval_steps",
             "must be >= 1 (null: never)",
+        )
+        _check(
+            not self.load_best_model_at_end or self.eval_steps is not None,
+            "train",
+            "load_best_model_at_end",
+            "needs train.eval_steps (the validation loss picks the best checkpoint)",
+        )
+        _check(
+            not self.load_best_model_at_end
+            or self.eval_steps is None
+            or self.save_steps % self.eval_steps == 0,
+            "train",
+            "save_steps",
+            f"must be a multiple of train.eval_steps ({self.eval_steps}) with "
+            f"load_best_model_at_end, so every checkpoint has a validation loss; "
+            f"got {self.save_steps}",
+        )
+        _check(
+            self.eval_ranking_users is None or self.eval_ranking_users >= 1,
+            "train",
+            "eval_ranking_users",
+            f"must be >= 1 (null: the validation loss only), got {self.eval_ranking_users}",
+        )
+        _check(
+            self.metric_for_best_model == "loss"
+            or re.fullmatch(r"(hr|ndcg)@[1-9][0-9]*", self.metric_for_best_model) is not None,
+            "train",
+            "metric_for_best_model",
+            f"expected loss, hr@K or ndcg@K, got {self.metric_for_best_model!r}",
+        )
+        _check(
+            not self.load_best_model_at_end
+            or self.metric_for_best_model == "loss"
+            or self.eval_ranking_users is not None,
+            "train",
+            "metric_for_best_model",
+            f"{self.metric_for_best_model} needs train.eval_ranking_users (or use loss)",
+        )
+        _check(
+            self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+            "train",
+            "early_stopping_patience",
+            f"must be >= 1 (null: no early stopping), got {self.early_stopping_patience}",
+        )
+        _check(
+            self.early_stopping_patience is None or self.load_best_model_at_end,
+            "train",
+            "early_stopping_patience",
+            "needs train.load_best_model_at_end: true (stopping early keeps the best "
+            "checkpoint, not the last)",
         )
         _check(
             self.gradient_checkpointing_every >= 1,
@@ -839,6 +918,23 @@ class Config:
             "'flex' trains on CUDA only (torch's FlexAttention has no CPU backward): "
             "use sdpa with train.use_cpu",
         )
+        metric = self.train.metric_for_best_model
+        if self.train.load_best_model_at_end and metric != "loss":
+            k = int(metric.split("@")[1])
+            _check(
+                k in self.eval.top_k,
+                "train",
+                "metric_for_best_model",
+                f"{metric}: {k} is not one of eval.top_k {list(self.eval.top_k)}",
+            )
+            ranked = [f for f in RANKING_FAMILIES if self.data.mixture.get(f, 0) > 0]
+            _check(
+                bool(ranked),
+                "train",
+                "metric_for_best_model",
+                f"{metric} ranks the valid examples of the trained sequential or direct "
+                f"families, and data.mixture trains neither: use loss",
+            )
         _check(
             self.model.from_scratch is None or not self.lora.enabled,
             "lora",

@@ -57,8 +57,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from transformers import SchedulerType, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    EarlyStoppingCallback,
+    SchedulerType,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
 from recsysllm.checkpoint_meta import (
@@ -70,7 +77,7 @@ from recsysllm.checkpoint_meta import (
 )
 from recsysllm.checkpoints import read_checkpoint_config, write_extras
 from recsysllm.collator import IGNORE_INDEX, BlankInfillingCollator, MaskingConfig
-from recsysllm.config import Config, DataArgs, load_config
+from recsysllm.config import RANKING_FAMILIES, Config, DataArgs, load_config
 from recsysllm.data.tasks import TaskBuilder, TaskMixture
 from recsysllm.item_loss import ItemAnswerVocabulary
 from recsysllm.modeling.families import get_backbone, resolve_family
@@ -313,6 +320,74 @@ def budget_lr_lambda(schedule: str, warmup: int, total: int, budget: TimeBudget)
     return factor
 
 
+class RankingValidation:
+    """Valid-split ranking metrics at every evaluation (``train.eval_ranking_users``).
+
+    The ranking examples (next item over all items, 1-of-N candidate lists) of a fixed,
+    seeded sample of valid users are scored exactly as ``recsysllm evaluate`` scores
+    them (:func:`recsysllm.evaluation.evaluator.evaluate`: the constrained search, the
+    same protocol), so a checkpoint can be chosen by the metric the tables report. The
+    token loss on the valid answers is no stand-in for it: on MovieLens-100K it is
+    lowest while the ranking is still far from its best (``benchmarks/RESULTS.md``).
+
+    Every rank scores the same examples (the sample is small; the search is
+    deterministic), so all ranks hold the same metrics.
+
+    Args:
+        examples: the valid ranking examples to score (the same at every evaluation).
+        protocol: cut-offs, exclusion and history of the evaluation.
+        inference: keyword arguments of :class:`recsysllm.inference.Inference` but the
+            model (tokenizer, catalog, max_length, answer_budget, renormalize).
+        num_beams: beams of the constrained all-item search.
+        batch_size: prompts per search batch.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Any],
+        protocol: Any,
+        inference: dict[str, Any],
+        num_beams: int,
+        batch_size: int,
+    ) -> None:
+        self.examples = list(examples)
+        self.protocol = protocol
+        self.inference = inference
+        self.num_beams = num_beams
+        self.batch_size = batch_size
+
+    def __call__(self, model: torch.nn.Module, prefix: str = "eval") -> dict[str, float]:
+        """``{prefix}_hr@k`` and ``{prefix}_ndcg@k`` over all the examples (each weighs
+        the same), and the same per variant (``{prefix}_all_items_hr@k``, ...)."""
+        from recsysllm.evaluation import metrics
+        from recsysllm.evaluation.evaluator import ModelRanker, evaluate
+        from recsysllm.inference import Inference
+
+        inference = Inference(model, **self.inference)
+        results = evaluate(
+            model,
+            inference.tokenizer,
+            inference.catalog,
+            self.examples,
+            protocol=self.protocol,
+            max_length=inference.max_length,
+            batch_size=self.batch_size,
+            num_beams=self.num_beams,
+            progress=False,
+            ranker=ModelRanker(inference, self.num_beams),
+        )
+        groups = {"": results.outcomes}
+        for outcome in results.outcomes:
+            groups.setdefault(f"{outcome.variant}_", []).append(outcome)
+        scores: dict[str, float] = {}
+        for name, outcomes in groups.items():
+            ranks = [o.rank for o in outcomes]
+            for k in self.protocol.ks:
+                scores[f"{prefix}_{name}hr@{k}"] = metrics.hit_rate_at_k(ranks, k)
+                scores[f"{prefix}_{name}ndcg@{k}"] = metrics.ndcg_at_k(ranks, k)
+        return scores
+
+
 class RecTrainer(Trainer):
     """HF Trainer with the loss guard and atomic, self-contained checkpoints.
 
@@ -327,11 +402,13 @@ class RecTrainer(Trainer):
         *args: Any,
         checkpoint_extras: Any = None,
         time_budget: TimeBudget | None = None,
+        ranking_validation: RankingValidation | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.checkpoint_extras = checkpoint_extras
         self.time_budget = time_budget
+        self.ranking_validation = ranking_validation
         if time_budget is not None:
             self.add_callback(time_budget)
         self._staging = False
@@ -404,6 +481,16 @@ class RecTrainer(Trainer):
             loss = group_loss if loss is None else loss + group_loss
         return loss
 
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
+        # The loss, then the ranking metrics, in the metrics the Trainer logs, hands to its
+        # callbacks (early stopping) and chooses the best checkpoint by.
+        output = super().evaluation_loop(*args, **kwargs)
+        if self.ranking_validation is not None:
+            prefix = kwargs.get("metric_key_prefix", "eval")
+            with self.accelerator.autocast():
+                output.metrics.update(self.ranking_validation(self.model, prefix))
+        return output
+
     def _get_output_dir(self, trial: Any) -> str:
         if self._staging:
             return os.path.join(self.args.output_dir, STAGING_DIRNAME)
@@ -423,14 +510,31 @@ class RecTrainer(Trainer):
             self._staging = False
         # Every rank has written its part (DeepSpeed shards) before the directory moves.
         self.accelerator.wait_for_everyone()
+        # The Trainer looked for the best checkpoint (load_best_model_at_end) under .staging/,
+        # where only this one is: point its state at the published directory instead.
+        best = self.state.best_global_step
+        if best:
+            path = Path(self.args.output_dir) / f"checkpoint-{best}"
+            self.state.best_model_checkpoint = str(path) if best == step or path.is_dir() else None
         if self.args.should_save:
+            if best:  # the copy a resumed run reads
+                self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
             if self.checkpoint_extras is not None:
                 self.checkpoint_extras(staged, step)
             publish_directory(staged, final)
             rotate_checkpoints(
-                str(self.args.output_dir), save_total_limit=self.args.save_total_limit
+                str(self.args.output_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
             )
         self.accelerator.wait_for_everyone()
+
+    def final_step(self) -> int:
+        """The optimizer step whose weights ``final`` holds: the best checkpoint's when the
+        Trainer loaded it at the end (``train.load_best_model_at_end``), else the last."""
+        if self.args.load_best_model_at_end and self.state.best_model_checkpoint is not None:
+            return self.state.best_global_step
+        return self.state.global_step
 
     def save_final(self) -> Path:
         """Write ``output_dir/final``: weights/adapter + extras, no optimizer state (atomic)."""
@@ -440,7 +544,7 @@ class RecTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             if self.checkpoint_extras is not None:
-                self.checkpoint_extras(staged, self.state.global_step)
+                self.checkpoint_extras(staged, self.final_step())
             publish_directory(staged, final)
         self.accelerator.wait_for_everyone()
         return final
@@ -577,6 +681,12 @@ def training_arguments(config: Config) -> TrainingArguments:
         save_total_limit=train.save_total_limit,
         eval_strategy="steps" if train.eval_steps else "no",
         eval_steps=train.eval_steps,
+        # The loss (lower is better) or a ranking metric of RankingValidation (higher).
+        load_best_model_at_end=train.load_best_model_at_end,
+        metric_for_best_model=train.metric_for_best_model if train.load_best_model_at_end else None,
+        greater_is_better=train.metric_for_best_model != "loss"
+        if train.load_best_model_at_end
+        else None,
         logging_steps=train.logging_steps,
         logging_first_step=True,
         seed=train.seed,
@@ -632,7 +742,7 @@ def check_candidate_prompts_fit(config: Config, data: PreparedData, tokenizer: A
     collator, naming the template.
     """
     mixture = task_mixture(config.data)
-    families = [f for f in ("sequential", "direct") if mixture.weights.get(f, 0) > 0]
+    families = [f for f in RANKING_FAMILIES if mixture.weights.get(f, 0) > 0]
     _check_stored_lists_fit(
         config, data, tokenizer, "valid", families, "seen",
         where="training data (data.max_length)", templates=mixture.templates,
@@ -649,7 +759,7 @@ def check_evaluation_prompts_fit(config: Config, data: PreparedData, tokenizer: 
     compute is spent, not by the test-split evaluation afterwards. Reading the lengths
     of the test lists chooses nothing.
     """
-    families = [f for f in ("sequential", "direct") if f in config.eval.families]
+    families = [f for f in RANKING_FAMILIES if f in config.eval.families]
     for split in ("valid", "test"):
         _check_stored_lists_fit(
             config, data, tokenizer, split, families, config.eval.prompts,
@@ -748,6 +858,56 @@ def training_data(
     return packed, TrainingCollator(collator, row_length=row_length(config))
 
 
+def ranking_validation_for(
+    config: Config, data: PreparedData, tokenizer: Any, mixture: TaskMixture
+) -> RankingValidation | None:
+    """The :class:`RankingValidation` of a config: the valid examples of the trained
+    ranking families under their trained seen templates, for a seeded sample of
+    ``train.eval_ranking_users`` users (``recsysllm evaluate --limit``'s draw); None when
+    the mixture trains no ranking family."""
+    from recsysllm.evaluation.cli import sample_users
+    from recsysllm.evaluation.evaluator import (
+        RANKING_VARIANTS,
+        EvalProtocol,
+        example_variant,
+        history_items,
+    )
+
+    families = [f for f in RANKING_FAMILIES if mixture.weights.get(f, 0) > 0]
+    if not families:
+        return None
+    seed = config.data.evaluation_seed
+    examples = data.tasks.examples("valid", families, prompts="seen", seed=seed)
+    # Ranked answers only: the direct family's yes/no templates are no ranking.
+    examples = [e for e in examples if example_variant(e) in RANKING_VARIANTS]
+    if mixture.templates is not None:
+        examples = [e for e in examples if e.template_id in mixture.templates]
+    examples, sample = sample_users(examples, config.train.eval_ranking_users, seed)
+    if not examples:
+        return None
+    logger.info(
+        "ranking validation at every evaluation: %d valid examples of %s",
+        len(examples),
+        sample["description"],
+    )
+    protocol = EvalProtocol(
+        ks=tuple(config.eval.top_k),
+        exclude_history=config.eval.exclude_history,
+        history=history_items(data.splits, "valid"),
+        seed=seed,
+    )
+    inference = {
+        "tokenizer": tokenizer,
+        "catalog": data.catalog,
+        "max_length": config.data.max_length,
+        "answer_budget": answer_budget(config.data, data.catalog, tokenizer),
+        "renormalize": sorted(set(config.eval.renormalize) - {"none"}),
+    }
+    return RankingValidation(
+        examples, protocol, inference, config.eval.num_beams, config.eval.batch_size
+    )
+
+
 def item_naming_differences(data_args: DataArgs, trained: DataArgs) -> list[str]:
     """The item-name settings of ``data_args`` that differ from a checkpoint's, as
     ``data.FIELD: TRAINED`` (what would restore them); empty when they agree."""
@@ -827,6 +987,16 @@ def build_trainer(
             "valid", families, prompts="seen", seed=config.data.evaluation_seed
         )
         eval_dataset = [tokenizer.tokenize_example(e) for e in eval_examples]
+    ranking_validation = None
+    if config.train.eval_steps and config.train.eval_ranking_users:
+        ranking_validation = ranking_validation_for(config, data, tokenizer, mixture)
+    metric = config.train.metric_for_best_model
+    if config.train.load_best_model_at_end and metric != "loss" and ranking_validation is None:
+        raise ValueError(
+            f"config field train.metric_for_best_model: {metric} needs valid ranking examples "
+            "of the trained templates (data.train_templates, data.mixture), and there are "
+            "none: use loss"
+        )
     trainer = RecTrainer(
         model=built.model,
         args=args,
@@ -835,7 +1005,10 @@ def build_trainer(
         data_collator=data_collator,
         checkpoint_extras=extras,
         time_budget=TimeBudget(config.train.max_seconds) if config.train.max_seconds else None,
+        ranking_validation=ranking_validation,
     )
+    if config.train.early_stopping_patience is not None:
+        trainer.add_callback(EarlyStoppingCallback(config.train.early_stopping_patience))
     if trainer.args.should_save:
         # Leftovers of a crash while saving: never a valid checkpoint.
         shutil.rmtree(Path(config.train.output_dir) / STAGING_DIRNAME, ignore_errors=True)
@@ -865,6 +1038,15 @@ def train(config: Config, data: PreparedData | None = None) -> Path:
             budget.stopped_at,
             trainer.state.max_steps,
             budget.stopped_at,
+        )
+    if trainer.final_step() != trainer.state.global_step:
+        logger.info(
+            "load_best_model_at_end: final holds step %d (valid %s %.4f), the best of the "
+            "checkpoints; training ran %d steps",
+            trainer.final_step(),
+            trainer.args.metric_for_best_model,
+            trainer.state.best_metric,
+            trainer.state.global_step,
         )
     return trainer.save_final()
 

@@ -228,6 +228,10 @@ lora: {enabled: false}
         ("train.max_grad_norm=-1", r"train\.max_grad_norm: must be >= 0"),
         ("train.adam_beta2=1.5", r"train\.adam_beta2: must be in \[0, 1\)"),
         ("train.eval_steps=0", r"train\.eval_steps: must be >= 1"),
+        (
+            "train.load_best_model_at_end=true",
+            r"train\.load_best_model_at_end: needs train\.eval_steps",
+        ),
         ("data.short_window_days=-7", r"data\.short_window_days: must be > 0"),
         ("data.long_ratio=-0.1", r"data\.long_ratio: must be >= 0"),
         ("data.num_negatives=0", r"data\.num_negatives: must be >= 1"),
@@ -242,6 +246,69 @@ def test_non_finite_and_non_positive_config_values_are_refused(tmp_path, overrid
     path.write_text(MINIMAL_RECIPE)
     with pytest.raises(ValueError, match=message):
         load_config(path, [override])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["train.load_best_model_at_end=true", "train.eval_steps=300", "train.save_steps=500"],
+            r"train\.save_steps: must be a multiple of train\.eval_steps \(300\) with "
+            r"load_best_model_at_end.*got 500",
+        ),
+        (
+            ["train.early_stopping_patience=2", "train.eval_steps=100"],
+            r"train\.early_stopping_patience: needs train\.load_best_model_at_end: true",
+        ),
+        (
+            [
+                "train.early_stopping_patience=0",
+                "train.load_best_model_at_end=true",
+                "train.eval_steps=100",
+            ],
+            r"train\.early_stopping_patience: must be >= 1",
+        ),
+        (["train.eval_ranking_users=0"], r"train\.eval_ranking_users: must be >= 1"),
+        (
+            ["train.metric_for_best_model=auc"],
+            r"train\.metric_for_best_model: expected loss, hr@K or ndcg@K, got 'auc'",
+        ),
+        (
+            [
+                "train.metric_for_best_model=ndcg@20",
+                "train.load_best_model_at_end=true",
+                "train.eval_steps=100",
+            ],
+            r"train\.metric_for_best_model: ndcg@20: 20 is not one of eval\.top_k \[1, 5, 10\]",
+        ),
+        (
+            [
+                "train.eval_ranking_users=null",
+                "train.load_best_model_at_end=true",
+                "train.eval_steps=100",
+            ],
+            r"train\.metric_for_best_model: ndcg@10 needs train\.eval_ranking_users \(or use loss\)",
+        ),
+        (
+            [
+                "data.mixture={rating: 1.0, review: 1.0}",
+                "train.load_best_model_at_end=true",
+                "train.eval_steps=100",
+            ],
+            r"train\.metric_for_best_model: ndcg@10 ranks the valid examples of the trained "
+            r"sequential or direct families, and data\.mixture trains neither: use loss",
+        ),
+    ],
+)
+def test_best_checkpoint_settings_that_cannot_work_together_are_refused(
+    tmp_path, overrides, message
+):
+    from recsysllm.config import load_config
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(MINIMAL_RECIPE)
+    with pytest.raises(ValueError, match=message):
+        load_config(path, overrides)
 
 
 def test_duplicate_yaml_keys_are_refused_naming_file_and_line(tmp_path):

@@ -220,6 +220,171 @@ def test_single_process_training_learns_and_writes_loadable_checkpoints(
     assert loaded_config == config
 
 
+def _script_validation_losses(trainer, losses: dict[int, float]) -> None:
+    """Replace the measured validation loss at each step by ``losses[step]`` (the Trainer,
+    its best-checkpoint choice and its callbacks all read the replaced value)."""
+    evaluation_loop = trainer.evaluation_loop
+
+    def scripted(*args, **kwargs):
+        output = evaluation_loop(*args, **kwargs)
+        assert math.isfinite(output.metrics["eval_loss"])  # it did run
+        output.metrics["eval_loss"] = losses[trainer.state.global_step]
+        return output
+
+    trainer.evaluation_loop = scripted
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+BEST_AT_4 = {2: 3.0, 4: 1.0, 6: 2.0, 8: 2.5, 10: 0.5, 12: 0.4}
+BY_LOSS = ["train.metric_for_best_model=loss", "train.eval_ranking_users=null"]
+
+
+class MetricRecorder(TrainerCallback):
+    """Every metric of every evaluation, by step."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[int, dict[str, float]] = {}
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.metrics[state.global_step] = dict(metrics)
+
+
+def test_ranking_validation_logs_what_the_evaluation_reports_on_the_same_users(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    """The ranking metrics of an evaluation during training equal the ones computed by
+    hand from the evaluation's ranks of the final weights, on a seeded sample of valid
+    users drawn as ``recsysllm evaluate --limit`` draws it, yes/no templates left out."""
+    import numpy as np
+
+    from recsysllm.evaluation.evaluator import EvalProtocol, ModelRanker, evaluate, history_items
+    from recsysllm.inference import Inference
+    from recsysllm.pipeline import answer_budget
+
+    overrides = ["max_steps=4", "train.eval_steps=4", "train.eval_ranking_users=5"]
+    config = tiny_config(tmp_path / "run", tokenizer_dir, overrides)
+    trainer, _ = build_trainer(config, tiny_data)
+    recorder = MetricRecorder()
+    trainer.add_callback(recorder)
+    trainer.train()
+    logged = recorder.metrics[4]
+    assert math.isfinite(logged["eval_loss"])
+
+    seed = config.data.evaluation_seed
+    examples = tiny_data.tasks.examples("valid", ["sequential", "direct"], "seen", seed=seed)
+    users = sorted({e.user for e in examples})
+    picks = np.random.default_rng(seed).choice(len(users), size=5, replace=False)
+    chosen = {users[i] for i in picks.tolist()}
+    ranked = [e for e in examples if e.user in chosen and e.answer_type == "item"]
+    assert {e.task for e in ranked} == {"sequential", "direct"}
+    model, tokenizer, catalog, _, _, _ = load_checkpoint_for_inference(trainer.save_final())
+    inference = Inference(
+        model, tokenizer, catalog, max_length=config.data.max_length,
+        answer_budget=answer_budget(config.data, catalog, tokenizer),
+        renormalize=config.eval.renormalize,
+    )  # fmt: skip
+    protocol = EvalProtocol(history=history_items(tiny_data.splits, "valid"), seed=seed)
+    results = evaluate(
+        model, tokenizer, catalog, ranked, protocol=protocol, max_length=config.data.max_length,
+        num_beams=config.eval.num_beams, progress=False,
+        ranker=ModelRanker(inference, config.eval.num_beams),
+    )  # fmt: skip
+    ranks = {"": [], "all_items_": [], "candidates_": []}
+    for outcome in results.outcomes:
+        ranks[""].append(outcome.rank)
+        ranks[outcome.variant + "_"].append(outcome.rank)
+    assert ranks["all_items_"] and ranks["candidates_"]
+    assert not any(key.startswith("eval_yesno") for key in logged)
+    for name, values in ranks.items():
+        for k in (1, 5, 10):
+            hits = sum(1 for r in values if r is not None and r <= k) / len(values)
+            gain = sum(1 / math.log2(r + 1) for r in values if r is not None and r <= k)
+            assert logged[f"eval_{name}hr@{k}"] == pytest.approx(hits), (name, k)
+            assert logged[f"eval_{name}ndcg@{k}"] == pytest.approx(gain / len(values)), (name, k)
+
+
+def test_load_best_model_at_end_by_a_ranking_metric_keeps_its_best_evaluation(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    overrides = [
+        "max_steps=8",
+        "train.eval_steps=2",
+        "train.save_steps=2",
+        "train.eval_ranking_users=4",
+        "train.metric_for_best_model=hr@10",
+        "train.load_best_model_at_end=true",
+    ]
+    trainer, _ = build_trainer(tiny_config(tmp_path / "run", tokenizer_dir, overrides), tiny_data)
+    recorder = MetricRecorder()
+    trainer.add_callback(recorder)
+    trainer.train()
+    final = trainer.save_final()
+    curve = {step: m["eval_hr@10"] for step, m in sorted(recorder.metrics.items())}
+    assert sorted(curve) == [2, 4, 6, 8]
+    best = max(curve, key=lambda step: (curve[step], -step))  # the first of equal maxima
+    assert read_meta(final).step == best, curve
+    expected = _weights(tmp_path / "run" / f"checkpoint-{best}")
+    assert all(torch.equal(_weights(final)[k], expected[k]) for k in expected)
+
+
+def test_load_best_model_at_end_writes_the_lowest_validation_loss_checkpoint_as_final(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    overrides = [
+        "max_steps=8",
+        "train.eval_steps=2",
+        "train.save_steps=2",
+        "train.save_total_limit=2",
+        "train.load_best_model_at_end=true",
+        *BY_LOSS,
+    ]
+    trainer, _ = build_trainer(tiny_config(tmp_path / "run", tokenizer_dir, overrides), tiny_data)
+    _script_validation_losses(trainer, BEST_AT_4)
+    trainer.train()
+    final = trainer.save_final()
+    run = tmp_path / "run"
+    # Rotation keeps the newest checkpoint and the best one, however old.
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-4", "checkpoint-8", "final"]
+    best = _weights(run / "checkpoint-4")
+    last = _weights(run / "checkpoint-8")
+    assert any(not torch.equal(best[k], last[k]) for k in best)  # steps 5-8 moved the weights
+    written = _weights(final)
+    assert written.keys() == best.keys()
+    assert all(torch.equal(written[k], best[k]) for k in best)
+    assert read_meta(final).step == 4 and trainer.state.global_step == 8
+    # The state a resumed run reads names the published directory, not the staging one.
+    state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] == str(run / "checkpoint-4")
+    assert state["best_global_step"] == 4 and state["best_metric"] == 1.0
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_a_lower_loss(
+    tmp_path, tiny_data, tokenizer_dir
+):
+    overrides = [
+        "max_steps=12",
+        "train.eval_steps=2",
+        "train.save_steps=2",
+        "train.load_best_model_at_end=true",
+        *BY_LOSS,
+        "train.early_stopping_patience=2",
+    ]
+    trainer, _ = build_trainer(tiny_config(tmp_path / "run", tokenizer_dir, overrides), tiny_data)
+    _script_validation_losses(trainer, BEST_AT_4)
+    trainer.train()
+    final = trainer.save_final()
+    # Steps 6 and 8 do not beat step 4: training ends at 8, before the lower losses of 10/12.
+    assert trainer.state.global_step == 8
+    assert read_meta(final).step == 4
+    best = _weights(tmp_path / "run" / "checkpoint-4")
+    assert all(torch.equal(_weights(final)[k], best[k]) for k in best)
+
+
 class GradientCapture(TrainerCallback):
     def __init__(self) -> None:
         self.grads: dict[str, torch.Tensor] | None = None
@@ -754,6 +919,30 @@ def test_lora_trains_only_adapters_and_leaves_the_base_bit_identical(lora_run):
     assert read_meta(checkpoint).lora
 
 
+def test_load_best_model_at_end_restores_the_best_adapter(lora_run, tiny_data, tokenizer_dir):
+    from safetensors.torch import load_file
+
+    overrides = [
+        *lora_run["overrides"],
+        "max_steps=6",
+        "train.eval_steps=2",
+        "train.save_steps=2",
+        "train.load_best_model_at_end=true",
+        *BY_LOSS,
+    ]
+    run = lora_run["root"] / "best_run"
+    trainer, _ = build_trainer(tiny_config(run, tokenizer_dir, overrides), tiny_data)
+    _script_validation_losses(trainer, {2: 2.0, 4: 1.0, 6: 3.0})
+    trainer.train()
+    final = trainer.save_final()
+    best = load_file(str(run / "checkpoint-4" / "adapter_model.safetensors"))
+    last = load_file(str(run / "checkpoint-6" / "adapter_model.safetensors"))
+    written = load_file(str(final / "adapter_model.safetensors"))
+    assert any(not torch.equal(best[k], last[k]) for k in best)
+    assert written.keys() == best.keys() and all(torch.equal(written[k], best[k]) for k in best)
+    assert read_meta(final).step == 4 and read_meta(final).lora
+
+
 def test_resume_on_a_different_base_model_is_refused(lora_run, tiny_data, tokenizer_dir):
     root = lora_run["root"]
     overrides = [
@@ -1219,6 +1408,20 @@ def test_deepspeed_zero2_in_one_process(
     assert trainer.is_deepspeed_enabled and trainer.state.global_step == 5
     expected = {k: 1e-2 * (1 - max(10 * (k - 1) / 45, k / 50)) for k in range(1, 6)}
     assert rates.rates == pytest.approx(expected)
+    # The best checkpoint under DeepSpeed: the engine reloads it from its published directory.
+    overrides = [
+        "train.deepspeed=configs/ds/zero2.json", "max_steps=6", "train.eval_steps=2",
+        "train.save_steps=2", "train.load_best_model_at_end=true", *BY_LOSS,
+    ]  # fmt: skip
+    trainer, _ = build_trainer(tiny_config(tmp_path / "dsc", tokenizer_dir, overrides), tiny_data)
+    _script_validation_losses(trainer, {2: 2.0, 4: 1.0, 6: 3.0})
+    trainer.train()
+    final = trainer.save_final()
+    best = _weights(tmp_path / "dsc" / "checkpoint-4")
+    last = _weights(tmp_path / "dsc" / "checkpoint-6")
+    assert any(not torch.equal(best[k], last[k]) for k in best)
+    assert all(torch.equal(_weights(final)[k], best[k]) for k in best)
+    assert read_meta(final).step == 4
 
 
 @pytest.mark.slow
