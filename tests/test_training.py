@@ -234,6 +234,15 @@ def _script_validation_losses(trainer, losses: dict[int, float]) -> None:
     trainer.evaluation_loop = scripted
 
 
+def _train_with_scripted_losses(run, tokenizer_dir, tiny_data, overrides, losses):
+    """Train ``run`` with the validation loss at each step replaced by ``losses[step]``;
+    return the trainer and the directory ``save_final`` wrote."""
+    trainer, _ = build_trainer(tiny_config(run, tokenizer_dir, overrides), tiny_data)
+    _script_validation_losses(trainer, losses)
+    trainer.train()
+    return trainer, trainer.save_final()
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -242,6 +251,10 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 BEST_AT_4 = {2: 3.0, 4: 1.0, 6: 2.0, 8: 2.5, 10: 0.5, 12: 0.4}
 BY_LOSS = ["train.metric_for_best_model=loss", "train.eval_ranking_users=null"]
+# Evaluate and save every 2 steps, choose the best checkpoint by the (scripted) loss.
+BEST_BY_LOSS_EVERY_2 = [
+    "train.eval_steps=2", "train.save_steps=2", "train.load_best_model_at_end=true", *BY_LOSS
+]  # fmt: skip
 
 
 class MetricRecorder(TrainerCallback):
@@ -335,19 +348,11 @@ def test_load_best_model_at_end_by_a_ranking_metric_keeps_its_best_evaluation(
 def test_load_best_model_at_end_writes_the_lowest_validation_loss_checkpoint_as_final(
     tmp_path, tiny_data, tokenizer_dir
 ):
-    overrides = [
-        "max_steps=8",
-        "train.eval_steps=2",
-        "train.save_steps=2",
-        "train.save_total_limit=2",
-        "train.load_best_model_at_end=true",
-        *BY_LOSS,
-    ]
-    trainer, _ = build_trainer(tiny_config(tmp_path / "run", tokenizer_dir, overrides), tiny_data)
-    _script_validation_losses(trainer, BEST_AT_4)
-    trainer.train()
-    final = trainer.save_final()
     run = tmp_path / "run"
+    overrides = ["max_steps=8", "train.save_total_limit=2", *BEST_BY_LOSS_EVERY_2]
+    trainer, final = _train_with_scripted_losses(
+        run, tokenizer_dir, tiny_data, overrides, BEST_AT_4
+    )
     # Rotation keeps the newest checkpoint and the best one, however old.
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint-4", "checkpoint-8", "final"]
     best = _weights(run / "checkpoint-4")
@@ -366,18 +371,10 @@ def test_load_best_model_at_end_writes_the_lowest_validation_loss_checkpoint_as_
 def test_early_stopping_stops_after_patience_evaluations_without_a_lower_loss(
     tmp_path, tiny_data, tokenizer_dir
 ):
-    overrides = [
-        "max_steps=12",
-        "train.eval_steps=2",
-        "train.save_steps=2",
-        "train.load_best_model_at_end=true",
-        *BY_LOSS,
-        "train.early_stopping_patience=2",
-    ]
-    trainer, _ = build_trainer(tiny_config(tmp_path / "run", tokenizer_dir, overrides), tiny_data)
-    _script_validation_losses(trainer, BEST_AT_4)
-    trainer.train()
-    final = trainer.save_final()
+    overrides = ["max_steps=12", *BEST_BY_LOSS_EVERY_2, "train.early_stopping_patience=2"]
+    trainer, final = _train_with_scripted_losses(
+        tmp_path / "run", tokenizer_dir, tiny_data, overrides, BEST_AT_4
+    )
     # Steps 6 and 8 do not beat step 4: training ends at 8, before the lower losses of 10/12.
     assert trainer.state.global_step == 8
     assert read_meta(final).step == 4
@@ -922,19 +919,11 @@ def test_lora_trains_only_adapters_and_leaves_the_base_bit_identical(lora_run):
 def test_load_best_model_at_end_restores_the_best_adapter(lora_run, tiny_data, tokenizer_dir):
     from safetensors.torch import load_file
 
-    overrides = [
-        *lora_run["overrides"],
-        "max_steps=6",
-        "train.eval_steps=2",
-        "train.save_steps=2",
-        "train.load_best_model_at_end=true",
-        *BY_LOSS,
-    ]
+    overrides = [*lora_run["overrides"], "max_steps=6", *BEST_BY_LOSS_EVERY_2]
     run = lora_run["root"] / "best_run"
-    trainer, _ = build_trainer(tiny_config(run, tokenizer_dir, overrides), tiny_data)
-    _script_validation_losses(trainer, {2: 2.0, 4: 1.0, 6: 3.0})
-    trainer.train()
-    final = trainer.save_final()
+    _, final = _train_with_scripted_losses(
+        run, tokenizer_dir, tiny_data, overrides, {2: 2.0, 4: 1.0, 6: 3.0}
+    )
     best = load_file(str(run / "checkpoint-4" / "adapter_model.safetensors"))
     last = load_file(str(run / "checkpoint-6" / "adapter_model.safetensors"))
     written = load_file(str(final / "adapter_model.safetensors"))
@@ -1409,14 +1398,10 @@ def test_deepspeed_zero2_in_one_process(
     expected = {k: 1e-2 * (1 - max(10 * (k - 1) / 45, k / 50)) for k in range(1, 6)}
     assert rates.rates == pytest.approx(expected)
     # The best checkpoint under DeepSpeed: the engine reloads it from its published directory.
-    overrides = [
-        "train.deepspeed=configs/ds/zero2.json", "max_steps=6", "train.eval_steps=2",
-        "train.save_steps=2", "train.load_best_model_at_end=true", *BY_LOSS,
-    ]  # fmt: skip
-    trainer, _ = build_trainer(tiny_config(tmp_path / "dsc", tokenizer_dir, overrides), tiny_data)
-    _script_validation_losses(trainer, {2: 2.0, 4: 1.0, 6: 3.0})
-    trainer.train()
-    final = trainer.save_final()
+    overrides = ["train.deepspeed=configs/ds/zero2.json", "max_steps=6", *BEST_BY_LOSS_EVERY_2]
+    _, final = _train_with_scripted_losses(
+        tmp_path / "dsc", tokenizer_dir, tiny_data, overrides, {2: 2.0, 4: 1.0, 6: 3.0}
+    )
     best = _weights(tmp_path / "dsc" / "checkpoint-4")
     last = _weights(tmp_path / "dsc" / "checkpoint-6")
     assert any(not torch.equal(best[k], last[k]) for k in best)
