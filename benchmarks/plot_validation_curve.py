@@ -4,7 +4,8 @@ With ``train.eval_steps`` the Trainer logs, at every evaluation, the validation 
 the valid ranking metrics ``eval_hr@k`` / ``eval_ndcg@k`` (``train.eval_ranking_users``);
 ``trainer_state.json`` of each checkpoint keeps them all (``log_history``), with the best
 step when ``train.load_best_model_at_end`` chose one. This script draws them: ranking
-metrics on the left axis, the loss on the right, the chosen checkpoint and the lowest loss marked::
+metrics on the left axis, the loss on the right, the chosen checkpoint and the step of the
+lowest loss marked::
 
     python benchmarks/plot_validation_curve.py runs/ml100k_next_item --out curve.png
 
@@ -105,16 +106,17 @@ def plot(curves: ValidationCurves, path: str | Path, title: str | None = None) -
     if "loss" in curves.curves:
         points = curves.curves["loss"]
         right = axis.twinx()
-        lines += right.plot([s for s, _ in points], [v for _, v in points], color="grey",
-                            linestyle="--", marker="x", label="valid loss (right axis)")  # fmt: skip
+        steps, values = zip(*points, strict=True)
+        lines += right.plot(steps, values, color="grey", linestyle="--", marker="x",
+                            label="valid loss (right axis)")  # fmt: skip
         right.set_ylabel("valid loss (lower is better)")
         lowest = min(points, key=lambda point: point[1])[0]
         lines.append(axis.axvline(lowest, color="grey", linewidth=1, linestyle=":",
                                   label=f"lowest valid loss: step {lowest}"))  # fmt: skip
     if curves.best_step is not None:
         by = f" by {curves.best_metric}" if curves.best_metric else ""
-        lines.append(axis.axvline(curves.best_step, color="black", linewidth=1,
-                                  label=f"chosen checkpoint{by}: step {curves.best_step}"))  # fmt: skip
+        label = f"chosen checkpoint{by}: step {curves.best_step}"
+        lines.append(axis.axvline(curves.best_step, color="black", linewidth=1, label=label))
     # below the axes: the curves fill the whole plot area
     figure.legend(handles=lines, fontsize=8, loc="lower center", ncol=2, frameon=False)
     axis.set_title(title or str(curves.source.parent), fontsize=10)
