@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,17 +36,24 @@ class ValidationCurves:
     best_step: int | None
     best_metric: str | None
 
+    @property
+    def lowest_loss_step(self) -> int | None:
+        """The step of the lowest validation loss (None: no loss logged)."""
+        points = self.curves.get("loss")
+        return min(points, key=lambda point: point[1])[0] if points else None
+
 
 def state_path(run: str | Path) -> Path:
     """``trainer_state.json`` of a run: the file itself, or the newest checkpoint's."""
+    from transformers.trainer_utils import get_last_checkpoint
+
     run = Path(run)
     if run.is_file():
         return run
-    checkpoints = [p for p in run.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
-    if not checkpoints:
+    newest = get_last_checkpoint(str(run)) if run.is_dir() else None
+    if newest is None:
         raise ValueError(f"{run}: neither a trainer_state.json nor a run with checkpoint-N")
-    newest = max(checkpoints, key=lambda p: int(p.name.split("-")[1]))
-    return newest / STATE_FILE
+    return Path(newest) / STATE_FILE
 
 
 def load_curves(
@@ -110,7 +116,7 @@ def plot(curves: ValidationCurves, path: str | Path, title: str | None = None) -
         lines += right.plot(steps, values, color="grey", linestyle="--", marker="x",
                             label="valid loss (right axis)")  # fmt: skip
         right.set_ylabel("valid loss (lower is better)")
-        lowest = min(points, key=lambda point: point[1])[0]
+        lowest = curves.lowest_loss_step
         lines.append(axis.axvline(lowest, color="grey", linewidth=1, linestyle=":",
                                   label=f"lowest valid loss: step {lowest}"))  # fmt: skip
     if curves.best_step is not None:
@@ -148,8 +154,8 @@ def main(argv=None) -> int:
     plot(curves, args.out, args.title)
     for name, points in curves.curves.items():
         print(f"{name}: " + ", ".join(f"{s} {v:.4f}" for s, v in points))
-    if "loss" in curves.curves:
-        print(f"lowest valid loss at step {min(curves.curves['loss'], key=lambda p: p[1])[0]}")
+    if curves.lowest_loss_step is not None:
+        print(f"lowest valid loss at step {curves.lowest_loss_step}")
     if curves.best_step is not None:
         print(f"best step {curves.best_step}")
     print(f"wrote {args.out}")
